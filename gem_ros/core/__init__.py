@@ -1,0 +1,1 @@
+"""ROS-free core: policy, observation, chunking, safety, kinematics. Never imports rclpy."""

@@ -1,0 +1,1 @@
+"""GEM-VLA model core."""

@@ -1,0 +1,114 @@
+"""The Qwen3-VL backbone (GEM-2B or stock Qwen3-VL): loading, prompt format, hidden-state stack.
+
+Never `AutoProcessor` for Qwen3-VL: it needs torchvision for the video processor even for the real
+checkpoint. We assemble an image-only processor from `AutoImageProcessor` + `AutoTokenizer`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+REQUIRED_BACKBONE_FILES = ("config.json", "tokenizer_config.json")
+
+
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+    """Qwen3VLProcessor without the video sub-processor (which requires torchvision).
+
+    ProcessorMixin reads its sub-processors from the `__init__` signature, so leaving `video_processor`
+    out of it is what drops the video processor."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+def load_processor(path: Path, max_pixels: int | None = None) -> ImageOnlyQwen3VLProcessor:
+    image_processor = AutoImageProcessor.from_pretrained(str(path))
+    if max_pixels is not None:
+        image_processor.size = {**dict(image_processor.size), "longest_edge": int(max_pixels)}
+    tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left")
+    template_file = Path(path) / "chat_template.jinja"
+    chat_template = template_file.read_text() if template_file.exists() else tokenizer.chat_template
+    if chat_template is None:
+        raise ValueError(f"{path}: no chat template (chat_template.jinja or tokenizer_config.json)")
+    return ImageOnlyQwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
+def check_backbone_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ValueError(f"backbone folder {path} does not exist")
+    missing = [name for name in REQUIRED_BACKBONE_FILES if not (path / name).exists()]
+    if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").exists():
+        missing.append("*.safetensors")
+    if missing:
+        raise ValueError(f"backbone folder {path} is missing {missing}")
+
+
+def load_backbone(path: Path, dtype: torch.dtype, device: torch.device) -> Qwen3VLForConditionalGeneration:
+    """Load the VLM with HF `from_pretrained`. GEM-2B's extra `sana.*`/`vae.*`/`diffusion_connector.*` keys are
+    not part of this class and are ignored here; `depth_keys_in` routes them to the depth expert."""
+    check_backbone_dir(path)
+    attn = "sdpa"
+    model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype, attn_implementation=attn)
+    return model.to(device)
+
+
+def truncate_text_layers(model: Qwen3VLForConditionalGeneration, keep: int) -> None:
+    """Drop decoder layers the action expert never reads (inference only).
+
+    Keeping max(selected)+1 layers leaves hidden_states[0..max(selected)] bit-identical: HF replaces only the
+    *last* entry by the final-norm output, and that entry is then one we do not read."""
+    layers = model.model.language_model.layers
+    if keep < len(layers):
+        model.model.language_model.layers = layers[:keep]
+        model.config.text_config.num_hidden_layers = keep
+
+
+@dataclass
+class PromptBatch:
+    inputs: dict[str, torch.Tensor]   # processor output: input_ids, attention_mask, pixel_values, image_grid_thw ...
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return self.inputs["attention_mask"].bool()
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.inputs["input_ids"]
+
+
+def build_prompts(processor: ImageOnlyQwen3VLProcessor, images: list[list[np.ndarray]], instructions: list[str],
+                  device: torch.device) -> PromptBatch:
+    """Training prompt format: one user turn holding each camera image (fixed camera order) then the instruction;
+    no generation prompt. `images[b]` lists the camera images (H, W, 3 uint8 RGB) of sample b."""
+    texts, flat_images = [], []
+    for sample_images, instruction in zip(images, instructions):
+        content = [{"type": "image"} for _ in sample_images] + [{"type": "text", "text": instruction}]
+        messages = [{"role": "user", "content": content}]
+        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
+        flat_images.extend(Image.fromarray(img) for img in sample_images)
+    inputs = processor(text=texts, images=flat_images, return_tensors="pt", padding=True)
+    return PromptBatch({k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)})
+
+
+def hidden_state_stack(model: Qwen3VLForConditionalGeneration, prompt: PromptBatch, layers: list[int],
+                       need_last: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the VLM once; return (B, len(layers), L, D) stacked hidden states (index 0 = embeddings, i = output of
+    decoder layer i-1) and, if asked, the final (post-norm) hidden states for the depth expert."""
+    inputs = dict(prompt.inputs)
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is not None:
+        inputs["pixel_values"] = pixel_values.to(model.dtype)
+    # The inner Qwen3VLModel skips the LM head: we only need hidden states.
+    out = model.model(**inputs, output_hidden_states=True, use_cache=False, return_dict=True)
+    hidden = out.hidden_states
+    available = len(hidden)
+    bad = [i for i in layers if i >= available]
+    if bad:
+        raise ValueError(f"selected_layers {bad} exceed the {available} hidden states of the backbone")
+    stack = torch.stack([hidden[i] for i in layers], dim=1)
+    return stack, (out.last_hidden_state if need_last else None)

@@ -1,0 +1,129 @@
+"""Min-max normalization of actions (and optionally states) to [-1, 1], stored beside the weights.
+
+a' = 2 (a - min) / max(max - min, floor) - 1, i.e. a' = a * scale + offset with
+scale = 2 / max(range, floor) and offset = -1 - min * scale (gem_reference §8). The floor keeps a
+constant channel (e.g. an unused gripper) from dividing by zero.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+RANGE_FLOOR = 1e-3
+
+
+@dataclass
+class MinMaxNormalizer:
+    minimum: np.ndarray   # (D,) float32
+    maximum: np.ndarray   # (D,) float32
+    range_floor: float = RANGE_FLOOR
+
+    def __post_init__(self) -> None:
+        self.minimum = np.asarray(self.minimum, dtype=np.float32).reshape(-1)
+        self.maximum = np.asarray(self.maximum, dtype=np.float32).reshape(-1)
+        if self.minimum.shape != self.maximum.shape:
+            raise ValueError(f"normalizer min {self.minimum.shape} and max {self.maximum.shape} differ in shape")
+        if not (np.all(np.isfinite(self.minimum)) and np.all(np.isfinite(self.maximum))):
+            raise ValueError("normalizer statistics contain NaN or Inf")
+        if np.any(self.maximum < self.minimum):
+            raise ValueError(f"normalizer max < min at channels {np.nonzero(self.maximum < self.minimum)[0].tolist()}")
+        if not self.range_floor > 0:
+            raise ValueError(f"normalizer range_floor must be > 0, got {self.range_floor}")
+
+    @classmethod
+    def identity(cls, dim: int) -> MinMaxNormalizer:
+        return cls(-np.ones(dim, np.float32), np.ones(dim, np.float32))
+
+    @classmethod
+    def fit(cls, data: np.ndarray) -> MinMaxNormalizer:
+        """Statistics over all rows of `data` (..., D)."""
+        flat = np.asarray(data, dtype=np.float64).reshape(-1, np.shape(data)[-1])
+        return cls(flat.min(axis=0), flat.max(axis=0))
+
+    @property
+    def dim(self) -> int:
+        return int(self.minimum.shape[0])
+
+    @property
+    def scale(self) -> np.ndarray:
+        return (2.0 / np.maximum(self.maximum - self.minimum, self.range_floor)).astype(np.float32)
+
+    @property
+    def offset(self) -> np.ndarray:
+        return (-1.0 - self.minimum * self.scale).astype(np.float32)
+
+    def normalize(self, x):
+        return x * self._like(self.scale, x) + self._like(self.offset, x)
+
+    def unnormalize(self, x):
+        return (x - self._like(self.offset, x)) / self._like(self.scale, x)
+
+    @staticmethod
+    def _like(value: np.ndarray, x):
+        if isinstance(x, torch.Tensor):
+            return torch.as_tensor(value, device=x.device, dtype=x.dtype)
+        return value
+
+    def state_dict(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}.min": self.minimum, f"{prefix}.max": self.maximum}
+
+    @classmethod
+    def from_state_dict(cls, tensors: dict[str, np.ndarray], prefix: str, range_floor: float) -> MinMaxNormalizer:
+        missing = [k for k in (f"{prefix}.min", f"{prefix}.max") if k not in tensors]
+        if missing:
+            raise ValueError(f"normalizer file lacks {missing}")
+        return cls(tensors[f"{prefix}.min"], tensors[f"{prefix}.max"], range_floor)
+
+
+def save_normalizers(path: Path, normalizers: dict[str, MinMaxNormalizer]) -> None:
+    tensors: dict[str, np.ndarray] = {}
+    for key, normalizer in normalizers.items():
+        tensors.update(normalizer.state_dict(key))
+    floors = {key: n.range_floor for key, n in normalizers.items()}
+    save_file(tensors, str(path), metadata={"kind": "minmax", "range_floor": json.dumps(floors)})
+
+
+def load_normalizers(path: Path) -> dict[str, MinMaxNormalizer]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("kind") != "minmax":
+        raise ValueError(f"{path} is not a min-max normalizer file (metadata kind={metadata.get('kind')!r})")
+    floors = json.loads(metadata.get("range_floor", "{}"))
+    tensors = load_file(str(path))
+    return {key: MinMaxNormalizer.from_state_dict(tensors, key, float(floor)) for key, floor in floors.items()}
+
+
+def import_reference_normalizer(path: Path, key: str = "action") -> MinMaxNormalizer:
+    """Read a reference `normalizer.pt` (scale/offset per key) without unpickling arbitrary objects.
+
+    Only `torch.load(weights_only=True)` is used; a file that needs full unpickling is refused."""
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # the restricted unpickler raises several types
+        raise ValueError(f"{path}: cannot be read with weights_only=True; refusing to unpickle it ({error})") from error
+    entry = _lookup(data, key)
+    scale = np.asarray(_lookup(entry, "scale"), dtype=np.float64).reshape(-1)
+    offset = np.asarray(_lookup(entry, "offset"), dtype=np.float64).reshape(-1)
+    if np.any(scale <= 0):
+        raise ValueError(f"{path}: non-positive scale in '{key}'")
+    # Invert a' = a*scale + offset at a' = -1 and a' = +1.
+    minimum, maximum = (-1 - offset) / scale, (1 - offset) / scale
+    return MinMaxNormalizer(minimum, maximum, range_floor=1e-12)
+
+
+def _lookup(container, key: str):
+    for candidate in (key, f"params_dict.{key}"):
+        if isinstance(container, dict) and candidate in container:
+            return container[candidate]
+    if isinstance(container, dict):
+        nested = {k[len(key) + 1:]: v for k, v in container.items() if k.startswith(f"{key}.")}
+        if nested:
+            return nested
+    raise ValueError(f"reference normalizer has no entry '{key}'")

@@ -1,0 +1,195 @@
+"""RDT: the diffusion transformer that denoises action chunks (gem_reference §3).
+
+Module and parameter names follow the reference state-dict layout (`t_embedder.mlp.{0,2}`,
+`blocks.i.{attn_norm, attn.{wq,wkv,wo,norm_q,norm_k}, cross_norm, cond_norm, cross_attn.*, ffn_norm,
+ffn.{w1,w2,w3}, adaLN_modulation.1}`, `final_layer.*`, `register_tokens`, `x_pos_emb`, `state_pos_emb`)
+so reference RDT weights load unchanged.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gem_ros.core.policy.config import RDTConfig
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x (B, N, D), shift/scale (B, D)."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """MAE-style sinusoid: sin half first, then cos half, base 10000. Returns (len(positions), dim)."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    angles = np.outer(positions.astype(np.float64), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def multimodal_pos_embed(dim: int, lengths: list[int]) -> torch.Tensor:
+    """Position within each modality plus an embedding of the modality index (action=0, register=1)."""
+    rows = [sincos_1d(dim, np.arange(n)) + sincos_1d(dim, np.array([m])) for m, n in enumerate(lengths) if n > 0]
+    return torch.from_numpy(np.concatenate(rows, axis=0)).float()
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1e4) -> torch.Tensor:
+    """DiT sinusoid of flow time t in [0, 1] (not scaled by 1000); cos half first, then sin. (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, hidden_size: int, freq_dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    """GQA attention with per-head RMSNorm on q and k. Self-attention when `cond` is None.
+
+    `wkv` emits K and V interleaved element-wise: its output viewed as (kv_heads, head_dim, 2) has
+    K at [..., 0] and V at [..., 1]. This is the reference layout and must stay so to load weights.
+    """
+
+    def __init__(self, cfg: RDTConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=False)
+        self.wkv = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim * 2, bias=False)
+        self.wo = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+        self.norm_q = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.norm_k = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+
+    def split_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, _ = source.shape
+        k, v = self.wkv(source).view(b, n, self.num_kv_heads, self.head_dim, 2).unbind(-1)
+        return k, v
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.norm_q(self.wq(x).view(b, n, self.num_heads, self.head_dim))
+        k, v = self.split_kv(x if cond is None else cond)
+        k = self.norm_k(k)
+        # (B, heads, N, head_dim); GQA by repeating each kv head for its group of query heads.
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        repeat = self.num_heads // self.num_kv_heads
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        mask = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)  # True = attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class RDTBlock(nn.Module):
+    """Pre-norm adaLN-Zero block: self-attn, cross-attn to one VLM layer, SwiGLU FFN."""
+
+    def __init__(self, cfg: RDTConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.attn_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.cross_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.cond_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.cross_attn = Attention(cfg)
+        self.ffn_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.ffn = SwiGLU(d, cfg.ffn_hidden_size)
+        # Condition c = [timestep emb, state token] has width 2d; 9 chunks: (shift, scale, gate) x (attn, cross, ffn).
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(2 * d, 9 * d))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, lang: torch.Tensor, lang_mask: torch.Tensor | None):
+        (shift_attn, scale_attn, gate_attn, shift_cross, scale_cross, gate_cross,
+         shift_ffn, scale_ffn, gate_ffn) = self.adaLN_modulation(c).chunk(9, dim=1)
+        x = x + gate_attn.unsqueeze(1) * self.attn(modulate(self.attn_norm(x), shift_attn, scale_attn))
+        x = x + gate_cross.unsqueeze(1) * self.cross_attn(
+            modulate(self.cross_norm(x), shift_cross, scale_cross), cond=self.cond_norm(lang), key_mask=lang_mask)
+        return x + gate_ffn.unsqueeze(1) * self.ffn(modulate(self.ffn_norm(x), shift_ffn, scale_ffn))
+
+
+class FinalMlp(nn.Module):
+    """timm-Mlp-shaped head (`fc1`, `fc2`) so reference keys load."""
+
+    def __init__(self, dim: int, hidden: int, out: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg: RDTConfig, out_dim: int):
+        super().__init__()
+        d = cfg.hidden_size
+        self.ffn_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.ffn = FinalMlp(d, 4 * d, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(2 * d, 2 * d))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.ffn(modulate(self.ffn_norm(x), shift, scale))
+
+
+class RDT(nn.Module):
+    """Denoiser over `horizon` action tokens + register tokens; returns (B, horizon, out_dim)."""
+
+    def __init__(self, cfg: RDTConfig, horizon: int, out_dim: int):
+        super().__init__()
+        self.cfg, self.horizon = cfg, horizon
+        d = cfg.hidden_size
+        self.t_embedder = TimestepEmbedder(d, cfg.timestep_freq_dim)
+        self.blocks = nn.ModuleList(RDTBlock(cfg) for _ in range(cfg.depth))
+        self.final_layer = FinalLayer(cfg, out_dim)
+        self.register_tokens = nn.Parameter(torch.randn(1, cfg.num_register_tokens, d))
+        self.x_pos_emb = nn.Parameter(multimodal_pos_embed(d, [horizon, cfg.num_register_tokens]).unsqueeze(0))
+        self.state_pos_emb = nn.Parameter(torch.zeros(1, 1, d))
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity, the output starts at zero velocity.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[1].weight)
+            nn.init.zeros_(block.adaLN_modulation[1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[1].bias)
+        nn.init.zeros_(self.final_layer.ffn.fc2.weight)
+        nn.init.zeros_(self.final_layer.ffn.fc2.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, state_token: torch.Tensor,
+                lang: torch.Tensor, lang_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, D) adapted noisy actions; t (B,) in [0, 1]; state_token (B, 1, D);
+        lang (B, depth, L, D) adapted VLM layers, one per block; lang_mask (B, L) True = valid token."""
+        b = x.shape[0]
+        t_emb = self.t_embedder(t.expand(b) if t.numel() == 1 else t)
+        c = torch.cat([t_emb.unsqueeze(1), state_token + self.state_pos_emb], dim=1).reshape(b, -1)
+        x = torch.cat([x, self.register_tokens.expand(b, -1, -1)], dim=1) + self.x_pos_emb
+        for i, block in enumerate(self.blocks):
+            x = block(x, c, lang[:, i], lang_mask)
+        x = self.final_layer(x, c)
+        return x[:, : self.horizon]

@@ -1,0 +1,144 @@
+"""GEM-VLA end to end on tiny models: shapes, determinism, save/load, checkpoint checks, learning, bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from gem_ros.core.policy.checkpoint import MODEL_FILE
+from gem_ros.core.policy.gem_vla import GemVLAPolicy, TrainingBatch
+from gem_ros.core.policy.normalizer import MinMaxNormalizer
+from gem_ros.core.policy.tiny import tiny_policy_config, write_tiny_backbone
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_checkpoint_dir):
+    return GemVLAPolicy.from_pretrained(tiny_checkpoint_dir, device="cpu")
+
+
+def test_predict_action_chunk_shapes_dtypes_and_timings(policy, make_observation):
+    io = policy.config.io
+    chunk = policy.predict_action_chunk(make_observation(policy.config))
+    assert chunk.shape == (io.chunk_len, io.action_dim) and chunk.dtype == np.float32
+    assert np.all(np.isfinite(chunk))
+    assert set(policy.last_timings) == {"preprocess", "vlm", "action_expert", "postprocess", "total"}
+
+
+def test_same_seed_same_chunk_and_reset_restarts_noise(policy, make_observation):
+    obs = make_observation(policy.config)
+    np.testing.assert_array_equal(policy.predict_action_chunk(obs, seed=7), policy.predict_action_chunk(obs, seed=7))
+    policy.reset(3)
+    first = policy.predict_action_chunk(obs)
+    second = policy.predict_action_chunk(obs)
+    policy.reset(3)
+    np.testing.assert_array_equal(policy.predict_action_chunk(obs), first)
+    assert not np.array_equal(first, second)
+
+
+def test_inference_truncation_keeps_selected_hidden_states(tiny_checkpoint_dir, policy, make_observation):
+    full = GemVLAPolicy.from_pretrained(tiny_checkpoint_dir, device="cpu", for_training=True).eval()
+    assert len(policy.backbone.model.language_model.layers) == max(policy.config.layers_per_block) + 1
+    obs = make_observation(policy.config, seed=4)
+    np.testing.assert_allclose(full.predict_action_chunk(obs, seed=1), policy.predict_action_chunk(obs, seed=1),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny_checkpoint_dir, tmp_path, make_observation):
+    trained = GemVLAPolicy.from_pretrained(tiny_checkpoint_dir, device="cpu", for_training=True)
+    with torch.no_grad():   # non-zero output layer so the comparison is not trivially 0 == 0
+        trained.action_expert.model.final_layer.ffn.fc2.weight.normal_()
+    obs = make_observation(trained.config, seed=2)
+    expected = trained.eval().predict_action_chunk(obs, seed=5)
+    trained.save_pretrained(tmp_path / "copy")
+    reloaded = GemVLAPolicy.from_pretrained(tmp_path / "copy", device="cpu")
+    np.testing.assert_array_equal(reloaded.predict_action_chunk(obs, seed=5), expected)
+    assert not np.allclose(expected, expected[0])
+
+
+def test_truncated_policy_refuses_to_save(policy, tmp_path):
+    with pytest.raises(ValueError, match="truncated"):
+        policy.save_pretrained(tmp_path / "x")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda o: o.images.pop("wrist"), "missing \\['wrist'\\]"),
+    (lambda o: o.images.__setitem__("left", o.images.pop("wrist")), "unexpected \\['left'\\]"),
+    (lambda o: o.images.__setitem__("scene", np.zeros((32, 64, 3), np.uint8)), "camera 'scene': image shape"),
+    (lambda o: o.images.__setitem__("scene", np.zeros((64, 64, 3), np.float32)), "dtype must be uint8"),
+    (lambda o: setattr(o, "state", np.full(9, np.nan)), "NaN"),
+    (lambda o: setattr(o, "state", np.zeros(5)), "length 9"),
+    (lambda o: setattr(o, "instruction", "   "), "instruction is empty"),
+])
+def test_bad_observations_raise_clear_errors(policy, make_observation, mutate, message):
+    obs = make_observation(policy.config)
+    mutate(obs)
+    with pytest.raises(ValueError, match=message):
+        policy.predict_action_chunk(obs)
+
+
+def test_missing_checkpoint_files_are_named(tiny_checkpoint_dir, tmp_path):
+    broken = shutil.copytree(tiny_checkpoint_dir, tmp_path / "broken")
+    (broken / "normalizer.safetensors").unlink()
+    with pytest.raises(ValueError, match="missing \\['normalizer.safetensors'\\]"):
+        GemVLAPolicy.from_pretrained(broken)
+    with pytest.raises(ValueError, match="does not exist"):
+        GemVLAPolicy.from_pretrained(tmp_path / "nowhere")
+
+
+def test_truncated_weights_file_is_detected(tiny_checkpoint_dir, tmp_path):
+    broken = shutil.copytree(tiny_checkpoint_dir, tmp_path / "broken")
+    data = (broken / MODEL_FILE).read_bytes()
+    (broken / MODEL_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        GemVLAPolicy.from_pretrained(broken)
+
+
+def test_config_that_disagrees_with_weights_is_refused(tiny_checkpoint_dir, tmp_path):
+    broken = shutil.copytree(tiny_checkpoint_dir, tmp_path / "broken")
+    config = json.loads((broken / "config.json").read_text())
+    config["rdt"]["hidden_size"] = 64   # weights were saved at 32
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="shape mismatches"):
+        GemVLAPolicy.from_pretrained(broken)
+
+
+def test_checkpoint_schema_must_match_robot(tiny_checkpoint_dir):
+    robot = tiny_policy_config(cameras=("front", "wrist"), action_dim=7, state_dim=9).io
+    with pytest.raises(ValueError, match="action_dim: checkpoint has 9, expected 7.*cameras"):
+        GemVLAPolicy.from_pretrained(tiny_checkpoint_dir, expected_io=robot)
+    GemVLAPolicy.from_pretrained(tiny_checkpoint_dir, expected_io=tiny_policy_config().io)   # matching: loads
+
+
+def test_invalid_configs_name_the_field():
+    with pytest.raises(ValueError, match="selected_layers"):
+        tiny_policy_config(selected_layers=(1, 2, 3))
+    with pytest.raises(ValueError, match="action_space"):
+        tiny_policy_config(action_space="joint_torque")
+    with pytest.raises(ValueError, match="duplicate"):
+        tiny_policy_config(cameras=("a", "a"))
+
+
+def test_tiny_policy_overfits_one_batch(tiny_backbone_dir):
+    torch.manual_seed(0)
+    config = tiny_policy_config(chunk_len=4, action_dim=3, state_dim=3)
+    rng = np.random.default_rng(0)
+    actions = torch.as_tensor(rng.uniform(-1, 1, (2, 4, 3)), dtype=torch.float32)
+    policy = GemVLAPolicy.build(config, tiny_backbone_dir, MinMaxNormalizer(-np.ones(3), np.ones(3)), device="cpu")
+    batch = TrainingBatch(images=[[rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+                                  for _ in range(2)],
+                          instructions=["pick up the red cube", "pick up the blue cube"],
+                          state=torch.zeros(2, 3), actions=actions)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    losses = []
+    for step in range(120):
+        # Evaluate the loss at fixed noise/timesteps so the curve measures learning, not sampling noise.
+        loss, logs = policy(batch, generator=torch.Generator().manual_seed(step % 4))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(logs["loss/action"])
+    start, end = np.mean(losses[:4]), np.mean(losses[-4:])
+    assert end < 0.1 * start, (start, end)
