@@ -142,3 +142,42 @@ def test_tiny_policy_overfits_one_batch(tiny_backbone_dir):
         losses.append(logs["loss/action"])
     start, end = np.mean(losses[:4]), np.mean(losses[-4:])
     assert end < 0.1 * start, (start, end)
+
+
+def test_gem2b_layout_backbone_routes_depth_keys_to_depth_expert(tmp_path, make_observation):
+    from safetensors.torch import load_file, save_file
+
+    from gem_ros.core.policy.depth_expert import DepthExpert
+    from gem_ros.core.policy.tiny_depth import tiny_depth_expert_config
+
+    backbone_dir = write_tiny_backbone(tmp_path / "gem2b")
+    depth_config = tiny_depth_expert_config(vlm_hidden_size=64, image_size=64)
+    torch.manual_seed(11)
+    gem_depth = DepthExpert(depth_config).state_dict()
+    weights = load_file(str(backbone_dir / "model.safetensors"))   # GEM-2B: depth generator beside the VLM
+    save_file({**weights, **{k: v.contiguous() for k, v in gem_depth.items()}}, str(backbone_dir / "model.safetensors"))
+    normalizer = MinMaxNormalizer(-np.ones(9), np.ones(9))
+
+    with_depth = GemVLAPolicy.build(tiny_policy_config(depth_expert=depth_config.to_dict()), backbone_dir,
+                                    normalizer, device="cpu")
+    routed = with_depth.depth_expert.state_dict()
+    assert all(torch.equal(routed[k], v) for k, v in gem_depth.items())
+    # A training step with depth targets adds the weighted depth loss.
+    rng = np.random.default_rng(0)
+    batch = TrainingBatch(images=[[rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]],
+                          instructions=["pick up the red cube"], state=torch.zeros(1, 9), actions=torch.zeros(1, 8, 9),
+                          depth=torch.rand(1, 2, 3, 64, 64) * 2 - 1)
+    total, logs = with_depth(batch)
+    assert logs["loss/depth"] > 0
+    assert total.item() == pytest.approx(logs["loss/action"] + 0.1 * logs["loss/depth"], rel=1e-5)
+    # Saved and reloaded, the depth expert comes back bit-identical and renders a debug depth image.
+    with_depth.save_pretrained(tmp_path / "ckpt")
+    reloaded = GemVLAPolicy.from_pretrained(tmp_path / "ckpt", device="cpu", for_training=True)
+    assert all(torch.equal(reloaded.depth_expert.state_dict()[k], v) for k, v in routed.items())
+    depth_images = reloaded.eval().predict_depth(make_observation(reloaded.config), num_steps=2)
+    assert depth_images.shape == (2, 64, 64, 3) and np.all((depth_images >= 0) & (depth_images <= 1))
+
+    # Without a depth expert configured the same GEM-2B folder loads cleanly: the extra keys are ignored.
+    plain = GemVLAPolicy.build(tiny_policy_config(), backbone_dir, normalizer, device="cpu").eval()
+    assert plain.depth_expert is None
+    assert plain.predict_action_chunk(make_observation(plain.config)).shape == (8, 9)

@@ -62,6 +62,9 @@ class GemVLAPolicy(nn.Module):
         if config.depth_expert is not None:
             from gem_ros.core.policy.depth_expert import DepthExpert, DepthExpertConfig
 
+            # The image-span delimiters are the backbone's token ids, whatever the stored config says.
+            ids = {key: getattr(backbone.config, key) for key in ("vision_start_token_id", "vision_end_token_id")}
+            config.depth_expert = {**config.depth_expert, **ids}
             self.depth_expert = DepthExpert(DepthExpertConfig.from_dict(config.depth_expert))
         self.truncated = False
         self.last_timings: dict[str, float] = {}

@@ -57,11 +57,13 @@ class MinMaxNormalizer:
     def offset(self) -> np.ndarray:
         return (-1.0 - self.minimum * self.scale).astype(np.float32)
 
+    # Written around `min` rather than as x * scale + offset: same map, but no float32 cancellation when a
+    # floored channel has a huge scale.
     def normalize(self, x):
-        return x * self._like(self.scale, x) + self._like(self.offset, x)
+        return (x - self._like(self.minimum, x)) * self._like(self.scale, x) - 1
 
     def unnormalize(self, x):
-        return (x - self._like(self.offset, x)) / self._like(self.scale, x)
+        return (x + 1) / self._like(self.scale, x) + self._like(self.minimum, x)
 
     @staticmethod
     def _like(value: np.ndarray, x):

@@ -1,0 +1,60 @@
+"""Min-max normalizer: the reference formula, the range floor, storage, and the reference .pt import."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gem_ros.core.policy.normalizer import (MinMaxNormalizer, import_reference_normalizer, load_normalizers,
+                                            save_normalizers)
+
+
+def test_maps_min_max_to_minus_one_one_and_back():
+    data = np.array([[0.0, -2.0, 5.0], [1.0, 2.0, 5.0], [0.5, 0.0, 5.0]])
+    norm = MinMaxNormalizer.fit(data)
+    out = norm.normalize(data)
+    np.testing.assert_allclose(out[:, :2].min(0), [-1, -1], atol=1e-6)
+    np.testing.assert_allclose(out[:, :2].max(0), [1, 1], atol=1e-6)
+    # Constant channel: range floored at 1e-3 -> a' = 2 (a - min) / 1e-3 - 1 = -1, never a division by zero.
+    np.testing.assert_allclose(out[:, 2], -1.0)
+    np.testing.assert_allclose(norm.unnormalize(out), data, atol=1e-5)
+    np.testing.assert_allclose(norm.scale, [2.0, 0.5, 2e3], rtol=1e-6)
+
+
+def test_torch_and_numpy_agree():
+    norm = MinMaxNormalizer(np.array([-1.0, 0.0]), np.array([3.0, 0.5]))
+    x = np.array([[0.3, 0.2]], np.float32)
+    np.testing.assert_allclose(norm.normalize(torch.as_tensor(x)).numpy(), norm.normalize(x), rtol=1e-6)
+
+
+def test_invalid_statistics_are_refused():
+    with pytest.raises(ValueError, match="NaN"):
+        MinMaxNormalizer(np.array([np.nan]), np.array([1.0]))
+    with pytest.raises(ValueError, match="max < min"):
+        MinMaxNormalizer(np.array([1.0]), np.array([0.0]))
+
+
+def test_safetensors_round_trip(tmp_path):
+    action, state = MinMaxNormalizer(np.zeros(3), np.ones(3)), MinMaxNormalizer(-np.ones(2), np.ones(2), 0.5)
+    save_normalizers(tmp_path / "n.safetensors", {"action": action, "state": state})
+    loaded = load_normalizers(tmp_path / "n.safetensors")
+    np.testing.assert_array_equal(loaded["action"].maximum, action.maximum)
+    assert loaded["state"].range_floor == 0.5
+
+
+class Payload:
+    pass
+
+
+def test_reference_normalizer_import_uses_weights_only(tmp_path):
+    stats = MinMaxNormalizer(np.array([-0.5, 0.0]), np.array([0.5, 0.02]))
+    torch.save({"action": {"scale": torch.tensor(stats.scale), "offset": torch.tensor(stats.offset)}},
+               tmp_path / "normalizer.pt")
+    imported = import_reference_normalizer(tmp_path / "normalizer.pt")
+    x = np.array([0.1, 0.01], np.float32)
+    np.testing.assert_allclose(imported.normalize(x), stats.normalize(x), rtol=1e-5)
+
+    # Anything that needs a full unpickle (here an arbitrary class instance) is refused, not executed.
+    torch.save({"action": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        import_reference_normalizer(tmp_path / "evil.pt")
