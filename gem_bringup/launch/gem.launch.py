@@ -1,0 +1,39 @@
+"""One launch file for every arm: `ros2 launch gem_bringup gem.launch.py arm:=panda checkpoint:=/path [sim:=true]`.
+
+Robot facts live in config/<arm>/gem.yaml; this file only composes nodes. With sim:=true the embedded pybullet
+arm stands in for ros2_control (and publishes /clock). gem_policy is a managed node: it is configured and
+activated here with lifecycle events, so the chain comes up in one command.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
+
+
+def generate_launch_description():
+    arm, sim, checkpoint = LaunchConfiguration("arm"), LaunchConfiguration("sim"), LaunchConfiguration("checkpoint")
+    params = PathJoinSubstitution([FindPackageShare("gem_bringup"), "config", arm, "gem.yaml"])
+    urdf = PathJoinSubstitution([FindPackageShare("gem_ros"), "urdf", arm, [arm, ".urdf"]])
+    policy = LifecycleNode(package="gem_ros", executable="gem_policy", name="gem_policy", namespace="",
+                           parameters=[params, {"checkpoint": checkpoint}], output="screen")
+    configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=lambda node: node is policy,
+                                            transition_id=Transition.TRANSITION_CONFIGURE))
+    activate_when_configured = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=policy, goal_state="inactive",
+        entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=lambda node: node is policy,
+                                              transition_id=Transition.TRANSITION_ACTIVATE))]))
+    return LaunchDescription([
+        DeclareLaunchArgument("arm", default_value="panda", description="folder under gem_bringup/config"),
+        DeclareLaunchArgument("sim", default_value="true", description="start the embedded pybullet arm"),
+        DeclareLaunchArgument("checkpoint", description="GEM-VLA checkpoint folder"),
+        Node(package="gem_ros", executable="gem_sim", name="gem_sim", parameters=[params],
+             condition=IfCondition(sim), output="screen"),
+        Node(package="gem_ros", executable="gem_executor", name="gem_executor",
+             parameters=[params, {"urdf_path": urdf}], output="screen"),
+        policy, activate_when_configured, configure,
+    ])

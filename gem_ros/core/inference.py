@@ -1,0 +1,166 @@
+"""Asynchronous inference: a worker thread that turns the freshest observation into action chunks.
+
+The worker asks for the next chunk *before* the current one runs out: it starts inference when the time left
+in the last chunk (measured from that chunk's observation time) drops below `request_threshold_s` plus the
+measured inference latency, so the arm does not idle while inference is faster than the remaining horizon.
+It never runs inside a ROS callback; the node only feeds the buffer and publishes what `on_chunk` hands back.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gem_ros.core.observation import ObservationBuffer, StaleObservation
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class InferenceConfig:
+    request_threshold_s: float = 0.3   # start the next inference when this much horizon (+ latency) is left
+    poll_period_s: float = 0.01        # how often the worker re-checks freshness and timing
+    chunk_horizon_s: float = 0.8       # time covered by one chunk (chunk_len / control_rate_hz)
+
+    def __post_init__(self) -> None:
+        for name in ("request_threshold_s", "poll_period_s", "chunk_horizon_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"inference.{name} must be a positive finite number, got {value!r}")
+
+
+@dataclass
+class ChunkResult:
+    actions: np.ndarray            # (T, A) un-normalized actions
+    obs_stamp_s: float             # time of the observation it was predicted from
+    latency_ms: dict[str, float]   # per-stage policy timings
+    index: int
+
+
+@dataclass
+class WorkerState:
+    instruction: str = ""
+    running: bool = False
+    holding: bool = False              # running, but paused on stale input; resumes when inputs are fresh
+    reason: str = "idle"
+    chunks: int = 0
+    last_chunk_obs_s: float = -math.inf
+    last_latency_s: float = 0.0
+    stale_reasons: list[str] = field(default_factory=list)
+    last_error: str = ""
+
+
+class InferenceWorker:
+    """Owns the worker thread. `predict(observation) -> (actions, timings)` is the policy call."""
+
+    def __init__(self, cfg: InferenceConfig, buffer: ObservationBuffer, predict, clock: Clock,
+                 on_chunk: Callable[[ChunkResult], None], on_hold: Callable[[str], None],
+                 camera_sizes: dict[str, tuple[int, int]] | None = None):
+        self.cfg, self.buffer, self.predict, self.clock = cfg, buffer, predict, clock
+        self.camera_sizes = camera_sizes   # (H, W) per camera the policy expects; frames are resized to it
+        self.on_chunk, self.on_hold = on_chunk, on_hold
+        self.state = WorkerState()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ control (any thread)
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="gem_inference", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def run_instruction(self, instruction: str) -> None:
+        if not instruction.strip():
+            raise ValueError("instruction is empty")
+        with self._lock:
+            self.state.instruction, self.state.running, self.state.holding = instruction, True, False
+            self.state.last_chunk_obs_s, self.state.reason = -math.inf, "running"
+        self._wake.set()
+
+    def stop(self, reason: str) -> None:
+        """Stop producing chunks and tell the executor to hold."""
+        with self._lock:
+            was_running = self.state.running
+            self.state.running, self.state.holding, self.state.reason = False, False, reason
+        if was_running:
+            self.on_hold(reason)
+
+    def snapshot(self) -> WorkerState:
+        with self._lock:
+            return WorkerState(**vars(self.state))
+
+    # ------------------------------------------------------------------ worker thread
+    def due(self, now_s: float) -> bool:
+        left = self.state.last_chunk_obs_s + self.cfg.chunk_horizon_s - now_s
+        return left <= self.cfg.request_threshold_s + self.state.last_latency_s
+
+    def step(self) -> ChunkResult | None:
+        """One decision of the worker; public so tests can drive it without a thread."""
+        now = self.clock()
+        with self._lock:
+            running, instruction = self.state.running, self.state.instruction
+        if not running:
+            return None
+        try:
+            timed = self.buffer.assemble(now, instruction, self.camera_sizes)
+        except StaleObservation as stale:
+            self._hold_on_stale(list(stale.reasons))
+            return None
+        with self._lock:
+            if self.state.holding:   # inputs are fresh again: resume with a new chunk right away
+                self.state.holding, self.state.stale_reasons, self.state.reason = False, [], "running"
+                self.state.last_chunk_obs_s = -math.inf
+            if not self.due(now):
+                return None
+        started = time.perf_counter()
+        try:
+            actions, timings = self.predict(timed.observation)
+        except ValueError as error:   # bad input or a non-finite chunk: hold, report, keep the node alive
+            with self._lock:
+                self.state.last_error = str(error)
+            self.stop(f"policy error: {error}")
+            return None
+        with self._lock:
+            if not self.state.running or self.state.instruction != instruction:
+                return None   # cancelled or pre-empted while we were thinking: drop the stale chunk
+            self.state.last_latency_s = time.perf_counter() - started
+            self.state.last_chunk_obs_s = timed.stamp_s
+            self.state.chunks += 1
+            result = ChunkResult(actions, timed.stamp_s, dict(timings), self.state.chunks)
+        self.on_chunk(result)
+        return result
+
+    def _hold_on_stale(self, reasons: list[str]) -> None:
+        with self._lock:
+            first = not self.state.holding
+            self.state.holding, self.state.stale_reasons = True, reasons
+            self.state.reason = "holding: stale input: " + "; ".join(reasons)
+            reason = self.state.reason
+        if first:
+            self.on_hold(reason)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                produced = self.step()
+            except Exception as error:  # a dead policy must hold the arm and say why, not kill the thread silently
+                with self._lock:
+                    self.state.last_error = repr(error)
+                self.stop(f"inference crashed: {error!r}")
+                produced = None
+            if produced is None:
+                self._wake.wait(self.cfg.poll_period_s)
+                self._wake.clear()

@@ -1,0 +1,230 @@
+"""Latest camera frames and joint states, time-aligned and freshness-checked into one policy `Observation`.
+
+Subscription callbacks call `add_image` / `add_joint_state`; the inference worker calls `assemble`. They
+run on different threads, so every shared field is touched under one lock, and the lock is never held
+while resizing or copying pixels. Times are seconds on the clock of the message stamps (ROS time: wall or
+/clock under use_sim_time); `now_s` must come from the same clock.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gem_ros.core.observation.images import resize_to
+from gem_ros.core.policy.config import IOSchema
+from gem_ros.core.policy.observation import Observation
+
+
+def _names(field_name: str, names) -> list[str]:
+    names = list(names)
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError(f"{field_name} must be a non-empty list of non-empty strings, got {names!r}")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{field_name} has duplicate names: {duplicates}")
+    return names
+
+
+def _positive_finite(field_name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{field_name} must be a positive finite number of seconds, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class ObservationConfig:
+    camera_names: list[str]
+    joint_names: list[str]            # state vector order; matched BY NAME against incoming joint states
+    max_age_s: float = 0.2            # refuse any input older than this relative to `now`, s
+    max_skew_s: float = 0.05          # max |camera stamp - joint-state stamp| used together, s
+    history: int = 5                  # frames kept per camera for time alignment
+    # (height, width) px the policy wants per camera; cameras not listed keep their native size
+    camera_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.camera_names = _names("camera_names", self.camera_names)
+        self.joint_names = _names("joint_names", self.joint_names)
+        self.max_age_s = _positive_finite("max_age_s", self.max_age_s)
+        self.max_skew_s = _positive_finite("max_skew_s", self.max_skew_s)
+        if isinstance(self.history, bool) or not isinstance(self.history, int) or self.history <= 0:
+            raise ValueError(f"history must be a positive integer, got {self.history!r}")
+        sizes = {}
+        for name, size in dict(self.camera_sizes).items():
+            if name not in self.camera_names:
+                raise ValueError(f"camera_sizes names unknown camera {name!r} (cameras: {self.camera_names})")
+            size = tuple(size)
+            if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+                raise ValueError(f"camera_sizes[{name!r}] must be (height, width) positive ints, got {size!r}")
+            sizes[name] = size
+        self.camera_sizes = sizes
+
+    @classmethod
+    def for_schema(cls, io: IOSchema, joint_names: Sequence[str] | None = None, **overrides) -> ObservationConfig:
+        """Cameras and their sizes from a checkpoint's I/O schema; joints from `joint_names` or its state_names."""
+        joints = list(joint_names) if joint_names is not None else list(io.state_names)
+        if len(joints) != io.state_dim:
+            raise ValueError(f"joint_names has {len(joints)} names but the checkpoint's state_dim is {io.state_dim}")
+        return cls(camera_names=io.camera_names, joint_names=joints,
+                   camera_sizes={c.name: (c.height, c.width) for c in io.cameras}, **overrides)
+
+
+class StaleObservation(ValueError):
+    """Inputs are missing, too old, out of sync or not finite; `.reasons` lists every problem found."""
+
+    def __init__(self, reasons: Sequence[str]):
+        self.reasons = list(reasons)
+        super().__init__("stale observation: " + "; ".join(self.reasons))
+
+
+@dataclass
+class TimedObservation:
+    observation: Observation
+    stamp_s: float                    # newest joint-state stamp = the time the observation describes, s
+    image_stamps: dict[str, float]    # stamp of the frame used per camera, s
+    skew_s: float                     # max |image stamp - stamp_s| over cameras, s
+
+
+class ObservationBuffer:
+    def __init__(self, config: ObservationConfig):
+        self.config = config
+        self._lock = threading.Lock()
+        self._frames = {name: deque(maxlen=config.history) for name in config.camera_names}  # (stamp_s, image)
+        self._joint_index = {name: i for i, name in enumerate(config.joint_names)}
+        self._positions = np.full(len(config.joint_names), np.nan)     # rad or m, in joint_names order
+        self._joint_stamps = np.full(len(config.joint_names), -np.inf)  # s; -inf = never received
+        self._joint_messages = 0
+        self._unknown_joints: set[str] = set()   # names seen but not configured: a hint when one is missing
+
+    def add_image(self, camera: str, stamp_s: float, image: np.ndarray) -> None:
+        """Keep a (H, W, 3) uint8 RGB frame. The buffer holds a reference: do not modify `image` afterwards."""
+        if camera not in self._frames:
+            raise ValueError(f"unknown camera {camera!r}; configured cameras: {self.config.camera_names}")
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", None)
+            raise ValueError(f"camera {camera!r}: image must be (H, W, 3) uint8 RGB, got "
+                             f"{type(image).__name__} {shape} {getattr(image, 'dtype', '')}")
+        if not math.isfinite(stamp_s):
+            raise ValueError(f"camera {camera!r}: stamp must be finite, got {stamp_s!r}")
+        with self._lock:
+            self._frames[camera].append((float(stamp_s), image))
+
+    def add_joint_state(self, stamp_s: float, names: Sequence[str], positions: Sequence[float]) -> None:
+        """Store positions by joint name. Extra names are ignored; NaN is stored and refused by `assemble`."""
+        names = list(names)
+        if len(names) != len(positions):
+            raise ValueError(f"joint state has {len(names)} names but {len(positions)} positions")
+        if len(set(names)) != len(names):
+            raise ValueError(f"joint state repeats names: {sorted({n for n in names if names.count(n) > 1})}")
+        if not math.isfinite(stamp_s):
+            raise ValueError(f"joint state stamp must be finite, got {stamp_s!r}")
+        values = [float(p) for p in positions]
+        with self._lock:
+            self._joint_messages += 1
+            for name, value in zip(names, values):
+                index = self._joint_index.get(name)
+                if index is None:
+                    if len(self._unknown_joints) < 64:   # bounded: a bad publisher must not grow memory
+                        self._unknown_joints.add(name)
+                elif stamp_s >= self._joint_stamps[index]:   # a late, older message never overwrites a newer one
+                    self._positions[index], self._joint_stamps[index] = value, stamp_s
+
+    def clear(self) -> None:
+        """Forget all inputs (episode reset, time jump after a sim restart)."""
+        with self._lock:
+            for frames in self._frames.values():
+                frames.clear()
+            self._positions[:], self._joint_stamps[:] = np.nan, -np.inf
+            self._joint_messages = 0
+            self._unknown_joints.clear()
+
+    def health(self, now_s: float) -> dict[str, float]:
+        """Age (s) of the newest input per source ("camera/<name>", "joint_states"); inf when none yet."""
+        with self._lock:
+            newest = {f"camera/{n}": max((s for s, _ in f), default=-math.inf) for n, f in self._frames.items()}
+            newest["joint_states"] = float(self._joint_stamps.max())
+        return {source: now_s - stamp if math.isfinite(stamp) else math.inf for source, stamp in newest.items()}
+
+    def assemble(self, now_s: float, instruction: str,
+                 camera_sizes: dict[str, tuple[int, int]] | None = None) -> TimedObservation:
+        """The observation at the newest joint state, with each camera's nearest frame; raises StaleObservation.
+
+        `camera_sizes` ((height, width) per camera) overrides `config.camera_sizes` for this call.
+        """
+        sizes = dict(self.config.camera_sizes if camera_sizes is None else camera_sizes)
+        unknown = sorted(set(sizes) - set(self._frames))
+        if unknown:
+            raise ValueError(f"camera_sizes names unknown cameras {unknown}; configured: {self.config.camera_names}")
+        with self._lock:
+            frames = {name: list(f) for name, f in self._frames.items()}
+            positions, joint_stamps = self._positions.copy(), self._joint_stamps.copy()
+            joint_messages, unknown_joints = self._joint_messages, sorted(self._unknown_joints)
+
+        reasons: list[str] = []
+        stamp_s = self._check_joints(now_s, positions, joint_stamps, joint_messages, unknown_joints, reasons)
+        chosen = {name: self._pick_frame(name, frames[name], now_s, stamp_s, reasons) for name in frames}
+        if reasons:
+            raise StaleObservation(reasons)
+
+        images = {}
+        for name, (_, image) in chosen.items():
+            resized = resize_to(image, *sizes[name]) if name in sizes else image
+            # the policy gets its own contiguous array: a consumer writing into it cannot corrupt the buffer
+            images[name] = resized.copy() if resized is image else np.ascontiguousarray(resized)
+        image_stamps = {name: s for name, (s, _) in chosen.items()}
+        skew = max(abs(s - stamp_s) for s in image_stamps.values())
+        return TimedObservation(Observation(images=images, state=positions, instruction=instruction),
+                                stamp_s, image_stamps, skew)
+
+    def _check_joints(self, now_s, positions, stamps, joint_messages, unknown_joints, reasons) -> float:
+        """Append joint problems to `reasons`; return the newest configured joint stamp (nan if none)."""
+        names, max_age, max_skew = self.config.joint_names, self.config.max_age_s, self.config.max_skew_s
+        present = np.isfinite(stamps)
+        if joint_messages == 0:
+            reasons.append("no joint state yet")
+            return math.nan
+        for i in np.flatnonzero(~present):
+            reasons.append(f"joint '{names[i]}' missing from joint states")
+        if not present.all() and unknown_joints:
+            reasons.append(f"joint states carry other names {unknown_joints} (check joint_names)")
+        if not present.any():
+            return math.nan
+        ages = now_s - stamps
+        stale = [names[i] for i in np.flatnonzero(present & (ages > max_age))]
+        if stale:
+            reasons.append(f"joint state for {stale} {ages[present].max():.2f} s old (max {max_age:.2f} s)")
+        future = [names[i] for i in np.flatnonzero(present & (ages < -max_skew))]
+        if future:
+            reasons.append(f"joint state for {future} stamped {-ages[present].min():.2f} s after now "
+                           f"(clock mismatch? check use_sim_time)")
+        for i in np.flatnonzero(present & ~np.isfinite(positions)):
+            reasons.append(f"joint '{names[i]}' position is {positions[i]} (not finite)")
+        return float(stamps[present].max())
+
+    def _pick_frame(self, camera, frames, now_s, stamp_s, reasons):
+        """The fresh frame nearest `stamp_s` (newest fresh one without a joint state); None after a problem."""
+        max_age, max_skew = self.config.max_age_s, self.config.max_skew_s
+        if not frames:
+            reasons.append(f"no frame from camera '{camera}' yet")
+            return None
+        fresh = [f for f in frames if -max_skew <= now_s - f[0] <= max_age]
+        if not fresh:
+            newest_age = now_s - max(s for s, _ in frames)
+            if newest_age > max_age:
+                reasons.append(f"camera '{camera}' last frame {newest_age:.2f} s old (max {max_age:.2f} s)")
+            else:
+                reasons.append(f"camera '{camera}' frames stamped {-newest_age:.2f} s after now "
+                               f"(clock mismatch? check use_sim_time)")
+            return None
+        if math.isnan(stamp_s):
+            return max(fresh, key=lambda f: f[0])
+        best = min(fresh, key=lambda f: abs(f[0] - stamp_s))
+        skew = abs(best[0] - stamp_s)
+        if skew > max_skew:
+            reasons.append(f"camera '{camera}' nearest frame is {skew:.3f} s from the joint state "
+                           f"(max skew {max_skew:.3f} s)")
+        return best

@@ -1,0 +1,205 @@
+"""gem_demo: the closed loop in one process: simulated arm + GEM-VLA policy + executor, over real ROS 2 topics.
+
+    gem_demo                                 # shipped/ tiny policy, 3 episodes, outputs/demo/
+    gem_demo --checkpoint PATH --episodes 5
+
+Per episode it prints success, steps, chunk latency p50/p95, control-loop rate and safety interventions, and
+writes a GIF of the scene camera plus a PNG panel (camera views, executed joint trajectories).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_CHECKPOINT = REPO / "checkpoints" / "sim_pick_tiny"
+ARM_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
+FINGERS = ["panda_finger_joint1", "panda_finger_joint2"]
+
+
+def make_random_sim_checkpoint(path: Path) -> Path:
+    """A tiny, randomly initialised GEM-VLA with the sim's I/O schema (what runs when nothing is trained yet)."""
+    import torch
+
+    from gem_ros.core.policy.gem_vla import GemVLAPolicy
+    from gem_ros.core.policy.normalizer import MinMaxNormalizer
+    from gem_ros.core.policy.tiny import tiny_policy_config, write_tiny_backbone
+    from gem_ros.sim.scene import HOME_ARM_RAD
+
+    torch.manual_seed(0)
+    config = tiny_policy_config(image_size=96, state_dim=9, action_dim=8, chunk_len=8,
+                                state_names=ARM_JOINTS + FINGERS, action_names=ARM_JOINTS + ["gripper"],
+                                gripper_channels=[7], control_rate_hz=10.0)
+    home = np.array(HOME_ARM_RAD)
+    # Actions span home +- 0.15 rad and the full gripper width: an untrained policy wiggles near home.
+    normalizer = MinMaxNormalizer(np.r_[home - 0.15, 0.0], np.r_[home + 0.15, 0.08])
+    backbone = write_tiny_backbone(path / "_backbone_src", text_layers=3)
+    policy = GemVLAPolicy.build(config, backbone, normalizer, device="cpu")
+    return policy.save_pretrained(path / "random_tiny")
+
+
+@dataclass
+class EpisodeLog:
+    frames: list = field(default_factory=list)            # scene camera RGB
+    last_images: dict = field(default_factory=dict)
+    joint_t: list = field(default_factory=list)
+    joint_q: list = field(default_factory=list)
+    latencies_ms: list = field(default_factory=list)
+    trajectory_times: list = field(default_factory=list)  # sim time of each trajectory sent to the controller
+
+
+class Recorder:
+    """Subscribes like any other tool would and keeps what the report needs."""
+
+    def __init__(self, node, frame_every: int = 2):
+        from gem_msgs.msg import ActionChunk
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image, JointState
+        from trajectory_msgs.msg import JointTrajectory
+
+        from gem_ros.nodes.conversions import image_msg_to_rgb, stamp_to_s
+
+        self._to_rgb, self._to_s = image_msg_to_rgb, stamp_to_s
+        self.log, self._lock, self._frame_every, self._n = EpisodeLog(), threading.Lock(), frame_every, 0
+        node.create_subscription(Image, "/camera/scene/image_raw", lambda m: self._image("scene", m),
+                                 qos_profile_sensor_data)
+        node.create_subscription(Image, "/camera/wrist/image_raw", lambda m: self._image("wrist", m),
+                                 qos_profile_sensor_data)
+        node.create_subscription(JointState, "/joint_states", self._joints, 50)
+        node.create_subscription(ActionChunk, "/gem/action_chunk", self._chunk, 10)
+        node.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._trajectory, 50)
+        self._clock = node.get_clock()
+
+    def new_episode(self) -> EpisodeLog:
+        with self._lock:
+            done, self.log, self._n = self.log, EpisodeLog(), 0
+        return done
+
+    def _image(self, camera, msg) -> None:
+        rgb = self._to_rgb(msg)
+        with self._lock:
+            self.log.last_images[camera] = rgb
+            if camera == "scene":
+                self._n += 1
+                if self._n % self._frame_every == 0:
+                    self.log.frames.append(rgb)
+
+    def _joints(self, msg) -> None:
+        with self._lock:
+            self.log.joint_t.append(self._to_s(msg.header.stamp))
+            self.log.joint_q.append(np.array(msg.position))
+
+    def _chunk(self, msg) -> None:
+        if msg.num_points:
+            with self._lock:
+                self.log.latencies_ms.append(msg.inference_latency_ms)
+
+    def _trajectory(self, msg) -> None:
+        with self._lock:
+            self.log.trajectory_times.append(self._clock.now().nanoseconds * 1e-9)
+
+
+def control_rate_hz(times: list[float]) -> float:
+    if len(times) < 2 or times[-1] <= times[0]:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="GEM-VLA checkpoint folder")
+    parser.add_argument("--episodes", type=int, default=3)
+    parser.add_argument("--episode-timeout", type=float, default=12.0, help="sim seconds per episode")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arm", default="panda")
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+    from tqdm import tqdm
+
+    from gem_ros.commander import GemCommander
+    from gem_ros.demo_report import write_episode_outputs
+    from gem_ros.nodes.executor_node import ExecutorNode
+    from gem_ros.nodes.params import bringup_config, node_parameters
+    from gem_ros.nodes.policy_node import PolicyNode
+    from gem_ros.nodes.sim_node import SimNode
+
+    checkpoint = args.checkpoint
+    scratch = tempfile.TemporaryDirectory(prefix="gem_demo_")
+    if checkpoint is None and SHIPPED_CHECKPOINT.exists():
+        checkpoint = SHIPPED_CHECKPOINT
+        print(f"policy: shipped checkpoint {checkpoint}")
+    elif checkpoint is None:
+        print("policy: no trained checkpoint found -> a tiny RANDOMLY INITIALISED GEM-VLA (it moves, it will not "
+              "solve the task; train one with gem_train)")
+        checkpoint = make_random_sim_checkpoint(Path(scratch.name))
+    config = bringup_config(args.arm)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    rclpy.init()
+    sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed))
+    policy = PolicyNode(parameter_overrides=node_parameters(config, "gem_policy", checkpoint=str(checkpoint)))
+    executor_node = ExecutorNode(parameter_overrides=node_parameters(
+        config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf")))
+    tools = Node("gem_demo", parameter_overrides=node_parameters(config, "gem_policy", use_sim_time=True)[:0])
+    recorder = Recorder(tools)
+    executor = MultiThreadedExecutor(num_threads=4)
+    for node in (sim, policy, executor_node, tools):
+        executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    results = []
+    try:
+        policy.trigger_configure()
+        policy.trigger_activate()
+        commander = GemCommander(node=tools)
+        bar = tqdm(range(args.episodes), desc="episodes", unit="ep")
+        for episode in bar:
+            instruction = sim.reset_episode(args.seed + episode)
+            recorder.new_episode()
+            stats_before = executor_node.safety_interventions()
+            t0_sim, t0_wall = sim.time_s, time.monotonic()
+            handle = commander.run_instruction(instruction, timeout=args.episode_timeout)
+            result = handle.wait(args.episode_timeout * 20 + 60)
+            log = recorder.new_episode()
+            sim_s = sim.time_s - t0_sim
+            row = {"episode": episode, "instruction": instruction,
+                   "success": bool(result and result.succeeded),
+                   "outcome": result.outcome_name if result else "NO_RESULT",
+                   "steps": result.chunks_executed if result else 0,
+                   "sim_s": sim_s, "wall_s": time.monotonic() - t0_wall,
+                   "latency_p50_ms": float(np.percentile(log.latencies_ms, 50)) if log.latencies_ms else float("nan"),
+                   "latency_p95_ms": float(np.percentile(log.latencies_ms, 95)) if log.latencies_ms else float("nan"),
+                   "control_hz": control_rate_hz(log.trajectory_times),
+                   "interventions": executor_node.safety_interventions() - stats_before}
+            write_episode_outputs(args.out, episode, instruction, log, row)
+            results.append(row)
+            bar.write(f"ep {episode}: {'SUCCESS' if row['success'] else 'fail   '} {row['outcome']:<9} "
+                      f"'{instruction}'  chunks {row['steps']:3d}  sim {sim_s:4.1f} s  wall {row['wall_s']:4.1f} s  "
+                      f"latency p50/p95 {row['latency_p50_ms']:.0f}/{row['latency_p95_ms']:.0f} ms  "
+                      f"control {row['control_hz']:.0f} Hz  safety interventions {row['interventions']}")
+    finally:
+        policy.worker and policy.worker.shutdown()
+        executor.shutdown()
+        for node in (sim, policy, executor_node, tools):
+            node.destroy_node()
+        rclpy.try_shutdown()
+        scratch.cleanup()
+    rate = np.mean([r["success"] for r in results]) if results else 0.0
+    print(f"success rate {rate:.0%} over {len(results)} episodes; outputs in {args.out.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Thin rclpy nodes: message <-> core conversion, parameters, timers, lifecycle, diagnostics."""

@@ -1,0 +1,48 @@
+"""Read a standard ROS 2 parameter YAML (`node: ros__parameters: ...`) into rclpy Parameters.
+
+Lets one-process tools (gem_demo, tests) use exactly the per-robot YAML that `ros2 launch` passes to nodes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from rclpy.parameter import Parameter
+
+
+def node_parameters(yaml_path: Path, node_name: str, **overrides) -> list[Parameter]:
+    data = yaml.safe_load(Path(yaml_path).read_text()) or {}
+    section = data.get(node_name, data.get(f"/{node_name}", {}))
+    values = dict(section.get("ros__parameters", {}))
+    values.update(overrides)
+    return [Parameter(name, value=value) for name, value in values.items()]
+
+
+def share_dir() -> Path:
+    """Installed share/gem_ros when the ament index knows it, else the source tree (editable installs, tests)."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        try:
+            return Path(get_package_share_directory("gem_ros"))
+        except (PackageNotFoundError, KeyError, ValueError):
+            pass
+    except ImportError:
+        pass
+    return Path(__file__).resolve().parents[2]
+
+
+def bringup_config(arm: str) -> Path:
+    """gem_bringup/config/<arm>/gem.yaml from the install (colcon) or the source tree."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidate = Path(get_package_share_directory("gem_bringup")) / "config" / arm / "gem.yaml"
+        if candidate.exists():
+            return candidate
+    except Exception:  # noqa: BLE001 - gem_bringup is optional outside colcon installs
+        pass
+    candidate = Path(__file__).resolve().parents[2] / "gem_bringup" / "config" / arm / "gem.yaml"
+    if not candidate.exists():
+        raise ValueError(f"no config for arm '{arm}': {candidate} does not exist")
+    return candidate

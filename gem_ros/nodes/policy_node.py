@@ -1,0 +1,303 @@
+"""gem_policy: managed (lifecycle) node that runs GEM-VLA and publishes action chunks.
+
+configure  load the checkpoint, check its I/O schema against this robot's parameters, warm up once
+activate   start the inference worker (a thread; never inside a callback) and the action server
+deactivate stop producing chunks, tell the executor to hold
+Topics: cameras (Image or CompressedImage per camera), /joint_states in; /gem/action_chunk, /gem/policy_status,
+/diagnostics out. Action /gem/execute_instruction (gem_msgs/ExecuteInstruction), service ~/set_instruction.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Bool
+
+from gem_msgs.action import ExecuteInstruction
+from gem_msgs.msg import ActionChunk, PolicyStatus
+from gem_msgs.srv import SetInstruction
+from gem_ros.core.inference import ChunkResult, InferenceConfig, InferenceWorker
+from gem_ros.core.observation import ObservationBuffer, ObservationConfig
+from gem_ros.core.policy.observation import Observation
+from gem_ros.nodes.conversions import (compressed_msg_to_rgb, diagnostic_status, image_msg_to_rgb, s_to_stamp,
+                                       stamp_to_s)
+
+Outcome = ExecuteInstruction.Result
+
+
+class PolicyNode(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__("gem_policy", **kwargs)
+        p = self.declare_parameter
+        p("checkpoint", "")
+        p("device", "auto")
+        p("camera_names", ["scene", "wrist"])
+        p("camera_topics", ["/camera/scene/image_raw", "/camera/wrist/image_raw"])
+        p("camera_transports", ["raw", "raw"])      # raw | compressed, per camera
+        p("joint_state_topic", "/joint_states")
+        p("state_joint_names", [""])                  # default: the checkpoint's io.state_names
+        p("max_observation_age_s", 0.3)
+        p("max_skew_s", 0.1)
+        p("request_threshold_s", 0.3)
+        p("success_topic", "/gem/task_success")       # "" = no success signal; goals end on timeout/cancel
+        p("seed", 0)
+        self.policy = self.worker = self.buffer = None
+        self._group = ReentrantCallbackGroup()
+        self._goal_lock = threading.Lock()
+        self._active_goal = None
+        self._task_success = False
+        self._status_state, self._checkpoint = PolicyStatus.UNCONFIGURED, ""
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except (ValueError, OSError) as error:
+            self.get_logger().error(f"configure failed: {error}")
+            self._status_state = PolicyStatus.ERROR
+            self._status_reason = str(error)
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        from gem_ros.core.policy.gem_vla import GemVLAPolicy
+
+        get = lambda name: self.get_parameter(name).value  # noqa: E731
+        names, topics, transports = get("camera_names"), get("camera_topics"), get("camera_transports")
+        if not (len(names) == len(topics) == len(transports)):
+            raise ValueError(f"camera_names ({len(names)}), camera_topics ({len(topics)}) and camera_transports "
+                             f"({len(transports)}) must have the same length")
+        bad = [t for t in transports if t not in ("raw", "compressed")]
+        if bad:
+            raise ValueError(f"camera_transports must be 'raw' or 'compressed', got {bad}")
+        self._checkpoint = get("checkpoint")
+        if not self._checkpoint:
+            raise ValueError("parameter 'checkpoint' is empty: give the path of a GEM-VLA checkpoint folder")
+        self.policy = GemVLAPolicy.from_pretrained(self._checkpoint, device=get("device"))
+        io = self.policy.config.io
+        if io.camera_names != list(names):
+            raise ValueError(f"checkpoint cameras {io.camera_names} != camera_names parameter {list(names)}")
+        joint_names = [n for n in get("state_joint_names") if n] or list(io.state_names)
+        if len(joint_names) != io.state_dim:
+            raise ValueError(f"need {io.state_dim} state joint names (parameter state_joint_names or the checkpoint's "
+                             f"io.state_names), got {joint_names}")
+        self.buffer = ObservationBuffer(ObservationConfig(camera_names=list(names), joint_names=joint_names,
+                                                          max_age_s=get("max_observation_age_s"),
+                                                          max_skew_s=get("max_skew_s")))
+        self._camera_sizes = {c.name: (c.height, c.width) for c in io.cameras}
+        self.policy.reset(get("seed"))
+        self._warm_up()
+        horizon = io.chunk_len / io.control_rate_hz
+        self.worker = InferenceWorker(
+            InferenceConfig(request_threshold_s=get("request_threshold_s"), chunk_horizon_s=horizon),
+            self.buffer, self._predict, self._now, self._publish_chunk, self._publish_hold,
+            camera_sizes=self._camera_sizes)
+        for name, topic, transport in zip(names, topics, transports):
+            msg_type = CompressedImage if transport == "compressed" else Image
+            self.create_subscription(msg_type, topic, lambda msg, cam=name: self._on_image(cam, msg),
+                                     qos_profile_sensor_data)
+        self.create_subscription(JointState, get("joint_state_topic"), self._on_joint_state, 50)
+        if get("success_topic"):
+            self.create_subscription(Bool, get("success_topic"), self._on_success, 10)
+        self.chunk_pub = self.create_publisher(ActionChunk, "/gem/action_chunk", 10)
+        self.status_pub = self.create_publisher(PolicyStatus, "/gem/policy_status", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(0.2, self._publish_status)
+        self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)
+        self._action_server = ActionServer(
+            self, ExecuteInstruction, "/gem/execute_instruction", execute_callback=self._execute,
+            goal_callback=self._on_goal, cancel_callback=lambda _: CancelResponse.ACCEPT,
+            callback_group=self._group)
+        self._status_state, self._status_reason = PolicyStatus.IDLE, "configured"
+        self.get_logger().info(f"loaded {self._checkpoint} on {self.policy.device}; cameras {names}")
+
+    def _warm_up(self) -> None:
+        io = self.policy.config.io
+        dummy = Observation({c.name: np.zeros((c.height, c.width, 3), np.uint8) for c in io.cameras},
+                            np.zeros(io.state_dim, np.float32), "warm up")
+        self.policy.predict_action_chunk(dummy, seed=0)
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self.worker.start()
+        self._status_state, self._status_reason = PolicyStatus.IDLE, "active, waiting for an instruction"
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self.worker.stop("deactivated")
+        self.worker.shutdown()
+        self._status_state, self._status_reason = PolicyStatus.IDLE, "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self.policy = None
+        return TransitionCallbackReturn.SUCCESS
+
+    # ------------------------------------------------------------------------------ inputs
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_image(self, camera: str, msg) -> None:
+        try:
+            rgb = compressed_msg_to_rgb(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
+        except ValueError as error:
+            self.get_logger().error(f"camera '{camera}': {error}", throttle_duration_sec=2.0)
+            return
+        self.buffer.add_image(camera, stamp_to_s(msg.header.stamp), rgb)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        self.buffer.add_joint_state(stamp_to_s(msg.header.stamp), list(msg.name), list(msg.position))
+
+    def _on_success(self, msg: Bool) -> None:
+        self._task_success = bool(msg.data)
+
+    # ------------------------------------------------------------------------------ worker callbacks
+    def _predict(self, observation):
+        chunk = self.policy.predict_action_chunk(observation)
+        return chunk, self.policy.last_timings
+
+    def _publish_chunk(self, result: ChunkResult) -> None:
+        io = self.policy.config.io
+        msg = ActionChunk()
+        msg.header.stamp = s_to_stamp(result.obs_stamp_s)
+        msg.joint_names = list(io.action_names) or [f"action_{i}" for i in range(io.action_dim)]
+        msg.dt = 1.0 / io.control_rate_hz
+        msg.num_points, msg.num_joints = result.actions.shape
+        msg.positions = result.actions.astype(np.float64).ravel().tolist()
+        msg.action_space = io.action_space
+        msg.inference_latency_ms = float(result.latency_ms.get("total", 0.0))
+        msg.chunk_index = result.index
+        self.chunk_pub.publish(msg)
+
+    def _publish_hold(self, reason: str) -> None:
+        """An empty chunk tells the executor to stop and hold where it is."""
+        msg = ActionChunk()
+        msg.header.stamp = s_to_stamp(self._now())
+        msg.action_space = self.policy.config.io.action_space if self.policy else ""
+        self.chunk_pub.publish(msg)
+        self.get_logger().warn(f"hold: {reason}")
+
+    # ------------------------------------------------------------------------------ status
+    def _state(self) -> tuple[int, str]:
+        if self.worker is None:
+            return self._status_state, getattr(self, "_status_reason", "")
+        snap = self.worker.snapshot()
+        if snap.holding:
+            return PolicyStatus.HOLDING, snap.reason
+        if snap.running:
+            return PolicyStatus.RUNNING, snap.reason
+        return self._status_state, snap.reason
+
+    def _publish_status(self) -> None:
+        state, reason = self._state()
+        timings = self.policy.last_timings if self.policy else {}
+        snap = self.worker.snapshot() if self.worker else None
+        msg = PolicyStatus(state=state, state_reason=reason, instruction=snap.instruction if snap else "",
+                           checkpoint=self._checkpoint, device=str(self.policy.device) if self.policy else "",
+                           chunks_produced=snap.chunks if snap else 0)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        for field, key in (("latency_preprocess_ms", "preprocess"), ("latency_vlm_ms", "vlm"),
+                           ("latency_action_expert_ms", "action_expert"), ("latency_postprocess_ms", "postprocess"),
+                           ("latency_total_ms", "total")):
+            setattr(msg, field, float(timings.get(key, 0.0)))
+        self.status_pub.publish(msg)
+        ages = self.buffer.health(self._now()) if self.buffer else {}
+        level = {PolicyStatus.HOLDING: DiagnosticStatus.WARN, PolicyStatus.ERROR: DiagnosticStatus.ERROR}.get(
+            state, DiagnosticStatus.OK)
+        if snap and snap.stale_reasons:
+            level = DiagnosticStatus.ERROR
+        values = {f"latency_{k}_ms": f"{v:.1f}" for k, v in timings.items()}
+        values.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
+        values["chunks_produced"] = str(snap.chunks if snap else 0)
+        diag = DiagnosticArray()
+        diag.header.stamp = msg.header.stamp
+        diag.status = [diagnostic_status("gem_policy", level, reason or "ok", values)]
+        self.diag_pub.publish(diag)
+
+    # ------------------------------------------------------------------------------ instruction interfaces
+    def _on_set_instruction(self, request, response):
+        snap = self.worker.snapshot() if self.worker else None
+        if snap is None or not snap.running or not request.instruction.strip():
+            response.success, response.message = False, "no running goal (use the ExecuteInstruction action)" \
+                if request.instruction.strip() else "instruction is empty"
+            return response
+        self.worker.run_instruction(request.instruction)
+        response.success, response.message = True, f"instruction set to '{request.instruction}'"
+        return response
+
+    def _on_goal(self, goal_request) -> GoalResponse:
+        if self.worker is None or not goal_request.instruction.strip():
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def _execute(self, goal_handle):
+        """Runs in the action server's thread; it only waits and reports, the worker does the inference."""
+        request = goal_handle.request
+        with self._goal_lock:
+            self._active_goal = goal_handle   # the loop of an older goal sees this and ends as PREEMPTED
+        self._task_success = False
+        self.worker.run_instruction(request.instruction)
+        start_wall, start = time.monotonic(), self._now()
+        timeout = request.timeout.sec + request.timeout.nanosec * 1e-9
+        chunks_at_start = self.worker.snapshot().chunks
+        outcome, reason = None, ""
+        while outcome is None:
+            snap = self.worker.snapshot()
+            elapsed = self._now() - start
+            if self._active_goal is not goal_handle:
+                outcome, reason = Outcome.PREEMPTED, "a newer instruction replaced this goal"
+            elif goal_handle.is_cancel_requested:
+                self.worker.stop("goal canceled")
+                outcome, reason = Outcome.CANCELED, "canceled by the client"
+            elif self._task_success:
+                outcome, reason = Outcome.SUCCEEDED, "task success reported"
+            elif timeout > 0 and elapsed >= timeout:
+                outcome, reason = Outcome.TIMEOUT, f"no success within {timeout:.1f} s"
+            elif not snap.running:
+                outcome, reason = (Outcome.ERROR if snap.last_error else Outcome.SAFETY_STOP), snap.reason
+            else:
+                feedback = ExecuteInstruction.Feedback(
+                    chunks_executed=snap.chunks - chunks_at_start, state="HOLDING" if snap.holding else "RUNNING",
+                    progress=float(min(elapsed / timeout, 1.0)) if timeout > 0 else -1.0,
+                    last_latency_ms=float(self.policy.last_timings.get("total", 0.0)))
+                goal_handle.publish_feedback(feedback)
+                time.sleep(0.05)
+        if outcome != Outcome.PREEMPTED:
+            with self._goal_lock:
+                if self._active_goal is goal_handle:
+                    self._active_goal = None
+                    if outcome != Outcome.CANCELED:
+                        self.worker.stop(f"goal ended: {reason}")
+        result = Outcome(outcome=outcome, reason=reason, duration_s=float(time.monotonic() - start_wall),
+                         chunks_executed=self.worker.snapshot().chunks - chunks_at_start)
+        if outcome == Outcome.SUCCEEDED:
+            goal_handle.succeed()
+        elif outcome == Outcome.CANCELED:
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        return result
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = PolicyNode()
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if node.worker is not None:
+            node.worker.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()

@@ -1,0 +1,130 @@
+"""gem_sim: the embedded pybullet arm, speaking the topics of a real arm under ros2_control.
+
+Out: /clock (sim time), /joint_states, /camera/<name>/image_raw + camera_info (+ depth/image_raw when asked),
+/gem/task_success (std_msgs/Bool). In: /<controller_name>/joint_trajectory (trajectory_msgs/JointTrajectory)
+with JointTrajectoryController semantics (see gem_ros/sim/follower.py). Physics advances `step_s` of sim time
+per timer tick; when the machine cannot keep up, sim time simply runs slower than wall time, and every node
+on `use_sim_time` stays consistent.
+"""
+from __future__ import annotations
+
+import threading
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Bool
+from trajectory_msgs.msg import JointTrajectory
+
+from gem_ros.nodes.conversions import depth_to_image_msg, make_camera_info, rgb_to_image_msg, s_to_stamp, stamp_to_s
+from gem_ros.sim.follower import TrajectoryFollower
+from gem_ros.sim.scene import SimConfig, TabletopSim
+
+
+class SimNode(Node):
+    def __init__(self, sim_config: SimConfig | None = None, **kwargs):
+        super().__init__("gem_sim", **kwargs)
+        p = self.declare_parameter
+        p("seed", 0)
+        p("controller_name", "arm_controller")
+        p("step_s", 0.01)                 # sim time per tick [s]
+        p("real_time_factor", 1.0)        # tick period = step_s / factor (wall); <= 0 = as fast as possible
+        p("joint_state_rate_hz", 50.0)
+        p("camera_rate_hz", 10.0)
+        p("publish_depth", False)
+        get = lambda name: self.get_parameter(name).value  # noqa: E731
+        self.sim = TabletopSim(sim_config or SimConfig(seed=get("seed")))
+        self.step_s = float(get("step_s"))
+        self._lock = threading.Lock()    # physics, rendering and trajectory updates never interleave
+        self.instruction = self.sim.reset(get("seed"))
+        names, positions, _ = self.sim.joint_state()
+        self.follower = TrajectoryFollower(names, positions)
+        self.trajectory_errors = 0
+        self._ticks = 0
+        self._js_every = max(1, round(1.0 / (get("joint_state_rate_hz") * self.step_s)))
+        self._cam_every = max(1, round(1.0 / (get("camera_rate_hz") * self.step_s)))
+        self._publish_depth = bool(get("publish_depth"))
+
+        self.clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=10))
+        self.joint_pub = self.create_publisher(JointState, "/joint_states", 50)
+        self.success_pub = self.create_publisher(Bool, "/gem/task_success", 10)
+        self.camera_pubs = {}
+        for cam in self.sim.cfg.cameras:
+            base = f"/camera/{cam.name}"
+            self.camera_pubs[cam.name] = (
+                self.create_publisher(Image, f"{base}/image_raw", qos_profile_sensor_data),
+                self.create_publisher(CameraInfo, f"{base}/camera_info", qos_profile_sensor_data),
+                self.create_publisher(Image, f"{base}/depth/image_raw", qos_profile_sensor_data)
+                if self._publish_depth else None)
+        self.create_subscription(JointTrajectory, f"/{get('controller_name')}/joint_trajectory",
+                                 self._on_trajectory, 10)
+        factor = float(get("real_time_factor"))
+        self.create_timer(self.step_s / factor if factor > 0 else 1e-4, self.tick)
+
+    @property
+    def time_s(self) -> float:
+        return self.sim.time_s
+
+    def reset_episode(self, seed: int) -> str:
+        """New object layout and home pose; returns the episode's instruction. Pending trajectories are dropped."""
+        with self._lock:
+            self.instruction = self.sim.reset(seed)
+            _, positions, _ = self.sim.joint_state()
+            self.follower.reset(positions)
+        return self.instruction
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        times = [pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points]
+        positions = [list(pt.positions) for pt in msg.points]
+        try:
+            with self._lock:
+                self.follower.set_trajectory(list(msg.joint_names), stamp_to_s(msg.header.stamp), times,
+                                             positions, self.sim.time_s)
+        except ValueError as error:   # like JTC: a malformed goal is rejected and the arm keeps its current target
+            self.trajectory_errors += 1
+            self.get_logger().error(f"rejected trajectory: {error}", throttle_duration_sec=1.0)
+
+    def tick(self) -> None:
+        with self._lock:
+            target = self.follower.target(self.sim.time_s)
+            self.sim.set_joint_targets(self.follower.joint_names, target)
+            self.sim.step(self.step_s)
+            self._ticks += 1
+            stamp = s_to_stamp(self.sim.time_s)
+            self.clock_pub.publish(Clock(clock=stamp))
+            if self._ticks % self._js_every == 0:
+                names, pos, vel = self.sim.joint_state()
+                msg = JointState(name=names, position=pos.tolist(), velocity=vel.tolist())
+                msg.header.stamp = stamp
+                self.joint_pub.publish(msg)
+                self.success_pub.publish(Bool(data=bool(self.sim.task_success())))
+            if self._ticks % self._cam_every == 0:
+                self._publish_cameras(stamp)
+
+    def _publish_cameras(self, stamp) -> None:
+        for cam in self.sim.cfg.cameras:
+            rgb, depth = self.sim.render(cam.name)
+            image_pub, info_pub, depth_pub = self.camera_pubs[cam.name]
+            image_pub.publish(rgb_to_image_msg(rgb, stamp, cam.frame_id))
+            k = self.sim.camera_intrinsics(cam.name)
+            info_pub.publish(make_camera_info(k.width, k.height, k.fx, k.fy, k.cx, k.cy, cam.frame_id, stamp))
+            if depth_pub is not None:
+                depth_pub.publish(depth_to_image_msg(depth, stamp, cam.frame_id))
+
+    def destroy_node(self) -> None:
+        self.sim.close()
+        super().destroy_node()
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = SimNode()
+    try:
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
