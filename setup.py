@@ -58,7 +58,10 @@ setup(
     zip_safe=False,
     entry_points={
         "console_scripts": [
-            # Executables are named gem_<verb>, e.g. "gem_<verb> = gem_ros.<module>:main".
+            "gem_demo = gem_ros.demo:main",               # README command 1: the closed loop in one process
+            "gem_policy = gem_ros.nodes.policy_node:main",
+            "gem_executor = gem_ros.nodes.executor_node:main",
+            "gem_sim = gem_ros.nodes.sim_node:main",
         ],
     },
 )

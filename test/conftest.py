@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -50,3 +52,53 @@ def _make_observation(config, seed: int = 0, instruction: str = "pick up the red
     images = {c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in config.io.cameras}
     return Observation(images=images, state=rng.normal(size=config.io.state_dim).astype(np.float32),
                        instruction=instruction)
+
+
+@pytest.fixture
+def ros():
+    """An isolated rclpy context with a multi-threaded executor spinning in the background.
+
+    `ros.add(node)` spins a node; `ros.wait_for(predicate, timeout)` polls a condition (never a fixed sleep)."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.executors import MultiThreadedExecutor
+
+    class Ros:
+        def __init__(self):
+            self.context = rclpy.context.Context()
+            rclpy.init(context=self.context)
+            self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+            self.nodes = []
+            self._thread = threading.Thread(target=self._spin, daemon=True)
+            self._thread.start()
+
+        def _spin(self):
+            while self.context.ok():
+                try:
+                    self.executor.spin_once(timeout_sec=0.05)
+                except Exception:  # noqa: BLE001 - shutting down while spinning
+                    if self.context.ok():
+                        raise
+
+        def add(self, node):
+            self.nodes.append(node)
+            self.executor.add_node(node)
+            return node
+
+        def wait_for(self, predicate, timeout_s: float = 10.0, what: str = "condition") -> None:
+            deadline = time.monotonic() + timeout_s
+            while not predicate():
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+                time.sleep(0.01)
+
+        def close(self):
+            for node in self.nodes:
+                self.executor.remove_node(node)
+                node.destroy_node()
+            rclpy.shutdown(context=self.context)
+            self.executor.shutdown()
+            self._thread.join(5)
+
+    ros = Ros()
+    yield ros
+    ros.close()

@@ -154,7 +154,10 @@ class PolicyNode(LifecycleNode):
         self.buffer.add_image(camera, stamp_to_s(msg.header.stamp), rgb)
 
     def _on_joint_state(self, msg: JointState) -> None:
-        self.buffer.add_joint_state(stamp_to_s(msg.header.stamp), list(msg.name), list(msg.position))
+        try:
+            self.buffer.add_joint_state(stamp_to_s(msg.header.stamp), list(msg.name), list(msg.position))
+        except ValueError as error:   # malformed message: report, keep the last good state (it will go stale)
+            self.get_logger().error(f"joint state: {error}", throttle_duration_sec=2.0)
 
     def _on_success(self, msg: Bool) -> None:
         self._task_success = bool(msg.data)
@@ -183,7 +186,7 @@ class PolicyNode(LifecycleNode):
         msg.header.stamp = s_to_stamp(self._now())
         msg.action_space = self.policy.config.io.action_space if self.policy else ""
         self.chunk_pub.publish(msg)
-        self.get_logger().warn(f"hold: {reason}")
+        self.get_logger().warning(f"hold: {reason}")
 
     # ------------------------------------------------------------------------------ status
     def _state(self) -> tuple[int, str]:

@@ -1,0 +1,383 @@
+"""Execution: accepted action chunks -> short, validated joint trajectories, one control tick at a time.
+
+Per arm, the executor node feeds three inputs in (joint states, action chunks, e-stop) and asks `tick(now)` at
+the control rate what to send to the controller:
+- "trajectory": the plan for [now, now + lookahead_s], validated as a whole by the SafetyFilter against the
+  measured positions/velocities. Each tick replaces the previous trajectory (JTC semantics), so a short
+  lookahead keeps the arm at most lookahead_s away from stopping if the executor dies.
+- "hold": one point at the measured position. Persistent conditions (e-stop, stale /joint_states) return a hold
+  on every tick; `Command.new_episode` is True only on the first one, so the node sends each episode once.
+  One-shot conditions (plan starved, stop, dead policy, safety rejection) return one hold, then "idle".
+- "idle": nothing to send (no plan, or no joint state yet to hold at).
+Times are seconds on one clock (the node's, sim time included); joints are matched by name everywhere.
+Joints of the controller that the action space does not drive (e.g. fingers of an arm-only policy) are kept at
+their measured position at chunk arrival: JTC rejects goals that omit joints unless allow_partial_joints_goal.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gem_ros.core.chunking import ActionMapper, ActionMappingError, ActionSpaceConfig, ChunkScheduler
+from gem_ros.core.safety import ChunkRejected, SafeTrajectory, SafetyFilter
+
+EE_DELTA_CHANNELS = ("x", "y", "z", "roll", "pitch", "yaw")   # ActionChunk.msg names for "ee_delta"
+GRIPPER_CHANNEL = "gripper"
+_DT_REL_TOL = 1e-6          # chunk dt vs configured chunk_dt_s: float32/64 round trips only
+_MIN_HISTORY_S = 1.0        # joint-state history kept for delta kinds; at least max_latency_s is kept
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(kw_only=True)
+class ExecutionConfig:
+    """Executor timing and the controller's joints. Times in s, rates in Hz."""
+
+    joint_names: tuple[str, ...]         # controller joint order, e.g. 7 arm joints + 2 fingers
+    control_rate_hz: float = 50.0        # tick rate; one trajectory per tick
+    lookahead_s: float = 0.2             # each trajectory covers this much of the plan
+    joint_state_timeout_s: float = 0.1   # older /joint_states -> hold (we cannot validate blind)
+    chunk_timeout_s: float = 2.0         # no accepted chunk for this long while running -> hold (dead policy)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.joint_names, str):   # a bare string would iterate into letters
+            raise ValueError(f"joint_names must be a list of joint names, got the string {self.joint_names!r}")
+        self.joint_names = tuple(self.joint_names)
+        if not self.joint_names or not all(isinstance(n, str) and n for n in self.joint_names):
+            raise ValueError(f"joint_names must be non-empty joint-name strings, got {self.joint_names!r}")
+        if len(set(self.joint_names)) != len(self.joint_names):
+            raise ValueError(f"joint_names must be unique, got {self.joint_names!r}")
+        for name in ("control_rate_hz", "lookahead_s", "joint_state_timeout_s", "chunk_timeout_s"):
+            setattr(self, name, _positive(name, getattr(self, name)))
+        if self.lookahead_s * self.control_rate_hz < 1.0 - 1e-9:
+            raise ValueError(f"lookahead_s {self.lookahead_s} must cover at least one tick "
+                             f"(1 / control_rate_hz = {1.0 / self.control_rate_hz:.4g} s), or the arm stops between ticks")
+
+
+@dataclass(frozen=True)
+class Command:
+    """What one tick asks the backend to do."""
+
+    kind: str                          # "trajectory" | "hold" | "idle"
+    trajectory: SafeTrajectory | None  # None only for "idle"
+    reason: str
+    new_episode: bool = True           # False on the 2nd.. tick of one hold episode: already sent
+
+
+def default_channel_names(action_cfg: ActionSpaceConfig) -> tuple[str, ...]:
+    """ActionChunk column names the mapping expects when none are configured (see ActionChunk.msg)."""
+    arm = EE_DELTA_CHANNELS if action_cfg.kind == "ee_delta" else action_cfg.joint_names
+    return tuple(arm) + ((GRIPPER_CHANNEL,) if action_cfg.gripper_joint_names else ())
+
+
+class ExecutionController:
+    """Thread-safe (one lock; the mapping, IK included, runs outside it). One per arm."""
+
+    def __init__(self, cfg: ExecutionConfig, action_mapper: ActionMapper, scheduler: ChunkScheduler,
+                 safety: SafetyFilter, expected_channels: list[str] | None = None):
+        if not isinstance(cfg, ExecutionConfig):
+            raise ValueError(f"cfg must be an ExecutionConfig, got {type(cfg).__name__}")
+        self.cfg, self.mapper, self.scheduler, self.safety = cfg, action_mapper, scheduler, safety
+        undriven = [n for n in action_mapper.output_joint_names if n not in cfg.joint_names]
+        if undriven:
+            raise ValueError(f"action mapping drives joints {undriven} that are not in joint_names {cfg.joint_names}")
+        unlimited = [n for n in cfg.joint_names if n not in safety.limits]
+        if unlimited:
+            raise ValueError(f"joint_names {unlimited} have no URDF limits: the safety filter cannot check them")
+        channels = default_channel_names(action_mapper.cfg) if expected_channels is None else tuple(expected_channels)
+        if len(channels) != action_mapper.cfg.action_dim or len(set(channels)) != len(channels) \
+                or not all(isinstance(c, str) and c for c in channels):
+            raise ValueError(f"expected_channels must be {action_mapper.cfg.action_dim} unique names, got {channels!r}")
+        self.expected_channels = channels
+        self._columns = [cfg.joint_names.index(n) for n in action_mapper.output_joint_names]
+        self._joint_set = frozenset(cfg.joint_names)
+        self._history_s = max(_MIN_HISTORY_S, scheduler.cfg.max_latency_s + cfg.joint_state_timeout_s)
+        self._lock = threading.RLock()
+        self._positions: dict[str, float] = {}
+        self._velocities: dict[str, float] = {}
+        self._updated_s: dict[str, float] = {}
+        self._history: deque[tuple[float, np.ndarray]] = deque()   # (stamp, positions in joint_names order)
+        self._estop: str | None = None
+        self._running = False                 # the last command sent was (part of) a plan
+        self._pending_stop: str | None = None
+        self._last_chunk_s: float | None = None
+        self._last_kind = "idle"
+        self._counts = dict(chunks_accepted=0, chunks_refused=0, safety_interventions=0, safety_rejections=0,
+                            holds=0, trajectories=0, ticks=0)
+        self._last_reason = ""
+        self._last_refusal = ""
+        self._last_intervention = ""
+        self._refused_since_accept = False
+        self._last_tick_s: float | None = None
+        self._periods = [0, 0.0, 0.0, 0.0, 0.0]   # count, sum, sum of squares, max period, max |period - nominal|
+
+    # ---- inputs -------------------------------------------------------------------------------------------------
+    def on_joint_state(self, names, positions, velocities, now_s: float, stamp_s: float | None = None) -> None:
+        """Merge a (possibly partial) joint state by name; unknown joints and non-finite positions are ignored.
+
+        now_s (receipt time) feeds the watchdog; stamp_s (measurement time, default now_s) the history that
+        delta action spaces look up at observation time. `velocities` may be empty (JointState allows it).
+        """
+        names, positions = list(names), np.asarray(positions, dtype=float).ravel()
+        velocities = np.asarray(velocities if velocities is not None else [], dtype=float).ravel()
+        if len(positions) != len(names):
+            return   # malformed message: the watchdog holds if no good one follows
+        with self._lock:
+            for k, name in enumerate(names):
+                if name not in self._joint_set or not math.isfinite(positions[k]):
+                    continue   # extra joint, or not a measurement (the stale watchdog notices if it persists)
+                self._positions[name] = float(positions[k])
+                self._velocities[name] = float(velocities[k]) if len(velocities) == len(names) else math.nan
+                self._updated_s[name] = now_s
+            current = self._current_vector()
+            if current is not None:
+                stamp = now_s if stamp_s is None else stamp_s
+                if self._history and stamp < self._history[-1][0]:
+                    self._history.clear()   # clock jumped back (sim reset): old entries are meaningless
+                self._history.append((stamp, current))
+                while self._history and self._history[0][0] < stamp - self._history_s:
+                    self._history.popleft()
+
+    def on_chunk(self, channel_names, dt_s: float, actions, action_space: str, obs_stamp_s: float,
+                 now_s: float) -> str | None:
+        """Plan a policy chunk. Returns None when accepted, else why it was refused (nothing planned then).
+
+        actions (T, A) in the order of `channel_names`; T == 0 means stop (hold and forget the plan).
+        """
+        try:
+            actions = np.array(actions, dtype=float)
+        except (TypeError, ValueError) as error:
+            return self._refuse(f"actions are not numeric: {error}")
+        if actions.size == 0:
+            self.stop("empty action chunk")
+            return None
+        channels = list(channel_names)
+        reason = self._check_chunk(channels, dt_s, actions, action_space, obs_stamp_s)
+        if reason:
+            return self._refuse(reason)
+        actions = actions[:, [channels.index(c) for c in self.expected_channels]]   # reorder by name
+        with self._lock:
+            if self._estop is not None:
+                return self._refuse(f"e-stop engaged ({self._estop}); reset it first")
+            current = self._current_vector()
+            if current is None:
+                return self._refuse(f"no joint state yet for {self._missing_joints()}")
+            if self._state_age(now_s) > self.cfg.joint_state_timeout_s:
+                return self._refuse(f"joint_states stale ({self._state_age(now_s):.3f} s old)")
+            state_at_obs = None
+            if self.mapper.cfg.kind != "absolute_joint":
+                stamp, state = self._state_near(obs_stamp_s)
+                if abs(stamp - obs_stamp_s) > self.cfg.joint_state_timeout_s:
+                    return self._refuse(f"no joint state within {self.cfg.joint_state_timeout_s} s of the "
+                                        f"observation at {obs_stamp_s:.3f} s (nearest {stamp:.3f} s)")
+                state_at_obs = dict(zip(self.cfg.joint_names, state))
+        try:
+            mapped = self.mapper.map_chunk(actions, state_at_obs)
+        except ActionMappingError as error:
+            return self._refuse(f"action mapping failed: {error}")
+        targets = np.repeat(current[None, :], len(mapped), axis=0)
+        targets[:, self._columns] = mapped
+        with self._lock:
+            if self._estop is not None:   # engaged while we were mapping
+                return self._refuse(f"e-stop engaged ({self._estop}); reset it first")
+            try:
+                admission = self.scheduler.add_chunk(targets, obs_stamp_s, now_s)
+            except ValueError as error:
+                return self._refuse(f"scheduler refused the chunk: {error}")
+            if not admission.accepted:
+                return self._refuse(admission.reason)
+            self._counts["chunks_accepted"] += 1
+            self._last_chunk_s, self._pending_stop, self._refused_since_accept = now_s, None, False
+            return None
+
+    def stop(self, reason: str) -> None:
+        """Forget the plan; if the arm was executing one, the next tick sends one hold."""
+        with self._lock:
+            self.scheduler.clear()
+            self._last_chunk_s = None
+            if self._running:
+                self._pending_stop = reason
+            self._running = False
+            self._last_reason = f"stopped: {reason}"
+
+    def engage_estop(self, reason: str) -> None:
+        """Latched: until reset_estop(), ticks only hold and chunks are refused."""
+        with self._lock:
+            self._estop = reason or "e-stop"
+            self.scheduler.clear()
+            self._running, self._pending_stop, self._last_chunk_s = False, None, None
+            self._last_reason = f"e-stop engaged: {self._estop}"
+
+    def reset_estop(self) -> bool:
+        """Release the e-stop; the arm stays put until a new chunk arrives. Returns whether it was engaged."""
+        with self._lock:
+            was_engaged, self._estop = self._estop is not None, None
+            if was_engaged:
+                self._last_reason = "e-stop reset"
+            return was_engaged
+
+    @property
+    def estop_engaged(self) -> bool:
+        with self._lock:
+            return self._estop is not None
+
+    # ---- control tick -------------------------------------------------------------------------------------------
+    def tick(self, now_s: float) -> Command:
+        with self._lock:
+            self._note_tick(now_s)
+            current = self._current_vector()
+            if self._estop is not None:
+                return self._hold(current, f"e-stop engaged: {self._estop}")
+            if current is None:
+                return self._idle(f"waiting for joint states of {self._missing_joints()}")
+            age = self._state_age(now_s)
+            if age > self.cfg.joint_state_timeout_s:
+                self._abandon_plan()
+                return self._hold(current, f"joint_states stale: newest complete state is {age:.3f} s old "
+                                           f"(joint_state_timeout_s {self.cfg.joint_state_timeout_s} s)")
+            if self._pending_stop is not None:
+                reason, self._pending_stop = self._pending_stop, None
+                return self._hold(current, f"stopped: {reason}")
+            if self._running and self._last_chunk_s is not None \
+                    and now_s - self._last_chunk_s > self.cfg.chunk_timeout_s:
+                silence = now_s - self._last_chunk_s
+                self._abandon_plan()
+                return self._hold(current, f"no action chunk for {silence:.3f} s "
+                                           f"(chunk_timeout_s {self.cfg.chunk_timeout_s} s): policy dead?")
+            times, positions = self.scheduler.segment(now_s, self.cfg.lookahead_s)
+            if times.size == 0:
+                if self._running:
+                    self._running = False
+                    return self._hold(current, "plan starved: no new chunk before the plan ran out")
+                return self._idle("no plan")
+            try:
+                trajectory = self.safety.filter_trajectory(
+                    self.cfg.joint_names, times, positions, current, self._current_velocities())
+            except ChunkRejected as error:
+                self._counts["safety_rejections"] += 1
+                self._abandon_plan()
+                return self._hold(current, f"safety filter rejected the plan: {error.reason}")
+            if trajectory.interventions:
+                self._counts["safety_interventions"] += 1
+                self._last_intervention = "; ".join(trajectory.interventions)
+            self._running = True
+            self._counts["trajectories"] += 1
+            self._last_kind = "trajectory"
+            return Command("trajectory", trajectory, "executing plan")
+
+    # ---- status ---------------------------------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            count, total, squares, max_period, max_jitter = self._periods
+            mean = total / count if count else math.nan
+            std = math.sqrt(max(0.0, squares / count - mean * mean)) if count else math.nan
+            sched = self.scheduler.stats
+            return {**self._counts, "state": self._last_kind, "estop_engaged": self._estop is not None,
+                    "last_reason": self._last_reason, "last_refusal": self._last_refusal,
+                    "last_intervention": self._last_intervention,
+                    "plan_remaining_s": self.scheduler.remaining_s(self._last_tick_s or 0.0),
+                    "last_latency_s": sched.last_latency_s, "dropped_points_total": sched.total_dropped_points,
+                    "tick_period_mean_s": mean, "tick_period_std_s": std, "tick_period_max_s": max_period,
+                    "tick_jitter_max_s": max_jitter}
+
+    def health(self) -> tuple[str, str]:
+        """("OK" | "WARN" | "ERROR", message) for /diagnostics."""
+        with self._lock:
+            if self._estop is not None:
+                return "ERROR", f"e-stop engaged: {self._estop}"
+            if self._last_kind == "hold":
+                return "WARN", self._last_reason
+            if self._refused_since_accept:
+                return "WARN", f"chunk refused: {self._last_refusal}"
+            return "OK", "executing plan" if self._last_kind == "trajectory" else (self._last_reason or "idle")
+
+    # ---- internals (lock held) ------------------------------------------------------------------------------------
+    def _check_chunk(self, channels, dt_s, actions, action_space, obs_stamp_s) -> str:
+        if action_space != self.mapper.cfg.kind:
+            return f"action_space {action_space!r} does not match the configured {self.mapper.cfg.kind!r}"
+        if sorted(channels) != sorted(self.expected_channels) or len(set(channels)) != len(channels):
+            return (f"channel names {channels} do not match the expected {list(self.expected_channels)} "
+                    f"(set action_channel_names or the checkpoint's io.action_names)")
+        if actions.ndim != 2 or actions.shape[1] != len(channels):
+            return f"actions have shape {actions.shape}, expected (T, {len(channels)})"
+        bad = np.argwhere(~np.isfinite(actions))
+        if bad.size:
+            i, j = (int(v) for v in bad[0])
+            return f"action {i} channel '{channels[j]}' is {actions[i, j]} (NaN/Inf never executed)"
+        chunk_dt = self.scheduler.cfg.chunk_dt_s
+        if not abs(float(dt_s) - chunk_dt) <= _DT_REL_TOL * chunk_dt:   # NaN fails too
+            return f"chunk dt {dt_s!r} s differs from the configured chunk_dt_s {chunk_dt} s"
+        if not math.isfinite(obs_stamp_s):
+            return f"observation stamp {obs_stamp_s!r} is not finite"
+        return ""
+
+    def _refuse(self, reason: str) -> str:
+        with self._lock:
+            self._counts["chunks_refused"] += 1
+            self._last_refusal, self._refused_since_accept = reason, True
+            self._last_reason = f"chunk refused: {reason}"
+        return reason
+
+    def _hold(self, current: np.ndarray | None, reason: str) -> Command:
+        if current is None:   # never saw the arm: there is no position to hold at, so command nothing
+            return self._idle(f"{reason} (no joint state yet: nothing commanded)")
+        new_episode = self._last_kind != "hold"
+        if new_episode:
+            self._counts["holds"] += 1
+        self._last_kind, self._last_reason = "hold", reason
+        trajectory = self.safety.hold(dict(zip(self.cfg.joint_names, current)))
+        return Command("hold", trajectory, reason, new_episode)
+
+    def _idle(self, reason: str) -> Command:
+        self._last_kind = "idle"
+        return Command("idle", None, reason)
+
+    def _abandon_plan(self) -> None:
+        self.scheduler.clear()
+        self._running, self._pending_stop, self._last_chunk_s = False, None, None
+
+    def _current_vector(self) -> np.ndarray | None:
+        if len(self._positions) < len(self.cfg.joint_names):
+            return None
+        return np.array([self._positions[n] for n in self.cfg.joint_names])
+
+    def _current_velocities(self) -> np.ndarray | None:
+        """Measured velocities, or None when any is missing (the filter then skips the start acceleration)."""
+        values = np.array([self._velocities.get(n, math.nan) for n in self.cfg.joint_names])
+        return values if np.all(np.isfinite(values)) else None
+
+    def _missing_joints(self) -> list[str]:
+        return [n for n in self.cfg.joint_names if n not in self._positions]
+
+    def _state_age(self, now_s: float) -> float:
+        return now_s - min(self._updated_s[n] for n in self.cfg.joint_names)
+
+    def _state_near(self, stamp_s: float) -> tuple[float, np.ndarray]:
+        stamps = [s for s, _ in self._history]
+        k = bisect.bisect_left(stamps, stamp_s)
+        candidates = [i for i in (k - 1, k) if 0 <= i < len(stamps)]
+        best = min(candidates, key=lambda i: abs(stamps[i] - stamp_s))
+        return self._history[best]
+
+    def _note_tick(self, now_s: float) -> None:
+        self._counts["ticks"] += 1
+        if self._last_tick_s is not None and now_s > self._last_tick_s:
+            period = now_s - self._last_tick_s
+            p = self._periods
+            p[0] += 1
+            p[1] += period
+            p[2] += period * period
+            p[3] = max(p[3], period)
+            p[4] = max(p[4], abs(period - 1.0 / self.cfg.control_rate_hz))
+        self._last_tick_s = now_s

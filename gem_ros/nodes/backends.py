@@ -1,0 +1,102 @@
+"""Where validated trajectories go: the ros2_control JointTrajectoryController, by topic or by action.
+
+Every backend receives only SafeTrajectory objects (the safety filter's output), so no backend can send a
+point that was not checked. Times are time_from_start; the header stamp is zero, which JTC reads as "start
+on receipt": the executor plans each trajectory from the measured state at the tick that sends it.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from rclpy.node import Node
+from trajectory_msgs.msg import JointTrajectory
+
+from gem_ros.core.safety import SafeTrajectory
+from gem_ros.nodes.conversions import make_joint_trajectory
+
+BACKENDS = ("topic", "follow_joint_trajectory")
+
+
+class BackendUnavailable(RuntimeError):
+    """The selected backend needs a ROS package that is not installed."""
+
+
+class TrajectoryBackend(Protocol):
+    def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
+        """Replace whatever the controller is executing with `trajectory` (stamp None = start now)."""
+
+    def hold(self, trajectory: SafeTrajectory) -> None:
+        """Stop where the arm is: `trajectory` is SafetyFilter.hold's single point at the measured position."""
+
+    def close(self) -> None:
+        """Release publishers/clients (the node is being destroyed)."""
+
+
+def to_joint_trajectory(trajectory: SafeTrajectory, stamp=None) -> JointTrajectory:
+    """SafeTrajectory -> trajectory_msgs/JointTrajectory with positions AND velocities per point."""
+    return make_joint_trajectory(trajectory.joint_names, trajectory.times_s, trajectory.positions,
+                                 trajectory.velocities, stamp)
+
+
+class JointTrajectoryTopicBackend:
+    """Publishes on `<controller_name>/joint_trajectory` (JTC's fire-and-forget interface)."""
+
+    def __init__(self, node: Node, controller_name: str):
+        self._node = node
+        self.topic = f"{controller_name}/joint_trajectory"
+        self._publisher = node.create_publisher(JointTrajectory, self.topic, 10)
+
+    def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
+        self._publisher.publish(to_joint_trajectory(trajectory, stamp))
+
+    def hold(self, trajectory: SafeTrajectory) -> None:
+        self.send(trajectory)
+
+    def close(self) -> None:
+        self._node.destroy_publisher(self._publisher)
+
+
+class FollowJointTrajectoryBackend:
+    """Sends goals to `<controller_name>/follow_joint_trajectory` (control_msgs/action/FollowJointTrajectory).
+
+    Each goal preempts the previous one in JTC, as a new topic message would. Goals are fire-and-forget:
+    results are not awaited, because the next tick's goal supersedes them anyway.
+    """
+
+    def __init__(self, node: Node, controller_name: str):
+        try:
+            from control_msgs.action import FollowJointTrajectory
+        except ImportError as error:
+            raise BackendUnavailable(
+                "backend 'follow_joint_trajectory' needs the ROS package control_msgs "
+                "(control_msgs.action.FollowJointTrajectory), which is not importable here "
+                f"({error}); install control_msgs (e.g. apt ros-$ROS_DISTRO-control-msgs) or use backend 'topic'"
+            ) from error
+        from rclpy.action import ActionClient
+
+        self._node, self._goal_type = node, FollowJointTrajectory
+        self.action_name = f"{controller_name}/follow_joint_trajectory"
+        self._client = ActionClient(node, FollowJointTrajectory, self.action_name)
+
+    def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
+        if not self._client.server_is_ready():
+            self._node.get_logger().warn(f"action server {self.action_name} not available; trajectory dropped",
+                                         throttle_duration_sec=1.0)
+            return
+        goal = self._goal_type.Goal(trajectory=to_joint_trajectory(trajectory, stamp))
+        self._client.send_goal_async(goal)
+
+    def hold(self, trajectory: SafeTrajectory) -> None:
+        self.send(trajectory)
+
+    def close(self) -> None:
+        self._client.destroy()
+
+
+def make_backend(kind: str, node: Node, controller_name: str) -> TrajectoryBackend:
+    """`kind` is the executor's `backend` parameter; raises ValueError / BackendUnavailable with the reason."""
+    if kind == "topic":
+        return JointTrajectoryTopicBackend(node, controller_name)
+    if kind == "follow_joint_trajectory":
+        return FollowJointTrajectoryBackend(node, controller_name)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {kind!r}")

@@ -1,0 +1,293 @@
+"""ExecutionController (ROS-free): refusals, watchdogs, e-stop latch, stop, safety rejection, limits on every output."""
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gem_ros.core.chunking import ActionMapper, ActionSpaceConfig, ChunkScheduler, ChunkSchedulerConfig
+from gem_ros.core.execution import Command, ExecutionConfig, ExecutionController, default_channel_names
+from gem_ros.core.kinematics import load_urdf_limits
+from gem_ros.core.safety import SafetyConfig, SafetyFilter
+
+URDF = Path(__file__).resolve().parents[1] / "urdf" / "panda" / "panda.urdf"
+LIMITS = load_urdf_limits(URDF)
+ARM = tuple(f"panda_joint{i}" for i in range(1, 8))
+FINGERS = ("panda_finger_joint1", "panda_finger_joint2")
+JOINTS = ARM + FINGERS
+HOME = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785, 0.02, 0.02])   # fingers: 0.04 m width
+CHANNELS = ARM + ("gripper",)
+DT = 0.1       # chunk dt [s]
+TICK = 0.02    # 50 Hz
+
+
+def make_controller(kind="absolute_joint", gripper=FINGERS, exec_kw=None, safety_kw=None, sched_kw=None,
+                    channels=None) -> ExecutionController:
+    action = ActionSpaceConfig(kind=kind, joint_names=ARM, gripper_joint_names=gripper, gripper_scale=0.5,
+                               action_dim=len(ARM) + (1 if gripper else 0))
+    scheduler = ChunkScheduler(ChunkSchedulerConfig(chunk_dt_s=DT, control_rate_hz=50.0, **(sched_kw or {})))
+    safety = SafetyFilter(LIMITS, SafetyConfig(**{"max_step_delta_rad": 0.05, **(safety_kw or {})}))
+    cfg = ExecutionConfig(joint_names=JOINTS, **(exec_kw or {}))
+    return ExecutionController(cfg, ActionMapper(action), scheduler, safety, channels)
+
+
+def ramp(goal_offset: np.ndarray, points: int = 10) -> np.ndarray:
+    """(points, 8) absolute actions moving the arm from HOME by `goal_offset` (7,), gripper width 0.04 m."""
+    arm = HOME[:7] + np.outer(np.arange(1, points + 1) / points, goal_offset)
+    return np.hstack([arm, np.full((points, 1), 0.04)])
+
+
+def feed_state(ctrl, t, positions=HOME, velocities=None):
+    ctrl.on_joint_state(JOINTS, positions, np.zeros(len(JOINTS)) if velocities is None else velocities, t)
+
+
+def run(ctrl, t0, t1, follow=True):
+    """Tick from t0 to t1; a perfect robot reaches each trajectory's first point by the next tick."""
+    commands, t = [], t0
+    while t <= t1 + 1e-9:
+        command = ctrl.tick(t)
+        commands.append((t, command))
+        if follow and command.kind == "trajectory":
+            traj = command.trajectory
+            feed_state(ctrl, t + TICK, traj.positions[0], traj.velocities[0])
+        elif follow:
+            feed_state(ctrl, t + TICK, ctrl_positions(ctrl))
+        t = round(t + TICK, 9)
+    return commands
+
+
+def ctrl_positions(ctrl) -> np.ndarray:
+    return np.array([ctrl._positions[n] for n in JOINTS])
+
+
+def assert_within_limits(command: Command):
+    traj = command.trajectory
+    assert traj.joint_names == JOINTS
+    assert np.all(np.isfinite(traj.positions)) and np.all(np.isfinite(traj.velocities))
+    for j, name in enumerate(JOINTS):
+        limit = LIMITS[name]
+        assert np.all(traj.positions[:, j] >= limit.lower) and np.all(traj.positions[:, j] <= limit.upper)
+        assert np.all(np.abs(traj.velocities[:, j]) <= limit.max_velocity + 1e-9)
+
+
+# ---- configuration ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field, value", [
+    ("control_rate_hz", 0.0), ("control_rate_hz", math.nan), ("lookahead_s", -0.1), ("lookahead_s", 0.001),
+    ("joint_state_timeout_s", math.inf), ("chunk_timeout_s", 0), ("joint_names", ()), ("joint_names", "panda_joint1"),
+    ("joint_names", ("a", "a")),
+])
+def test_config_refuses_bad_values_naming_the_field(field, value):
+    kwargs = {"joint_names": JOINTS, field: value}
+    with pytest.raises(ValueError, match=field):
+        ExecutionConfig(**kwargs)
+
+
+def test_controller_refuses_mapping_to_joints_the_controller_lacks():
+    action = ActionSpaceConfig(kind="absolute_joint", joint_names=ARM, gripper_joint_names=FINGERS, action_dim=8)
+    scheduler = ChunkScheduler(ChunkSchedulerConfig(chunk_dt_s=DT))
+    safety = SafetyFilter(LIMITS, SafetyConfig(max_step_delta_rad=0.05))
+    with pytest.raises(ValueError, match="panda_finger_joint1"):
+        ExecutionController(ExecutionConfig(joint_names=ARM), ActionMapper(action), scheduler, safety)
+    with pytest.raises(ValueError, match="expected_channels"):
+        ExecutionController(ExecutionConfig(joint_names=JOINTS), ActionMapper(action), scheduler, safety, ["a"])
+
+
+# ---- refusals: nothing planned, nothing sent ----------------------------------------------------------------------
+def test_nan_chunk_is_refused_and_nothing_is_planned():
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    actions = ramp(np.full(7, 0.05))
+    actions[4, 2] = math.nan
+    reason = ctrl.on_chunk(CHANNELS, DT, actions, "absolute_joint", 0.0, 0.0)
+    assert reason is not None and "nan" in reason.lower() and "panda_joint3" in reason
+    assert ctrl.tick(0.0).kind == "idle" and ctrl.scheduler.remaining_s(0.0) == 0.0
+    actions[4, 2] = math.inf
+    assert "inf" in ctrl.on_chunk(CHANNELS, DT, actions, "absolute_joint", 0.0, 0.0).lower()
+    assert ctrl.stats["chunks_refused"] == 2 and ctrl.stats["chunks_accepted"] == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(-0.3, 0.3), st.integers(0, 9)), min_size=1, max_size=4))
+def test_no_tick_ever_emits_a_non_finite_or_out_of_limit_point(chunks):
+    ctrl = make_controller(safety_kw={"on_violation": "clamp"})
+    feed_state(ctrl, 0.0)
+    t = 0.0
+    for poison, offset, row in chunks:
+        actions = ramp(np.full(7, offset))
+        if poison:
+            actions[row, row % 8] = math.nan
+        ctrl.on_chunk(CHANNELS, DT, actions, "absolute_joint", t, t)
+        for _, command in run(ctrl, t, t + 0.2):
+            if command.kind != "idle":
+                assert_within_limits(command)
+        t = round(t + 0.22, 9)
+
+
+def test_wrong_channel_names_are_refused_with_a_clear_reason_and_order_is_by_name():
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    actions = ramp(np.full(7, 0.05))
+    wrong = [f"action_{i}" for i in range(8)]
+    reason = ctrl.on_chunk(wrong, DT, actions, "absolute_joint", 0.0, 0.0)
+    assert "action_0" in reason and "panda_joint1" in reason and "action_channel_names" in reason
+    assert "action_space" in ctrl.on_chunk(CHANNELS, DT, actions, "delta_joint", 0.0, 0.0)
+    assert "dt" in ctrl.on_chunk(CHANNELS, 0.05, actions, "absolute_joint", 0.0, 0.0)
+    # The same chunk with its columns permuted (and named accordingly) plans the same targets.
+    order = np.random.default_rng(0).permutation(8)
+    assert ctrl.on_chunk([CHANNELS[i] for i in order], DT, actions[:, order], "absolute_joint", 0.0, 0.0) is None
+    expected = np.concatenate([actions[4, :7], [0.02, 0.02]])
+    np.testing.assert_allclose(ctrl.scheduler.sample(0.5), expected)
+
+
+# ---- executing ----------------------------------------------------------------------------------------------------
+def test_accepted_chunk_becomes_limited_trajectories_that_reach_the_targets_then_exactly_one_hold():
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    offset = np.array([0.2, 0.1, -0.1, 0.15, 0.0, -0.1, 0.2])
+    actions = ramp(offset)
+    assert ctrl.on_chunk(CHANNELS, DT, actions, "absolute_joint", 0.0, 0.0) is None
+    commands = run(ctrl, 0.0, 1.5)
+    kinds = [c.kind for _, c in commands]
+    trajectories = [c for _, c in commands if c.kind == "trajectory"]
+    assert len(trajectories) >= 45
+    for command in trajectories:
+        assert_within_limits(command)
+        assert command.trajectory.times_s[-1] <= 0.2 + 1e-9
+    np.testing.assert_allclose(ctrl_positions(ctrl)[:7], HOME[:7] + offset, atol=1e-9)
+    # Starvation after running: exactly one hold at the measured position, then idle.
+    assert kinds.count("hold") == 1
+    hold = next(c for c in (c for _, c in commands) if c.kind == "hold")
+    assert "starved" in hold.reason and hold.new_episode
+    np.testing.assert_allclose(hold.trajectory.positions[0][:7], HOME[:7] + offset, atol=1e-9)
+    assert kinds[kinds.index("hold") + 1:] == ["idle"] * (len(kinds) - kinds.index("hold") - 1)
+    assert ctrl.stats["holds"] == 1 and ctrl.stats["tick_period_mean_s"] == pytest.approx(TICK)
+
+
+def test_joints_the_policy_does_not_drive_are_kept_where_they_were():
+    ctrl = make_controller(gripper=())
+    feed_state(ctrl, 0.0)
+    actions = ramp(np.full(7, 0.1))[:, :7]
+    assert ctrl.on_chunk(ARM, DT, actions, "absolute_joint", 0.0, 0.0) is None
+    traj = ctrl.tick(0.0).trajectory
+    np.testing.assert_allclose(traj.positions[:, 7:], 0.02)
+
+
+def test_delta_chunks_use_the_joint_state_nearest_the_observation_time():
+    ctrl = make_controller(kind="delta_joint")
+    moved = HOME + np.array([0.03, 0, 0, 0, 0, 0, 0, 0, 0])
+    for t in np.arange(0.0, 0.31, 0.02):
+        feed_state(ctrl, round(t, 9), HOME if t < 0.1 else moved)
+    zeros = np.hstack([np.zeros((10, 7)), np.full((10, 1), 0.04)])
+    assert ctrl.on_chunk(CHANNELS, DT, zeros, "delta_joint", 0.04, 0.3) is None
+    np.testing.assert_allclose(ctrl.scheduler.sample(0.5)[:7], HOME[:7])   # relative to the state at 0.04 s
+
+
+def test_stale_joint_state_holds_within_the_timeout():
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.05)), "absolute_joint", 0.0, 0.0) is None
+    assert ctrl.tick(0.05).kind == "trajectory"
+    first, second = ctrl.tick(0.11), ctrl.tick(0.13)
+    assert first.kind == second.kind == "hold" and "stale" in first.reason
+    assert first.new_episode and not second.new_episode          # the node sends one hold per episode
+    np.testing.assert_allclose(first.trajectory.positions[0], HOME)
+    assert ctrl.health()[0] == "WARN"
+    assert "stale" in ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.05)), "absolute_joint", 0.1, 0.13)
+    feed_state(ctrl, 0.14)
+    assert ctrl.tick(0.14).kind == "idle"                          # the plan was dropped, not resumed
+
+
+def test_estop_latches_until_reset():
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.05)), "absolute_joint", 0.0, 0.0) is None
+    assert ctrl.tick(0.0).kind == "trajectory"
+    ctrl.engage_estop("operator")
+    commands = run(ctrl, 0.02, 0.3)
+    assert {c.kind for _, c in commands} == {"hold"} and sum(c.new_episode for _, c in commands) == 1
+    assert "e-stop" in ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.05)), "absolute_joint", 0.3, 0.3)
+    assert ctrl.health() == ("ERROR", "e-stop engaged: operator")
+    assert ctrl.reset_estop() and not ctrl.estop_engaged
+    assert ctrl.tick(0.32).kind == "idle"                          # reset alone never moves the arm
+    feed_state(ctrl, 0.34)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.05)), "absolute_joint", 0.34, 0.34) is None
+    assert ctrl.tick(0.34).kind == "trajectory"
+
+
+def test_empty_chunk_stops_holds_once_and_forgets_the_plan():
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.05)), "absolute_joint", 0.0, 0.0) is None
+    assert ctrl.tick(0.0).kind == "trajectory"
+    assert ctrl.on_chunk([], DT, np.zeros((0, 0)), "", 0.01, 0.01) is None
+    assert ctrl.scheduler.remaining_s(0.02) == 0.0
+    stop = ctrl.tick(0.02)
+    assert stop.kind == "hold" and "stopped" in stop.reason
+    assert [ctrl.tick(t).kind for t in (0.04, 0.06)] == ["idle", "idle"]
+
+
+def test_dead_policy_holds_after_chunk_timeout():
+    ctrl = make_controller(exec_kw={"chunk_timeout_s": 0.3})
+    feed_state(ctrl, 0.0)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.1)), "absolute_joint", 0.0, 0.0) is None
+    commands = run(ctrl, 0.0, 0.4)
+    holds = [(t, c) for t, c in commands if c.kind == "hold"]
+    assert len(holds) == 1 and holds[0][0] > 0.3 and "no action chunk" in holds[0][1].reason
+
+
+def test_safety_rejection_mid_plan_clears_it_and_holds():
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    actions = ramp(np.full(7, 0.05))
+    actions[6:, 0] += 0.5                                          # 0.5 rad in 0.1 s: 5 rad/s > 2.175 rad/s
+    assert ctrl.on_chunk(CHANNELS, DT, actions, "absolute_joint", 0.0, 0.0) is None
+    commands = run(ctrl, 0.0, 1.0)
+    kinds = [c.kind for _, c in commands]
+    assert kinds[0] == "trajectory" and "hold" in kinds
+    hold = commands[kinds.index("hold")][1]
+    assert "safety filter rejected" in hold.reason and "panda_joint1" in hold.reason
+    assert set(kinds[kinds.index("hold") + 1:]) == {"idle"}
+    assert ctrl.stats["safety_rejections"] == 1 and ctrl.scheduler.remaining_s(0.5) == 0.0
+
+
+def test_no_joint_state_means_nothing_is_commanded():
+    ctrl = make_controller()
+    assert "no joint state" in ctrl.on_chunk(CHANNELS, DT, ramp(np.zeros(7)), "absolute_joint", 0.0, 0.0)
+    ctrl.engage_estop("test")
+    assert ctrl.tick(0.0).kind == "idle" and ctrl.tick(0.0).trajectory is None
+
+
+def test_concurrent_inputs_and_ticks_do_not_break_the_controller():
+    ctrl = make_controller(safety_kw={"on_violation": "clamp"})
+    feed_state(ctrl, 0.0)
+    errors = []
+
+    def producer():
+        try:
+            for k in range(100):
+                t = k * TICK
+                feed_state(ctrl, t)
+                if k % 5 == 0:
+                    ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.02)), "absolute_joint", t, t)
+        except Exception as error:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(error)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    for k in range(100):
+        command = ctrl.tick(k * TICK)
+        if command.kind != "idle":
+            assert_within_limits(command)
+    thread.join(timeout=10)
+    assert not errors and not thread.is_alive()
+
+
+def test_default_channel_names_follow_the_message_convention():
+    ee = ActionSpaceConfig(kind="ee_delta", joint_names=ARM, gripper_joint_names=FINGERS, action_dim=7,
+                           ee_link="panda_hand")
+    assert default_channel_names(ee) == ("x", "y", "z", "roll", "pitch", "yaw", "gripper")

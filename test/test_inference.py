@@ -1,0 +1,83 @@
+"""The inference worker's scheduling, driven step by step with a fake clock (no thread, no ROS)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gem_ros.core.inference import InferenceConfig, InferenceWorker
+from gem_ros.core.observation import ObservationBuffer, ObservationConfig
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def make_worker(clock, predict=None):
+    buffer = ObservationBuffer(ObservationConfig(camera_names=["cam"], joint_names=["j"], max_age_s=0.5,
+                                                 max_skew_s=0.1))
+    chunks, holds = [], []
+    predict = predict or (lambda obs: (np.zeros((8, 1), np.float32), {"total": 1.0}))
+    worker = InferenceWorker(InferenceConfig(request_threshold_s=0.3, chunk_horizon_s=0.8), buffer, predict, clock,
+                             chunks.append, holds.append)
+    return worker, buffer, chunks, holds
+
+
+def feed(buffer, t):
+    buffer.add_image("cam", t, np.zeros((4, 4, 3), np.uint8))
+    buffer.add_joint_state(t, ["j"], [0.0])
+
+
+def test_next_chunk_is_requested_before_the_current_one_runs_out():
+    clock = Clock()
+    worker, buffer, chunks, holds = make_worker(clock)
+    assert worker.step() is None                       # no instruction: nothing happens
+    worker.run_instruction("pick up the red cube")
+    feed(buffer, clock.t)
+    assert worker.step().obs_stamp_s == 100.0          # first chunk right away
+    for dt in (0.1, 0.2, 0.4):                         # 0.8 s horizon: 0.7, 0.6, 0.4 s left > 0.3 s threshold
+        clock.t = 100.0 + dt
+        feed(buffer, clock.t)
+        assert worker.step() is None, dt
+    clock.t = 100.55                                   # 0.25 s left (< threshold + latency): ask now, not at 0.8 s
+    feed(buffer, clock.t)
+    assert worker.step() is not None and len(chunks) == 2 and not holds
+
+
+def test_stale_input_holds_once_and_resumes_when_fresh():
+    clock = Clock()
+    worker, buffer, chunks, holds = make_worker(clock)
+    worker.run_instruction("go")
+    feed(buffer, clock.t)
+    worker.step()
+    clock.t += 1.0                                     # nothing new for 1 s (max age 0.5 s)
+    worker.step()
+    worker.step()
+    assert len(holds) == 1 and "old" in holds[0] and worker.snapshot().holding
+    feed(buffer, clock.t)
+    assert worker.step() is not None and not worker.snapshot().holding
+
+
+def test_policy_error_stops_and_reports():
+    clock = Clock()
+
+    def broken(obs):
+        raise ValueError("the policy produced a non-finite action chunk")
+
+    worker, buffer, chunks, holds = make_worker(clock, broken)
+    worker.run_instruction("go")
+    feed(buffer, clock.t)
+    assert worker.step() is None
+    snap = worker.snapshot()
+    assert not snap.running and "non-finite" in snap.last_error and holds and not chunks
+
+
+def test_config_and_instruction_validation():
+    with pytest.raises(ValueError, match="request_threshold_s"):
+        InferenceConfig(request_threshold_s=-1)
+    worker, *_ = make_worker(Clock())
+    with pytest.raises(ValueError, match="empty"):
+        worker.run_instruction("  ")

@@ -1,0 +1,117 @@
+"""gem_policy in-process over rclpy: lifecycle, chunks, action goals (feedback, cancel, pre-emption), stale input."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from lifecycle_msgs.msg import State  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+
+from gem_msgs.action import ExecuteInstruction  # noqa: E402
+from gem_msgs.msg import ActionChunk, PolicyStatus  # noqa: E402
+from gem_ros.commander import GemCommander  # noqa: E402
+from gem_ros.nodes.conversions import rgb_to_image_msg  # noqa: E402
+from gem_ros.nodes.policy_node import PolicyNode  # noqa: E402
+
+JOINTS = [f"j{i}" for i in range(9)]
+
+
+class FakeRobot:
+    """Publishes two cameras (80x80, resized by the node to the checkpoint's 64x64) and joint states."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.cameras_on = True
+        self.pubs = {c: node.create_publisher(type(rgb_to_image_msg(np.zeros((1, 1, 3), np.uint8))),
+                                              f"/camera/{c}/image_raw", 10) for c in ("scene", "wrist")}
+        self.joint_pub = node.create_publisher(JointState, "/joint_states", 10)
+        self.image = np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8)
+        node.create_timer(0.03, self.tick)
+
+    def tick(self):
+        stamp = self.node.get_clock().now().to_msg()
+        if self.cameras_on:
+            for cam, pub in self.pubs.items():
+                pub.publish(rgb_to_image_msg(self.image, stamp, f"{cam}_optical_frame"))
+        self.joint_pub.publish(JointState(header=rgb_to_image_msg(self.image[:1, :1], stamp).header,
+                                          name=list(reversed(JOINTS)), position=[0.1] * 9))
+
+
+@pytest.fixture
+def setup(ros, tiny_checkpoint_dir):
+    policy = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(tiny_checkpoint_dir)), Parameter("device", value="cpu"),
+        Parameter("state_joint_names", value=JOINTS), Parameter("max_observation_age_s", value=0.3),
+        Parameter("success_topic", value="")]))
+    probe = ros.add(Node("probe", context=ros.context))
+    robot = FakeRobot(probe)
+    seen = {"chunks": [], "status": [], "diag": []}
+    probe.create_subscription(ActionChunk, "/gem/action_chunk", seen["chunks"].append, 100)
+    probe.create_subscription(PolicyStatus, "/gem/policy_status", seen["status"].append, 10)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", seen["diag"].append, 10)
+    assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert policy.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    yield policy, probe, robot, seen
+    policy.worker.shutdown()
+
+
+def test_goal_produces_chunks_feedback_and_cancel_holds(ros, setup):
+    policy, probe, robot, seen = setup
+    commander = GemCommander(node=probe)
+    task = commander.run_instruction("pick up the red cube", timeout=60.0)
+    ros.wait_for(lambda: sum(c.num_points > 0 for c in seen["chunks"]) >= 3, 60, "three chunks")
+    chunk = next(c for c in seen["chunks"] if c.num_points > 0)
+    assert (chunk.num_points, chunk.num_joints) == (8, 9) and len(chunk.positions) == 72
+    assert np.all(np.isfinite(chunk.positions)) and chunk.action_space == "absolute_joint"
+    ros.wait_for(lambda: task.feedback() is not None, 10, "feedback")
+    assert task.feedback().state in ("RUNNING", "HOLDING") and 0.0 <= task.feedback().progress <= 1.0
+    ros.wait_for(lambda: any(s.state == PolicyStatus.RUNNING for s in seen["status"]), 10, "RUNNING status")
+
+    before = len(seen["chunks"])
+    task.cancel()
+    result = task.wait(20)
+    assert result is not None and result.outcome_name == "CANCELED"
+    ros.wait_for(lambda: any(c.num_points == 0 for c in seen["chunks"][before:]), 10, "an empty (hold) chunk")
+    commander.close()
+
+
+def test_new_goal_preempts_old_and_stale_camera_holds_with_diagnostic(ros, setup):
+    policy, probe, robot, seen = setup
+    commander = GemCommander(node=probe)
+    first = commander.run_instruction("pick up the red cube", timeout=60.0)
+    ros.wait_for(lambda: any(c.num_points > 0 for c in seen["chunks"]), 60, "a chunk")
+    second = commander.run_instruction("pick up the blue cube", timeout=60.0)
+    assert first.wait(20).outcome_name == "PREEMPTED"
+    assert policy.worker.snapshot().instruction == "pick up the blue cube"
+
+    robot.cameras_on = False   # cameras die: the node must hold and say why
+    ros.wait_for(lambda: policy.worker.snapshot().holding, 10, "hold on stale camera")
+    assert "camera" in policy.worker.snapshot().reason
+    ros.wait_for(lambda: any(c.num_points == 0 for c in seen["chunks"]), 5, "hold chunk")
+    ros.wait_for(lambda: any(st.level == DiagnosticStatus.ERROR for d in seen["diag"] for st in d.status),
+                 5, "diagnostic error")
+    ros.wait_for(lambda: any(s.state == PolicyStatus.HOLDING for s in seen["status"]), 5, "HOLDING status")
+
+    robot.cameras_on = True    # fresh input again: it resumes on its own
+    ros.wait_for(lambda: not policy.worker.snapshot().holding, 10, "resume")
+    second.cancel()
+    assert second.wait(20).outcome_name == "CANCELED"
+    commander.close()
+
+
+def test_configure_fails_clearly_on_schema_mismatch(ros, tiny_checkpoint_dir):
+    node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(tiny_checkpoint_dir)), Parameter("device", value="cpu"),
+        Parameter("camera_names", value=["front", "wrist"]), Parameter("state_joint_names", value=JOINTS)]))
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "checkpoint cameras" in node._status_reason
+    missing = ros.add(PolicyNode(context=ros.context, parameter_overrides=[Parameter("checkpoint", value="")]))
+    assert missing.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "checkpoint" in missing._status_reason
