@@ -38,8 +38,9 @@ def make_random_sim_checkpoint(path: Path) -> Path:
                                 state_names=ARM_JOINTS + FINGERS, action_names=ARM_JOINTS + ["gripper"],
                                 gripper_channels=[7], control_rate_hz=10.0)
     home = np.array(HOME_ARM_RAD)
-    # Actions span home +- 0.15 rad and the full gripper width: an untrained policy wiggles near home.
-    normalizer = MinMaxNormalizer(np.r_[home - 0.15, 0.0], np.r_[home + 0.15, 0.08])
+    # Actions span home +- 0.15 rad and the middle of the gripper range: an untrained policy wiggles near home
+    # (its samples can still leave the range; the executor's safety filter then refuses them, as it should).
+    normalizer = MinMaxNormalizer(np.r_[home - 0.15, 0.03], np.r_[home + 0.15, 0.05])
     backbone = write_tiny_backbone(path / "_backbone_src", text_layers=3)
     policy = GemVLAPolicy.build(config, backbone, normalizer, device="cpu")
     return policy.save_pretrained(path / "random_tiny")
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         for episode in bar:
             instruction = sim.reset_episode(args.seed + episode)
             recorder.new_episode()
-            stats_before = executor_node.safety_interventions()
+            stats_before = executor_node.controller.stats
             t0_sim, t0_wall = sim.time_s, time.monotonic()
             handle = commander.run_instruction(instruction, timeout=args.episode_timeout)
             result = handle.wait(args.episode_timeout * 20 + 60)
@@ -182,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                    "latency_p50_ms": float(np.percentile(log.latencies_ms, 50)) if log.latencies_ms else float("nan"),
                    "latency_p95_ms": float(np.percentile(log.latencies_ms, 95)) if log.latencies_ms else float("nan"),
                    "control_hz": control_rate_hz(log.trajectory_times),
-                   "interventions": executor_node.safety_interventions() - stats_before}
+                   "interventions": executor_node.controller.stats["safety_interventions"]
+                   - stats_before["safety_interventions"],
+                   "safety_rejections": executor_node.controller.stats["safety_rejections"]
+                   - stats_before["safety_rejections"]}
             write_episode_outputs(args.out, episode, instruction, log, row)
             results.append(row)
             bar.write(f"ep {episode}: {'SUCCESS' if row['success'] else 'fail   '} {row['outcome']:<9} "

@@ -168,6 +168,17 @@ def test_accepted_chunk_becomes_limited_trajectories_that_reach_the_targets_then
     assert ctrl.stats["holds"] == 1 and ctrl.stats["tick_period_mean_s"] == pytest.approx(TICK)
 
 
+def test_a_plan_from_rest_approaches_its_first_point_instead_of_jumping_to_it():
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    actions = ramp(np.full(7, 0.06), points=1).repeat(5, axis=0)  # first point 0.06 rad away, 0.1 s ahead
+    assert ctrl.on_chunk(CHANNELS, DT, actions, "absolute_joint", 0.0, 0.0) is None
+    command = ctrl.tick(0.0)                                        # a jump would step 0.06 > 0.05 rad in 0.02 s
+    assert command.kind == "trajectory"
+    np.testing.assert_allclose(command.trajectory.positions[:5, 0], 0.06 * np.arange(1, 6) / 5)
+    np.testing.assert_allclose(command.trajectory.positions[5:, 0], 0.06)
+
+
 def test_joints_the_policy_does_not_drive_are_kept_where_they_were():
     ctrl = make_controller(gripper=())
     feed_state(ctrl, 0.0)
@@ -175,6 +186,12 @@ def test_joints_the_policy_does_not_drive_are_kept_where_they_were():
     assert ctrl.on_chunk(ARM, DT, actions, "absolute_joint", 0.0, 0.0) is None
     traj = ctrl.tick(0.0).trajectory
     np.testing.assert_allclose(traj.positions[:, 7:], 0.02)
+    # Fingers measured 1e-7 m past their stop (sim/hardware noise) are kept at the stop, so the plan still passes.
+    ctrl = make_controller(gripper=())
+    feed_state(ctrl, 0.0, np.concatenate([HOME[:7], [0.04 + 1e-7, 0.04 + 1e-7]]))
+    assert ctrl.on_chunk(ARM, DT, actions, "absolute_joint", 0.0, 0.0) is None
+    traj = ctrl.tick(0.0).trajectory
+    np.testing.assert_allclose(traj.positions[:, 7:], 0.04)
 
 
 def test_delta_chunks_use_the_joint_state_nearest_the_observation_time():
@@ -229,6 +246,7 @@ def test_empty_chunk_stops_holds_once_and_forgets_the_plan():
     stop = ctrl.tick(0.02)
     assert stop.kind == "hold" and "stopped" in stop.reason
     assert [ctrl.tick(t).kind for t in (0.04, 0.06)] == ["idle", "idle"]
+    assert ctrl.health()[0] == "OK"                                # a requested stop is not a problem
 
 
 def test_dead_policy_holds_after_chunk_timeout():
@@ -253,6 +271,9 @@ def test_safety_rejection_mid_plan_clears_it_and_holds():
     assert "safety filter rejected" in hold.reason and "panda_joint1" in hold.reason
     assert set(kinds[kinds.index("hold") + 1:]) == {"idle"}
     assert ctrl.stats["safety_rejections"] == 1 and ctrl.scheduler.remaining_s(0.5) == 0.0
+    assert ctrl.health() == ("WARN", hold.reason)                  # outlives the one-tick hold for /diagnostics
+    ctrl.tick(3.5)
+    assert ctrl.health()[0] == "WARN" and "stale" in ctrl.health()[1]
 
 
 def test_no_joint_state_means_nothing_is_commanded():

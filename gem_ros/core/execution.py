@@ -10,6 +10,9 @@ the control rate what to send to the controller:
   One-shot conditions (plan starved, stop, dead policy, safety rejection) return one hold, then "idle".
 - "idle": nothing to send (no plan, or no joint state yet to hold at).
 Times are seconds on one clock (the node's, sim time included); joints are matched by name everywhere.
+A chunk that starts a plan from rest gets an approach: from the measured position at arrival, linearly to the
+chunk's first point, instead of the scheduler's hold of that first point (a jump of up to one chunk dt of
+motion within one tick, which the safety filter would rightly reject).
 Joints of the controller that the action space does not drive (e.g. fingers of an arm-only policy) are kept at
 their measured position at chunk arrival: JTC rejects goals that omit joints unless allow_partial_joints_goal.
 """
@@ -24,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from gem_ros.core.chunking import ActionMapper, ActionMappingError, ActionSpaceConfig, ChunkScheduler
+from gem_ros.core.chunking import ActionMapper, ActionMappingError, ActionSpaceConfig, ChunkScheduler, mix
 from gem_ros.core.safety import ChunkRejected, SafeTrajectory, SafetyFilter
 
 EE_DELTA_CHANNELS = ("x", "y", "z", "roll", "pitch", "yaw")   # ActionChunk.msg names for "ee_delta"
 GRIPPER_CHANNEL = "gripper"
 _DT_REL_TOL = 1e-6          # chunk dt vs configured chunk_dt_s: float32/64 round trips only
 _MIN_HISTORY_S = 1.0        # joint-state history kept for delta kinds; at least max_latency_s is kept
+_WARN_WINDOW_S = 2.0        # health() stays WARN this long after a problem: longer than the 1 Hz diagnostics period
 
 
 def _positive(name: str, value: Any) -> float:
@@ -60,8 +64,8 @@ class ExecutionConfig:
         for name in ("control_rate_hz", "lookahead_s", "joint_state_timeout_s", "chunk_timeout_s"):
             setattr(self, name, _positive(name, getattr(self, name)))
         if self.lookahead_s * self.control_rate_hz < 1.0 - 1e-9:
-            raise ValueError(f"lookahead_s {self.lookahead_s} must cover at least one tick "
-                             f"(1 / control_rate_hz = {1.0 / self.control_rate_hz:.4g} s), or the arm stops between ticks")
+            raise ValueError(f"lookahead_s {self.lookahead_s} must cover at least one tick (1 / control_rate_hz = "
+                             f"{1.0 / self.control_rate_hz:.4g} s), or the arm stops between ticks")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class ExecutionController:
         self.expected_channels = channels
         self._columns = [cfg.joint_names.index(n) for n in action_mapper.output_joint_names]
         self._joint_set = frozenset(cfg.joint_names)
+        self._lower, self._upper = self._position_bounds()
         self._history_s = max(_MIN_HISTORY_S, scheduler.cfg.max_latency_s + cfg.joint_state_timeout_s)
         self._lock = threading.RLock()
         self._positions: dict[str, float] = {}
@@ -111,13 +116,12 @@ class ExecutionController:
         self._running = False                 # the last command sent was (part of) a plan
         self._pending_stop: str | None = None
         self._last_chunk_s: float | None = None
+        self._approach: tuple[float, np.ndarray, float, np.ndarray] | None = None   # (t0, q0, t1, q1)
         self._last_kind = "idle"
         self._counts = dict(chunks_accepted=0, chunks_refused=0, safety_interventions=0, safety_rejections=0,
                             holds=0, trajectories=0, ticks=0)
-        self._last_reason = ""
-        self._last_refusal = ""
-        self._last_intervention = ""
-        self._refused_since_accept = False
+        self._last_reason = self._last_refusal = self._last_intervention = ""
+        self._warning: tuple[float, str] | None = None   # (tick time, message) of the last problem
         self._last_tick_s: float | None = None
         self._periods = [0, 0.0, 0.0, 0.0, 0.0]   # count, sum, sum of squares, max period, max |period - nominal|
 
@@ -157,54 +161,69 @@ class ExecutionController:
         try:
             actions = np.array(actions, dtype=float)
         except (TypeError, ValueError) as error:
-            return self._refuse(f"actions are not numeric: {error}")
+            return self.refuse(f"actions are not numeric: {error}")
         if actions.size == 0:
             self.stop("empty action chunk")
             return None
         channels = list(channel_names)
         reason = self._check_chunk(channels, dt_s, actions, action_space, obs_stamp_s)
         if reason:
-            return self._refuse(reason)
+            return self.refuse(reason)
         actions = actions[:, [channels.index(c) for c in self.expected_channels]]   # reorder by name
         with self._lock:
             if self._estop is not None:
-                return self._refuse(f"e-stop engaged ({self._estop}); reset it first")
+                return self.refuse(f"e-stop engaged ({self._estop}); reset it first")
             current = self._current_vector()
             if current is None:
-                return self._refuse(f"no joint state yet for {self._missing_joints()}")
+                return self.refuse(f"no joint state yet for {self._missing_joints()}")
             if self._state_age(now_s) > self.cfg.joint_state_timeout_s:
-                return self._refuse(f"joint_states stale ({self._state_age(now_s):.3f} s old)")
+                return self.refuse(f"joint_states stale ({self._state_age(now_s):.3f} s old)")
             state_at_obs = None
             if self.mapper.cfg.kind != "absolute_joint":
                 stamp, state = self._state_near(obs_stamp_s)
                 if abs(stamp - obs_stamp_s) > self.cfg.joint_state_timeout_s:
-                    return self._refuse(f"no joint state within {self.cfg.joint_state_timeout_s} s of the "
+                    return self.refuse(f"no joint state within {self.cfg.joint_state_timeout_s} s of the "
                                         f"observation at {obs_stamp_s:.3f} s (nearest {stamp:.3f} s)")
                 state_at_obs = dict(zip(self.cfg.joint_names, state))
         try:
             mapped = self.mapper.map_chunk(actions, state_at_obs)
         except ActionMappingError as error:
-            return self._refuse(f"action mapping failed: {error}")
+            return self.refuse(f"action mapping failed: {error}")
+        # Plan from the measured state clipped into the limits: a gripper measured 1e-7 m beyond its stop would
+        # otherwise make every trajectory that keeps it there fail the safety filter's position check.
+        current = np.clip(current, self._lower, self._upper)
         targets = np.repeat(current[None, :], len(mapped), axis=0)
         targets[:, self._columns] = mapped
         with self._lock:
             if self._estop is not None:   # engaged while we were mapping
-                return self._refuse(f"e-stop engaged ({self._estop}); reset it first")
+                return self.refuse(f"e-stop engaged ({self._estop}); reset it first")
+            starting = self.scheduler.remaining_s(now_s) <= 1e-9   # the scheduler starts a new plan
             try:
                 admission = self.scheduler.add_chunk(targets, obs_stamp_s, now_s)
             except ValueError as error:
-                return self._refuse(f"scheduler refused the chunk: {error}")
+                return self.refuse(f"scheduler refused the chunk: {error}")
             if not admission.accepted:
-                return self._refuse(admission.reason)
+                return self.refuse(admission.reason)
+            if starting:
+                first_s = obs_stamp_s + self.scheduler.cfg.chunk_dt_s * (admission.dropped_points + 1)
+                self._approach = (now_s, current, first_s, self.scheduler.sample(first_s))
             self._counts["chunks_accepted"] += 1
-            self._last_chunk_s, self._pending_stop, self._refused_since_accept = now_s, None, False
+            self._last_chunk_s, self._pending_stop = now_s, None
             return None
+
+    def refuse(self, reason: str) -> str:
+        """Count a chunk refused for `reason` (also for callers that found it malformed) and return the reason."""
+        with self._lock:
+            self._counts["chunks_refused"] += 1
+            self._last_refusal, self._last_reason = reason, f"chunk refused: {reason}"
+            self._warning = (self._last_tick_s or 0.0, self._last_reason)
+        return reason
 
     def stop(self, reason: str) -> None:
         """Forget the plan; if the arm was executing one, the next tick sends one hold."""
         with self._lock:
             self.scheduler.clear()
-            self._last_chunk_s = None
+            self._last_chunk_s, self._approach = None, None
             if self._running:
                 self._pending_stop = reason
             self._running = False
@@ -215,7 +234,7 @@ class ExecutionController:
         with self._lock:
             self._estop = reason or "e-stop"
             self.scheduler.clear()
-            self._running, self._pending_stop, self._last_chunk_s = False, None, None
+            self._running, self._pending_stop, self._last_chunk_s, self._approach = False, None, None, None
             self._last_reason = f"e-stop engaged: {self._estop}"
 
     def reset_estop(self) -> bool:
@@ -225,6 +244,11 @@ class ExecutionController:
             if was_engaged:
                 self._last_reason = "e-stop reset"
             return was_engaged
+
+    def joint_state_age_s(self, now_s: float) -> float:
+        """Age of the oldest joint in the newest complete state; inf before every joint was seen."""
+        with self._lock:
+            return math.inf if self._current_vector() is None else self._state_age(now_s)
 
     @property
     def estop_engaged(self) -> bool:
@@ -247,7 +271,7 @@ class ExecutionController:
                                            f"(joint_state_timeout_s {self.cfg.joint_state_timeout_s} s)")
             if self._pending_stop is not None:
                 reason, self._pending_stop = self._pending_stop, None
-                return self._hold(current, f"stopped: {reason}")
+                return self._hold(current, f"stopped: {reason}", problem=False)
             if self._running and self._last_chunk_s is not None \
                     and now_s - self._last_chunk_s > self.cfg.chunk_timeout_s:
                 silence = now_s - self._last_chunk_s
@@ -255,6 +279,8 @@ class ExecutionController:
                 return self._hold(current, f"no action chunk for {silence:.3f} s "
                                            f"(chunk_timeout_s {self.cfg.chunk_timeout_s} s): policy dead?")
             times, positions = self.scheduler.segment(now_s, self.cfg.lookahead_s)
+            if self._approach is not None:
+                positions = self._approach_positions(now_s, times, positions)
             if times.size == 0:
                 if self._running:
                     self._running = False
@@ -287,6 +313,7 @@ class ExecutionController:
                     "last_reason": self._last_reason, "last_refusal": self._last_refusal,
                     "last_intervention": self._last_intervention,
                     "plan_remaining_s": self.scheduler.remaining_s(self._last_tick_s or 0.0),
+                    "joint_state_age_s": self.joint_state_age_s(self._last_tick_s or 0.0),
                     "last_latency_s": sched.last_latency_s, "dropped_points_total": sched.total_dropped_points,
                     "tick_period_mean_s": mean, "tick_period_std_s": std, "tick_period_max_s": max_period,
                     "tick_jitter_max_s": max_jitter}
@@ -296,10 +323,9 @@ class ExecutionController:
         with self._lock:
             if self._estop is not None:
                 return "ERROR", f"e-stop engaged: {self._estop}"
-            if self._last_kind == "hold":
-                return "WARN", self._last_reason
-            if self._refused_since_accept:
-                return "WARN", f"chunk refused: {self._last_refusal}"
+            # persistent holds refresh the warning every tick, so they stay WARN for as long as they last
+            if self._warning is not None and (self._last_tick_s or 0.0) - self._warning[0] <= _WARN_WINDOW_S:
+                return "WARN", self._warning[1]
             return "OK", "executing plan" if self._last_kind == "trajectory" else (self._last_reason or "idle")
 
     # ---- internals (lock held) ------------------------------------------------------------------------------------
@@ -322,20 +348,16 @@ class ExecutionController:
             return f"observation stamp {obs_stamp_s!r} is not finite"
         return ""
 
-    def _refuse(self, reason: str) -> str:
-        with self._lock:
-            self._counts["chunks_refused"] += 1
-            self._last_refusal, self._refused_since_accept = reason, True
-            self._last_reason = f"chunk refused: {reason}"
-        return reason
-
-    def _hold(self, current: np.ndarray | None, reason: str) -> Command:
+    def _hold(self, current: np.ndarray | None, reason: str, problem: bool = True) -> Command:
+        """A hold at `current`; `problem` holds (all but a requested stop) make health() WARN."""
         if current is None:   # never saw the arm: there is no position to hold at, so command nothing
             return self._idle(f"{reason} (no joint state yet: nothing commanded)")
         new_episode = self._last_kind != "hold"
         if new_episode:
             self._counts["holds"] += 1
         self._last_kind, self._last_reason = "hold", reason
+        if problem:
+            self._warning = (self._last_tick_s or 0.0, reason)
         trajectory = self.safety.hold(dict(zip(self.cfg.joint_names, current)))
         return Command("hold", trajectory, reason, new_episode)
 
@@ -345,7 +367,26 @@ class ExecutionController:
 
     def _abandon_plan(self) -> None:
         self.scheduler.clear()
-        self._running, self._pending_stop, self._last_chunk_s = False, None, None
+        self._running, self._pending_stop, self._last_chunk_s, self._approach = False, None, None, None
+
+    def _approach_positions(self, now_s: float, times: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Replace the plan before its first point by the line from the state at arrival to that point."""
+        start_s, start_q, first_s, first_q = self._approach
+        if now_s >= first_s:
+            self._approach = None
+            return positions
+        before = now_s + times < first_s
+        alpha = (now_s + times[before] - start_s) / (first_s - start_s)
+        positions = positions.copy()
+        positions[before] = mix(start_q, first_q, alpha[:, None])
+        return positions
+
+    def _position_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """URDF limits minus the safety margins (the bounds the filter checks), in joint_names order."""
+        cfg, limits = self.safety.cfg, [self.safety.limits[n] for n in self.cfg.joint_names]
+        margins = [cfg.position_margin_m if lim.is_prismatic else cfg.position_margin_rad for lim in limits]
+        return (np.array([lim.lower + m for lim, m in zip(limits, margins)]),
+                np.array([lim.upper - m for lim, m in zip(limits, margins)]))
 
     def _current_vector(self) -> np.ndarray | None:
         if len(self._positions) < len(self.cfg.joint_names):
@@ -374,10 +415,7 @@ class ExecutionController:
         self._counts["ticks"] += 1
         if self._last_tick_s is not None and now_s > self._last_tick_s:
             period = now_s - self._last_tick_s
-            p = self._periods
-            p[0] += 1
-            p[1] += period
-            p[2] += period * period
-            p[3] = max(p[3], period)
-            p[4] = max(p[4], abs(period - 1.0 / self.cfg.control_rate_hz))
+            count, total, squares, longest, jitter = self._periods
+            self._periods = [count + 1, total + period, squares + period * period, max(longest, period),
+                             max(jitter, abs(period - 1.0 / self.cfg.control_rate_hz))]
         self._last_tick_s = now_s

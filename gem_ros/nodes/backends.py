@@ -80,7 +80,7 @@ class FollowJointTrajectoryBackend:
 
     def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
         if not self._client.server_is_ready():
-            self._node.get_logger().warn(f"action server {self.action_name} not available; trajectory dropped",
+            self._node.get_logger().warning(f"action server {self.action_name} not available; trajectory dropped",
                                          throttle_duration_sec=1.0)
             return
         goal = self._goal_type.Goal(trajectory=to_joint_trajectory(trajectory, stamp))

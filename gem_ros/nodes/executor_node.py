@@ -1,0 +1,228 @@
+"""gem_executor: action chunks in, safety-filtered JointTrajectory out, at the control rate. One node per arm.
+
+In:  gem/action_chunk (gem_msgs/ActionChunk; num_points == 0 = stop and hold), joint_states
+     (sensor_msgs/JointState, by name, partial messages merged), gem/estop (std_msgs/Bool; true latches the
+     e-stop, false does nothing: only ~/reset_estop releases it). Services ~/estop, ~/reset_estop (Trigger).
+Out: <controller_name>/joint_trajectory (topic backend) or <controller_name>/follow_joint_trajectory (action
+     backend, needs control_msgs), /diagnostics at 1 Hz.
+Relative names resolve to /gem/action_chunk, /joint_states, /arm_controller/... in the root namespace and
+follow the node's namespace for multi-arm setups. All logic lives in gem_ros.core.execution.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+
+from gem_msgs.msg import ActionChunk
+from gem_ros.core.chunking import ActionMapper, ActionSpaceConfig, ChunkScheduler, ChunkSchedulerConfig
+from gem_ros.core.execution import ExecutionConfig, ExecutionController
+from gem_ros.core.kinematics import RobotModel, load_urdf_limits
+from gem_ros.core.safety import SafetyConfig, SafetyFilter
+from gem_ros.nodes.backends import make_backend
+from gem_ros.nodes.conversions import diagnostic_status, stamp_to_s
+
+NODE_NAME = "gem_executor"
+_LEVELS = {"OK": 0, "WARN": 1, "ERROR": 2}
+
+
+def _default(cls, name: str):
+    """A dataclass field's default: the parameter defaults below come from the configs, never a second copy."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+# Parameter name -> default (its type is the ROS parameter type). [""] is an empty string list: rclpy cannot
+# infer a type from [] (it would become a byte array).
+PARAMETERS: dict[str, Any] = {
+    "joint_names": [""],                        # controller joint order (required)
+    "controller_name": "arm_controller",
+    "backend": "topic",                         # "topic" | "follow_joint_trajectory"
+    "control_rate_hz": _default(ExecutionConfig, "control_rate_hz"),
+    "lookahead_s": _default(ExecutionConfig, "lookahead_s"),
+    "joint_state_timeout_s": _default(ExecutionConfig, "joint_state_timeout_s"),
+    "chunk_timeout_s": _default(ExecutionConfig, "chunk_timeout_s"),
+    "chunk_dt_s": 0.1,                          # must equal ActionChunk.dt (1 / the checkpoint's control rate)
+    "chunk_mode": _default(ChunkSchedulerConfig, "mode"),
+    "blend_duration_s": _default(ChunkSchedulerConfig, "blend_duration_s"),
+    "max_latency_s": _default(ChunkSchedulerConfig, "max_latency_s"),
+    "action_space": "absolute_joint",           # must equal ActionChunk.action_space
+    "action_joint_names": [""],                 # empty: joint_names minus gripper_joint_names
+    "gripper_joint_names": [""],
+    "gripper_scale": _default(ActionSpaceConfig, "gripper_scale"),
+    "gripper_offset": _default(ActionSpaceConfig, "gripper_offset"),
+    "delta_reference": _default(ActionSpaceConfig, "delta_reference"),
+    "ee_link": "",                              # required for action_space "ee_delta"
+    "ee_frame": _default(ActionSpaceConfig, "ee_frame"),
+    "action_channel_names": [""],               # ActionChunk.joint_names expected; empty: derived (see core)
+    "max_step_delta_rad": 0.05,                 # per trajectory point (1 / control_rate_hz apart)
+    "max_step_delta_m": _default(SafetyConfig, "max_step_delta_m"),
+    "velocity_scale": _default(SafetyConfig, "velocity_scale"),
+    "on_violation": _default(SafetyConfig, "on_violation"),
+    "position_margin_rad": _default(SafetyConfig, "position_margin_rad"),
+    "position_margin_m": _default(SafetyConfig, "position_margin_m"),
+    "max_acceleration": 0.0,                    # rad/s^2 (m/s^2) for every joint; 0 = off (URDF has none)
+    "urdf_path": "",                            # one of urdf_path / robot_description (XML) is required
+    "robot_description": "",
+}
+
+
+def _names(values) -> list[str]:
+    return [n for n in values if n]
+
+
+def build_controller(values: Mapping[str, Any]) -> ExecutionController:
+    """Parameter values (PARAMETERS keys) -> a wired ExecutionController; ValueError names the bad setting."""
+    urdf = values["robot_description"] or values["urdf_path"]
+    if not urdf:
+        raise ValueError("one of the parameters urdf_path or robot_description is required (joint limits come from it)")
+    joint_names, gripper = _names(values["joint_names"]), _names(values["gripper_joint_names"])
+    arm = _names(values["action_joint_names"]) or [n for n in joint_names if n not in gripper]
+    kind = values["action_space"]
+    action = ActionSpaceConfig(
+        kind=kind, joint_names=arm, gripper_joint_names=gripper,
+        action_dim=(6 if kind == "ee_delta" else len(arm)) + (1 if gripper else 0),
+        gripper_scale=values["gripper_scale"], gripper_offset=values["gripper_offset"],
+        delta_reference=values["delta_reference"], ee_link=values["ee_link"] or None, ee_frame=values["ee_frame"])
+    scheduler = ChunkSchedulerConfig(
+        control_rate_hz=values["control_rate_hz"], chunk_dt_s=values["chunk_dt_s"], mode=values["chunk_mode"],
+        blend_duration_s=values["blend_duration_s"], max_latency_s=values["max_latency_s"])
+    acceleration = values["max_acceleration"]
+    safety = SafetyConfig(
+        max_step_delta_rad=values["max_step_delta_rad"], max_step_delta_m=values["max_step_delta_m"],
+        velocity_scale=values["velocity_scale"], on_violation=values["on_violation"],
+        position_margin_rad=values["position_margin_rad"], position_margin_m=values["position_margin_m"],
+        max_acceleration=None if acceleration == 0.0 else acceleration)
+    execution = ExecutionConfig(
+        joint_names=joint_names, control_rate_hz=values["control_rate_hz"], lookahead_s=values["lookahead_s"],
+        joint_state_timeout_s=values["joint_state_timeout_s"], chunk_timeout_s=values["chunk_timeout_s"])
+    model = RobotModel.from_urdf(urdf) if kind == "ee_delta" else None
+    return ExecutionController(execution, ActionMapper(action, model), ChunkScheduler(scheduler),
+                               SafetyFilter(load_urdf_limits(urdf), safety, model),
+                               _names(values["action_channel_names"]) or None)
+
+
+class ExecutorNode(Node):
+    def __init__(self, **kwargs):
+        """kwargs go to rclpy Node (context, parameter_overrides, namespace, ...)."""
+        super().__init__(NODE_NAME, **kwargs)
+        try:
+            for name, default in PARAMETERS.items():
+                # Numbers accept int or float ("rate: 50" in YAML); the config dataclasses validate them.
+                descriptor = ParameterDescriptor(dynamic_typing=isinstance(default, float))
+                self.declare_parameter(name, default, descriptor)
+            values = {name: self.get_parameter(name).value for name in PARAMETERS}
+            if values["robot_description"] and values["urdf_path"]:
+                self.get_logger().warning("both robot_description and urdf_path are set; "
+                                          "limits come from robot_description")
+            self.controller = build_controller(values)
+            self.controller_name = values["controller_name"]
+            self.backend = make_backend(values["backend"], self, self.controller_name)
+        except Exception:
+            super().destroy_node()   # do not leak a half-built node into the caller's context
+            raise
+        self.create_subscription(ActionChunk, "gem/action_chunk", self._on_chunk, 10)
+        self.create_subscription(JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data)
+        self.create_subscription(Bool, "gem/estop", self._on_estop_topic, 10)
+        self.create_service(Trigger, "~/estop", self._on_estop_service)
+        self.create_service(Trigger, "~/reset_estop", self._on_reset_service)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0 / values["control_rate_hz"], self._on_tick)
+        self.create_timer(1.0, self._publish_diagnostics)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        now = self._now()
+        stamp = stamp_to_s(msg.header.stamp) or now   # unstamped publishers: receipt time
+        self.controller.on_joint_state(msg.name, msg.position, msg.velocity, now, stamp)
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        if msg.num_points == 0:
+            self.controller.stop("empty action chunk from the policy")
+            return
+        actions = np.asarray(msg.positions, dtype=float)
+        if actions.size != msg.num_points * msg.num_joints:
+            reason = self.controller.refuse(f"{actions.size} values for {msg.num_points} x {msg.num_joints} positions")
+        else:
+            reason = self.controller.on_chunk(
+                list(msg.joint_names), msg.dt, actions.reshape(msg.num_points, msg.num_joints), msg.action_space,
+                stamp_to_s(msg.header.stamp), self._now())
+        if reason:
+            self.get_logger().warning(f"action chunk {msg.chunk_index} refused: {reason}", throttle_duration_sec=1.0)
+
+    def _engage_estop(self, source: str) -> None:
+        self.controller.engage_estop(source)
+        self.get_logger().error(f"e-stop engaged by {source}; call ~/reset_estop to release")
+
+    def _on_estop_topic(self, msg: Bool) -> None:
+        if msg.data:
+            self._engage_estop("gem/estop topic")
+
+    def _on_estop_service(self, request, response):
+        self._engage_estop("~/estop service")
+        response.success, response.message = True, "e-stop engaged"
+        return response
+
+    def _on_reset_service(self, request, response):
+        was_engaged = self.controller.reset_estop()
+        response.success = True
+        response.message = "e-stop released" if was_engaged else "e-stop was not engaged"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_tick(self) -> None:
+        command = self.controller.tick(self._now())
+        if command.kind == "trajectory":
+            self.backend.send(command.trajectory)
+        elif command.kind == "hold" and command.new_episode:
+            self.backend.hold(command.trajectory)
+            self.get_logger().warning(f"hold: {command.reason}", throttle_duration_sec=2.0)
+
+    def _publish_diagnostics(self) -> None:
+        level, message = self.controller.health()
+        status = diagnostic_status(f"{NODE_NAME}: execution", _LEVELS[level], message, self.controller.stats,
+                                   hardware_id=self.controller_name)
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
+
+    def destroy_node(self) -> None:
+        self.backend.close()
+        super().destroy_node()
+
+
+def make_executor_node(context=None, **overrides) -> ExecutorNode:
+    """An ExecutorNode with parameter overrides by name, e.g. make_executor_node(ctx, joint_names=[...])."""
+    unknown = sorted(set(overrides) - set(PARAMETERS) - {"use_sim_time"})
+    if unknown:
+        raise ValueError(f"unknown executor parameters {unknown}; known: {sorted(PARAMETERS)}")
+    parameters = [Parameter(name, value=list(value) if isinstance(value, tuple) else value)
+                  for name, value in overrides.items()]
+    return ExecutorNode(context=context, parameter_overrides=parameters)
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ExecutorNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()

@@ -1,0 +1,1 @@
+"""GEM-VLA training workspace: episode datasets, sim data collection, training loop, export and evaluation."""

@@ -1,0 +1,205 @@
+"""gem_collect_sim: record scripted-expert demonstrations in the embedded tabletop sim as training episodes.
+
+    gem_collect_sim --episodes 100 --out data/sim_pick --seed 0 [--image-size 96] [--workers 4]
+
+Per control step (the expert's 10 Hz): render every sim camera (RGB + metric depth), read the 9 joint
+positions (state: panda_joint1..7 rad, panda_finger_joint1..2 m), take the expert's next target, send it,
+step the physics one control period. The recorded action is what the motors were commanded (the target
+after the sim's URDF-limit clip) as 8 channels: the 7 arm joints (rad, absolute) + gripper WIDTH in m
+(finger1 + finger2, 0..0.08), the channel layout the executor maps back with gripper_scale 0.5.
+Only successful episodes are kept (a failed attempt's scratch file is deleted); files are named by attempt,
+so gaps mark failures. Episode seeds derive from (--seed, attempt), so results do not depend on --workers.
+Images are stored at --image-size (INTER_AREA); depth is resized with INTER_NEAREST (no blended edges).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from gem_train.data.episodes import COMPRESSIONS, EpisodeWriter
+from gem_train.data.stats import compute_stats, write_action_stats
+
+GRIPPER_CHANNEL = "gripper"
+
+
+@dataclass
+class CollectConfig:
+    episodes: int                  # successful episodes wanted
+    out_dir: Path
+    seed: int = 0
+    image_size: int = 96           # stored square side, px (rendered at the sim cameras' own sizes)
+    workers: int = 1               # processes, each with its own pybullet client
+    coarse_meshes: bool = False    # draw the Panda with collision meshes: ~2x faster renders, plainer look
+    compression: str = "gzip"
+    max_attempts: int = 0          # 0 -> 2 * episodes + 10
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        for key, low in (("episodes", 1), ("seed", 0), ("image_size", 8), ("workers", 1), ("max_attempts", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
+        if self.max_attempts == 0:
+            self.max_attempts = 2 * self.episodes + 10
+        if self.max_attempts < self.episodes:
+            raise ValueError(f"max_attempts ({self.max_attempts}) must be >= episodes ({self.episodes})")
+
+
+class Attempt(NamedTuple):
+    attempt: int
+    episode_seed: int
+    success: bool
+    steps: int
+    seconds: float
+    path: Path | None              # None when the attempt failed
+    megabytes: float
+
+
+def episode_seed(seed: int, attempt: int) -> int:
+    return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0] % 2**31)
+
+
+def record_attempt(cfg: CollectConfig, attempt: int) -> Attempt:
+    """Run one expert episode with its own sim and write it; keep the file only if the task succeeded."""
+    from gem_ros.sim import ARM_JOINTS, ScriptedPickExpert, SimConfig, TabletopSim
+
+    t0 = time.perf_counter()
+    seed = episode_seed(cfg.seed, attempt)
+    size = (cfg.image_size, cfg.image_size)
+    with TabletopSim(SimConfig(seed=seed, coarse_robot_meshes=cfg.coarse_meshes)) as sim:
+        instruction = sim.reset(seed)
+        expert = ScriptedPickExpert(sim)
+        cameras = [c.name for c in sim.cfg.cameras]
+        extra = {"episode_seed": seed, "attempt": attempt, "sim": "gem_ros.sim.TabletopSim",
+                 "coarse_robot_meshes": cfg.coarse_meshes, "target_object": sim.target_object,
+                 "render_sizes": {c.name: [c.height, c.width] for c in sim.cfg.cameras},
+                 "gripper_action": "width_m = finger1 + finger2 target", "depth_unit": "m"}
+        writer = EpisodeWriter(cfg.out_dir / f"episode_{attempt:06d}.hdf5", instructions=instruction,
+                               control_rate_hz=expert.cfg.control_hz, camera_names=cameras,
+                               state_names=sim.joint_names, action_names=[*ARM_JOINTS, GRIPPER_CHANNEL],
+                               action_space="absolute_joint", extra=extra, compression=cfg.compression)
+        try:
+            for target in expert:
+                images, depth = {}, {}
+                for cam in cameras:
+                    rgb, metres = sim.render(cam)
+                    images[cam] = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA) \
+                        if rgb.shape[:2] != size else rgb
+                    depth[cam] = cv2.resize(metres, size[::-1], interpolation=cv2.INTER_NEAREST) \
+                        if metres.shape[:2] != size else metres
+                _, positions, _ = sim.joint_state()
+                sim.set_joint_targets(sim.joint_names, target)
+                commanded = sim.joint_targets             # after the URDF clip: what the motors got
+                action = np.concatenate([commanded[:len(ARM_JOINTS)], [commanded[-2] + commanded[-1]]])
+                writer.add_step(images, positions, action, depth)
+                sim.step(1.0 / expert.cfg.control_hz)
+            success = sim.task_success()
+        except BaseException:
+            writer.abort()
+            raise
+        steps = writer.num_steps
+        path = writer.close() if success else writer.abort()
+    megabytes = path.stat().st_size / 1e6 if path else 0.0
+    return Attempt(attempt, seed, success, steps, time.perf_counter() - t0, path, megabytes)
+
+
+def collect(cfg: CollectConfig) -> list[Attempt]:
+    """Attempts in rounds of (episodes still missing) until enough succeed or max_attempts is spent."""
+    from tqdm import tqdm
+
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    existing = sorted(cfg.out_dir.glob("episode_*.hdf5"))
+    if existing:
+        raise ValueError(f"{cfg.out_dir} already holds {len(existing)} episodes; recorded episodes are never "
+                         "overwritten, choose a new --out")
+    work = functools.partial(record_attempt, cfg)
+    pool = multiprocessing.get_context("spawn").Pool(cfg.workers) if cfg.workers > 1 else None
+    attempts: list[Attempt] = []
+    kept = 0
+    try:
+        with tqdm(total=cfg.episodes, unit="episode", desc="collect") as bar:
+            while kept < cfg.episodes and len(attempts) < cfg.max_attempts:
+                batch = range(len(attempts), min(len(attempts) + cfg.episodes - kept, cfg.max_attempts))
+                for result in (pool.imap(work, batch) if pool else map(work, batch)):
+                    attempts.append(result)
+                    kept += result.success
+                    bar.update(int(result.success))
+                    bar.set_postfix(failed=len(attempts) - kept)
+        if pool is not None:
+            pool.close()
+    except BaseException:
+        # Ctrl-C or a crash: stop the workers now (a plain close() would let queued attempts run on). An
+        # episode cut short stays a .tmp scratch file, which readers ignore.
+        if pool is not None:
+            pool.terminate()
+        raise
+    finally:
+        if pool is not None:
+            pool.join()
+    paths = [a.path for a in attempts if a.success]
+    if paths:
+        write_action_stats(cfg.out_dir, compute_stats(paths))
+    return attempts
+
+
+def summarize(attempts: list[Attempt], wall_s: float) -> str:
+    kept = [a for a in attempts if a.success]
+    frames = sum(a.steps for a in kept)
+    rate = len(kept) / max(1, len(attempts))
+    mb = np.mean([a.megabytes for a in kept]) if kept else 0.0
+    per_attempt = np.mean([a.seconds for a in attempts]) if attempts else 0.0
+    return (f"episodes {len(kept)} (failed {len(attempts) - len(kept)} of {len(attempts)} attempts, "
+            f"success rate {rate:.0%}), frames {frames}, wall {wall_s:.1f} s, "
+            f"{wall_s / max(1, len(kept)):.2f} s per kept episode ({per_attempt:.2f} s compute per attempt), "
+            f"{mb:.2f} MB per episode")
+
+
+def parse_args(argv: list[str] | None) -> CollectConfig:
+    parser = argparse.ArgumentParser(prog="gem_collect_sim", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--episodes", type=int, required=True, help="successful episodes to record")
+    parser.add_argument("--out", type=Path, required=True, help="output dataset folder (must hold no episodes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=96, help="stored square image side, px")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--coarse-meshes", action="store_true", help="render the robot with its collision meshes")
+    parser.add_argument("--compression", choices=COMPRESSIONS, default="gzip")
+    parser.add_argument("--max-attempts", type=int, default=0, help="0: 2 * episodes + 10")
+    args = parser.parse_args(argv)
+    try:
+        return CollectConfig(episodes=args.episodes, out_dir=args.out, seed=args.seed, image_size=args.image_size,
+                             workers=args.workers, coarse_meshes=args.coarse_meshes, compression=args.compression,
+                             max_attempts=args.max_attempts)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        attempts = collect(cfg)
+    except ValueError as error:
+        print(f"gem_collect_sim: {error}", file=sys.stderr)
+        return 2
+    print(summarize(attempts, time.perf_counter() - t0))
+    kept = sum(a.success for a in attempts)
+    if kept < cfg.episodes:
+        print(f"gem_collect_sim: only {kept} of {cfg.episodes} episodes succeeded within {cfg.max_attempts} attempts",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Chunk sampling for GEM-VLA training (gem_reference §9): one sample per step of every episode.
+
+Sample t of an episode: images[t] of each configured camera (resized to what the policy expects), state[t],
+actions[t : t + chunk_len] padded with the episode's last action, one instruction picked at random. Raw
+(un-normalised) values: the policy's normalizer does that, so train and serve share it.
+
+Loading: actions/states of all episodes are read once (small); frames are read and decoded per item from
+HDF5 files that each DataLoader worker opens itself (handles are never shared across processes).
+"""
+from __future__ import annotations
+
+import os
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from gem_train.data.augment import color_jitter
+from gem_train.data.depth import depth_target
+from gem_train.data.episodes import EpisodeData, read_episode
+
+Size = tuple[int, int]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class ChunkDatasetConfig:
+    camera_names: list[str]                      # policy camera order (IOSchema.camera_names)
+    chunk_len: int = 32                          # actions per sample (IOSchema.chunk_len)
+    image_size: Size | dict[str, Size] = (224, 224)   # (H, W) for every camera, or per camera
+    state_names: list[str] = field(default_factory=list)    # if set, episodes that name theirs must match
+    action_names: list[str] = field(default_factory=list)
+    image_drop_prob: float = 0.0                 # per camera: image blanked (GEM trains with 0.1)
+    instruction_drop_prob: float = 0.0           # instruction -> "" (GEM: 0.1, enables CFG-style dropout)
+    color_jitter: bool = False                   # GEM: 50% of images get ColorJitter(0.3, 0.4, 0.5, 0.03)
+    depth_size: int = 0                          # square depth-target side (GEM 256); 0 = no depth targets
+    max_depth_m: float = 4.0                     # metric depth beyond this is background
+    seed: int = 0
+    max_open_files: int = 32                     # per worker; least recently used files are closed
+
+    def __post_init__(self) -> None:
+        self.camera_names = list(self.camera_names)
+        _require(len(self.camera_names) > 0 and len(set(self.camera_names)) == len(self.camera_names),
+                 f"camera_names must be non-empty and unique, got {self.camera_names}")
+        _require(isinstance(self.chunk_len, int) and self.chunk_len > 0, f"chunk_len must be > 0, got {self.chunk_len}")
+        sizes = self.image_size if isinstance(self.image_size, dict) else {c: self.image_size for c in self.camera_names}
+        missing = [c for c in self.camera_names if c not in sizes]
+        _require(not missing, f"image_size has no entry for cameras {missing}")
+        self.image_size = {c: tuple(int(v) for v in sizes[c]) for c in self.camera_names}
+        for cam, size in self.image_size.items():
+            _require(len(size) == 2 and min(size) >= 8, f"image_size['{cam}'] must be (H, W) >= 8 px, got {size}")
+        for key in ("image_drop_prob", "instruction_drop_prob"):
+            _require(0.0 <= getattr(self, key) < 1.0, f"{key} must be in [0, 1), got {getattr(self, key)}")
+        _require(isinstance(self.depth_size, int) and self.depth_size >= 0, f"depth_size must be >= 0, got {self.depth_size}")
+        _require(self.max_depth_m > 0, f"max_depth_m must be > 0, got {self.max_depth_m}")
+        _require(self.max_open_files >= 1, f"max_open_files must be >= 1, got {self.max_open_files}")
+
+    @classmethod
+    def from_io_schema(cls, io, **overrides) -> ChunkDatasetConfig:
+        """Cameras, sizes, chunk length and channel names from a policy's `IOSchema`."""
+        values = dict(camera_names=io.camera_names, chunk_len=io.chunk_len,
+                      image_size={c.name: (c.height, c.width) for c in io.cameras},
+                      state_names=list(io.state_names), action_names=list(io.action_names))
+        return cls(**{**values, **overrides})
+
+
+class ChunkDataset(Dataset):
+    """`episodes`: HDF5 paths (ours or GEM reference) and/or `EpisodeData` (e.g. LeRobot, in-memory)."""
+
+    def __init__(self, episodes: Sequence[Path | str | EpisodeData], cfg: ChunkDatasetConfig) -> None:
+        self.cfg = cfg
+        self._sources: list[Path | EpisodeData] = []
+        self._actions: list[np.ndarray] = []
+        self._states: list[np.ndarray] = []
+        self._instructions: list[list[str]] = []
+        for item in episodes:
+            if isinstance(item, EpisodeData):
+                self._add(item, item)
+            else:
+                with read_episode(item) as episode:
+                    self._add(Path(item), episode)
+        _require(len(self._sources) > 0, "ChunkDataset needs at least one episode")
+        self._ends = np.cumsum([a.shape[0] for a in self._actions])
+        self._reset_process_state()
+
+    def _add(self, source: Path | EpisodeData, episode: EpisodeData) -> None:
+        where = source if isinstance(source, Path) else episode.meta.get("source", f"episode #{len(self._sources)}")
+        missing = [c for c in self.cfg.camera_names if c not in episode.images]
+        _require(not missing, f"{where}: no images for cameras {missing} (has {episode.camera_names})")
+        for key, wanted in (("state_names", self.cfg.state_names), ("action_names", self.cfg.action_names)):
+            have = list(episode.meta.get(key) or [])
+            _require(not wanted or not have or have == list(wanted), f"{where}: {key} {have} != configured {wanted}")
+        if self._actions:
+            _require(episode.actions.shape[1] == self._actions[0].shape[1] and
+                     episode.states.shape[1] == self._states[0].shape[1],
+                     f"{where}: action/state dims {episode.actions.shape[1]}/{episode.states.shape[1]} differ from "
+                     f"the first episode's {self._actions[0].shape[1]}/{self._states[0].shape[1]}")
+        self._sources.append(source)
+        self._actions.append(episode.actions)
+        self._states.append(episode.states)
+        self._instructions.append(list(episode.instructions))
+
+    # ------------------------------------------------------------------ per-process state (workers)
+    def _reset_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._open: OrderedDict[int, EpisodeData] = OrderedDict()
+        self._rng: np.random.Generator | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_open=OrderedDict(), _rng=None, _pid=-1)
+        return state
+
+    def _episode(self, k: int) -> EpisodeData:
+        if self._pid != os.getpid():    # forked worker: inherited handles belong to the parent
+            self._reset_process_state()
+        source = self._sources[k]
+        if isinstance(source, EpisodeData):
+            return source
+        if k in self._open:
+            self._open.move_to_end(k)
+            return self._open[k]
+        self._open[k] = read_episode(source)
+        while len(self._open) > self.cfg.max_open_files:
+            self._open.popitem(last=False)[1].close()
+        return self._open[k]
+
+    def _generator(self) -> np.random.Generator:
+        if self._pid != os.getpid():
+            self._reset_process_state()
+        if self._rng is None:
+            # Workers: torch gives each worker a seed that changes every epoch; main process: cfg.seed alone.
+            info = torch.utils.data.get_worker_info()
+            entropy = [self.cfg.seed] + ([info.seed % 2**63] if info is not None else [])
+            self._rng = np.random.default_rng(entropy)
+        return self._rng
+
+    # ------------------------------------------------------------------ sampling
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(episode number, step) of a sample index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        k = int(np.searchsorted(self._ends, index, side="right"))
+        return k, index - (int(self._ends[k - 1]) if k else 0)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        k, t = self.locate(int(index))
+        cfg, rng = self.cfg, self._generator()
+        actions = self._actions[k]
+        chunk = actions[t:t + cfg.chunk_len]
+        if chunk.shape[0] < cfg.chunk_len:       # past the end the robot holds the last target
+            chunk = np.concatenate([chunk, np.repeat(actions[-1:], cfg.chunk_len - chunk.shape[0], axis=0)])
+        episode = self._episode(k)
+        images, dropped = [], []
+        for cam in cfg.camera_names:
+            h, w = cfg.image_size[cam]
+            image = np.asarray(episode.images[cam][t])
+            if image.shape[:2] != (h, w):
+                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+            drop = cfg.image_drop_prob > 0 and rng.random() < cfg.image_drop_prob
+            # A blanked image keeps the prompt layout (one image span per camera), so depth targets stay aligned.
+            if drop:
+                image = np.zeros_like(image)
+            elif cfg.color_jitter and rng.random() < 0.5:
+                image = color_jitter(image, rng)
+            images.append(np.ascontiguousarray(image))
+            dropped.append(drop)
+        instructions = self._instructions[k]
+        instruction = instructions[int(rng.integers(len(instructions)))]
+        if cfg.instruction_drop_prob > 0 and rng.random() < cfg.instruction_drop_prob:
+            instruction = ""
+        sample = {"images": images, "state": self._states[k][t].copy(), "actions": np.ascontiguousarray(chunk),
+                  "instruction": instruction, "episode": k, "step": t}
+        if cfg.depth_size:
+            targets, valid = [], []
+            for cam, drop in zip(cfg.camera_names, dropped):
+                frames = (episode.depth or {}).get(cam)
+                if frames is None or drop:
+                    targets.append(np.zeros((3, cfg.depth_size, cfg.depth_size), np.float32))
+                    valid.append(False)
+                    continue
+                target, ok = depth_target(frames[t], cfg.depth_size, cfg.max_depth_m)
+                targets.append(target)
+                valid.append(ok)
+            sample["depth"], sample["depth_valid"] = np.stack(targets), np.array(valid)
+        return sample
+
+    def episode_arrays(self):
+        """(actions (N, A), states (N, S)) per episode, as stored; used by `compute_stats`."""
+        return list(zip(self._actions, self._states))
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._sources)
+
+
+def collate_batch(samples: list[dict[str, Any]]):
+    """List of samples -> `TrainingBatch` (images stay uint8 numpy: the VLM processor resizes/patches them)."""
+    from gem_ros.core.policy.gem_vla import TrainingBatch   # heavy import (transformers), paid once per process
+
+    depth = depth_valid = None
+    if samples and all("depth" in s for s in samples):
+        depth = torch.from_numpy(np.stack([s["depth"] for s in samples]))
+        depth_valid = torch.from_numpy(np.stack([s["depth_valid"] for s in samples]))
+    return TrainingBatch(images=[s["images"] for s in samples], instructions=[s["instruction"] for s in samples],
+                         state=torch.from_numpy(np.stack([s["state"] for s in samples])),
+                         actions=torch.from_numpy(np.stack([s["actions"] for s in samples])),
+                         depth=depth, depth_valid=depth_valid)
+
+
+def split_episodes(paths: Sequence[Any], val_fraction: float, seed: int = 0) -> tuple[list, list]:
+    """Deterministic held-out split by episode (never by step: neighbouring steps are near duplicates).
+    At least one validation episode when val_fraction > 0 and there are two or more episodes."""
+    _require(0.0 <= val_fraction < 1.0, f"val_fraction must be in [0, 1), got {val_fraction}")
+    items = list(paths)
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = int(round(val_fraction * len(items)))
+    if val_fraction > 0 and len(items) >= 2:
+        n_val = min(max(n_val, 1), len(items) - 1)
+    val_ids = set(order[:n_val])
+    return ([x for i, x in enumerate(items) if i not in val_ids], [x for i, x in enumerate(items) if i in val_ids])

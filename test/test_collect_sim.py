@@ -1,0 +1,75 @@
+"""gem_collect_sim: scripted-expert episodes from the embedded sim, written in our format and readable for training."""
+from __future__ import annotations
+
+import json
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from gem_train.collect_sim import CollectConfig, episode_seed, main
+from gem_train.data import ChunkDataset, ChunkDatasetConfig, find_episodes, read_action_stats, read_episode
+
+ARM = [f"panda_joint{i}" for i in range(1, 8)]
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim_data")
+    # Coarse meshes and 32 px keep this ~5 s on a 2-core CI machine.
+    code = main(["--episodes", "2", "--out", str(out), "--seed", "3", "--image-size", "32", "--coarse-meshes"])
+    assert code == 0
+    return out
+
+
+def test_collects_successful_episodes_in_our_format(collected, capsys):
+    paths = find_episodes(collected)
+    assert len(paths) == 2 and not list(collected.glob("*.tmp"))
+    stats = read_action_stats(collected)
+    assert stats["action"]["count"] == stats["state"]["count"] == 120    # 2 x 60 control steps at 10 Hz
+    with read_episode(paths[0]) as episode:
+        assert re.fullmatch(r"pick up the (red|green|blue) cube", episode.instruction)
+        assert episode.meta["control_rate_hz"] == 10.0 and episode.meta["action_space"] == "absolute_joint"
+        assert episode.meta["action_names"] == [*ARM, "gripper"]
+        assert episode.meta["state_names"] == [*ARM, "panda_finger_joint1", "panda_finger_joint2"]
+        assert episode.camera_names == ["scene", "wrist"]
+        assert episode.images["scene"][0].shape == (32, 32, 3)
+        depth = np.asarray(episode.depth["wrist"])
+        assert depth.shape == (60, 32, 32) and depth.dtype == np.float32 and 0.0 < depth.min() < depth.max() < 6.0
+        assert episode.meta["episode_seed"] == episode_seed(3, 0)
+    with h5py.File(paths[0]) as f:
+        assert json.loads(f.attrs["camera_names"]) == ["scene", "wrist"]
+
+
+def test_dataset_reads_collected_episodes_with_sensible_gripper(collected):
+    cfg = ChunkDatasetConfig(["scene", "wrist"], chunk_len=8, image_size=(32, 32), depth_size=32,
+                             action_names=[*ARM, "gripper"])
+    ds = ChunkDataset(find_episodes(collected), cfg)
+    assert len(ds) == 120
+    first, last = ds[0], ds[59]
+    assert first["actions"].shape == (8, 8) and first["state"].shape == (9,)
+    gripper = np.concatenate([a for a, _ in ds.episode_arrays()])[:, 7]
+    assert gripper.min() >= 0.0 and gripper.max() <= 0.08 + 1e-6
+    assert first["actions"][0, 7] == pytest.approx(0.08)       # starts open: width = 2 x 0.04 m
+    assert last["actions"][-1, 7] == pytest.approx(0.0)        # ends commanded closed
+    finger_width = last["state"][7] + last["state"][8]
+    assert 0.03 < finger_width < 0.07                          # fingers stopped by the ~5 cm cube in hand
+    assert first["depth_valid"].all() and -1.0 <= first["depth"].min() and first["depth"].max() <= 1.0
+
+
+def test_refuses_to_overwrite_recorded_episodes(collected, capsys):
+    assert main(["--episodes", "1", "--out", str(collected)]) == 2
+    assert "never overwritten" in capsys.readouterr().err
+    assert len(find_episodes(collected)) == 2
+
+
+def test_config_validation_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match="episodes"):
+        CollectConfig(episodes=0, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="image_size"):
+        CollectConfig(episodes=1, out_dir=tmp_path, image_size=4)
+    with pytest.raises(ValueError, match="compression"):
+        CollectConfig(episodes=1, out_dir=tmp_path, compression="zstd")
+    assert CollectConfig(episodes=3, out_dir=tmp_path).max_attempts == 16
+    assert episode_seed(0, 1) == episode_seed(0, 1) != episode_seed(0, 2)

@@ -1,0 +1,236 @@
+"""gem_executor in-process: chunk -> limited JointTrajectory by name, NaN -> holds only, e-stop latch, diagnostics.
+
+A test node plays the robot: it publishes /joint_states at 50 Hz and "tracks" each received trajectory by moving
+to its first point. Everything waits on conditions with deadlines; nothing sleeps a fixed time.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Bool  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from gem_msgs.msg import ActionChunk  # noqa: E402
+from gem_ros.core.kinematics import load_urdf_limits  # noqa: E402
+from gem_ros.nodes.backends import BackendUnavailable  # noqa: E402
+from gem_ros.nodes.conversions import s_to_stamp, stamp_to_s  # noqa: E402
+from gem_ros.nodes.executor_node import PARAMETERS, build_controller, make_executor_node  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+URDF = Path(__file__).resolve().parents[1] / "urdf" / "panda" / "panda.urdf"
+LIMITS = load_urdf_limits(URDF)
+ARM = [f"panda_joint{i}" for i in range(1, 8)]
+FINGERS = ["panda_finger_joint1", "panda_finger_joint2"]
+JOINTS = ARM + FINGERS
+HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785, 0.02, 0.02]
+CHANNELS = ARM + ["gripper"]
+PARAMS = dict(joint_names=JOINTS, gripper_joint_names=FINGERS, gripper_scale=0.5, urdf_path=str(URDF),
+              joint_state_timeout_s=0.5)   # the CI machine is busy: a late /joint_states must not flake a test
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> bool:
+    """Poll `condition` until true or the deadline passes (the executor thread does the spinning)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+class FakeRobot(Node):
+    """Publishes joint states and follows each trajectory to its first point (perfect, one tick late)."""
+
+    def __init__(self, context):
+        super().__init__("fake_robot", context=context)
+        self.positions = list(HOME)
+        self.trajectories: list[JointTrajectory] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self.joint_pub = self.create_publisher(JointState, "/joint_states", 10)
+        self.chunk_pub = self.create_publisher(ActionChunk, "/gem/action_chunk", 10)
+        self.estop_pub = self.create_publisher(Bool, "/gem/estop", 10)
+        self.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._on_trajectory, 10)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.create_timer(0.02, self._publish_state)
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        self.trajectories.append(msg)
+        by_name = dict(zip(msg.joint_names, msg.points[0].positions))
+        self.positions = [by_name.get(n, p) for n, p in zip(JOINTS, self.positions)]
+
+    def _publish_state(self) -> None:
+        msg = JointState(name=JOINTS, position=self.positions, velocity=[0.0] * len(JOINTS))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.joint_pub.publish(msg)
+
+    def send_chunk(self, actions, names=CHANNELS) -> None:
+        actions = np.asarray(actions, dtype=float)
+        msg = ActionChunk(joint_names=list(names), dt=0.1, action_space="absolute_joint",
+                          num_points=actions.shape[0], num_joints=actions.shape[1],
+                          positions=actions.ravel().tolist())
+        msg.header.stamp = s_to_stamp(self.get_clock().now().nanoseconds * 1e-9)
+        self.chunk_pub.publish(msg)
+
+
+def ramp(offset: float, points: int = 10) -> np.ndarray:
+    """Slow absolute-joint chunk: every arm joint moves `offset` rad over points * 0.1 s; gripper width 0.04 m."""
+    arm = np.array(HOME[:7]) + np.outer(np.arange(1, points + 1) / points, np.full(7, offset))
+    return np.hstack([arm, np.full((points, 1), 0.04)])
+
+
+@pytest.fixture
+def harness():
+    """factory(**params) -> (executor node, fake robot); contexts, nodes and the spin thread are torn down."""
+    made = []
+
+    def factory(**params):
+        context = Context()
+        rclpy.init(context=context)
+        executor_node = make_executor_node(context=context, **{**PARAMS, **params})
+        robot = FakeRobot(context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(executor_node)
+        executor.add_node(robot)
+        thread = threading.Thread(target=executor.spin, daemon=True)
+        thread.start()
+        made.append((context, executor, thread, (executor_node, robot)))
+        assert wait_for(lambda: robot.chunk_pub.get_subscription_count() > 0
+                        and robot.estop_pub.get_subscription_count() > 0
+                        and executor_node.count_publishers("/arm_controller/joint_trajectory") > 0
+                        and robot.count_subscribers("/joint_states") > 0)
+        assert wait_for(lambda: math.isfinite(executor_node.controller.stats["joint_state_age_s"]))
+        return executor_node, robot
+
+    threads_before = threading.active_count()
+    yield factory
+    for context, executor, thread, nodes in made:
+        executor.shutdown(timeout_sec=5.0)
+        thread.join(timeout=5.0)
+        assert not thread.is_alive(), "executor thread did not stop"
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert wait_for(lambda: threading.active_count() <= threads_before, 5.0), threading.enumerate()
+
+
+def arm_motion(msg: JointTrajectory) -> bool:
+    return len(msg.points) > 1
+
+
+def test_chunk_becomes_a_limited_joint_trajectory_by_name_and_diagnostics_are_published(harness):
+    node, robot = harness()
+    target = ramp(0.05)
+    robot.send_chunk(target)
+    assert wait_for(lambda: any(arm_motion(m) for m in robot.trajectories)), node.controller.stats
+    assert wait_for(lambda: abs(robot.positions[0] - target[-1, 0]) < 1e-6), (robot.positions, node.controller.stats)
+    moving = [m for m in robot.trajectories if arm_motion(m)]
+    for msg in moving:
+        assert list(msg.joint_names) == JOINTS
+        assert stamp_to_s(msg.header.stamp) == 0.0                     # JTC: start on receipt
+        times = [stamp_to_s(p.time_from_start) for p in msg.points]
+        # 1e-6: times are float seconds since the epoch (~0.2 us resolution) in the scheduler
+        assert all(b > a for a, b in zip(times, times[1:])) and times[-1] <= 0.2 + 1e-6
+        for point in msg.points:
+            assert len(point.positions) == len(point.velocities) == len(JOINTS)
+            for name, q, v in zip(msg.joint_names, point.positions, point.velocities):
+                limit = LIMITS[name]
+                assert limit.lower <= q <= limit.upper and abs(v) <= limit.max_velocity
+    assert robot.positions[7] == pytest.approx(0.02)                  # width 0.04 m -> 0.02 m per finger
+    assert wait_for(lambda: robot.diagnostics, 5.0)
+    status = robot.diagnostics[-1].status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.name == "gem_executor: execution" and status.hardware_id == "arm_controller"
+    assert status.level in (DiagnosticStatus.OK, DiagnosticStatus.WARN)
+    assert int(values["chunks_accepted"]) == 1 and "tick_jitter_max_s" in values
+
+
+def test_nan_chunk_is_refused_and_nothing_but_holds_is_sent(harness):
+    node, robot = harness()
+    poisoned = ramp(0.05)
+    poisoned[3, 1] = math.nan
+    robot.send_chunk(poisoned)
+    assert wait_for(lambda: node.controller.stats["chunks_refused"] == 1)
+    ticks = node.controller.stats["ticks"]
+    assert wait_for(lambda: node.controller.stats["ticks"] >= ticks + 10)
+    assert not any(arm_motion(m) for m in robot.trajectories)
+    assert all(list(m.points[0].positions) == pytest.approx(HOME) for m in robot.trajectories)
+    assert "nan" in node.controller.stats["last_refusal"].lower()
+
+
+def test_estop_holds_refuses_chunks_until_reset_service(harness):
+    node, robot = harness(robot_description=URDF.read_text(), urdf_path="")
+    robot.send_chunk(ramp(0.1, points=20))
+    assert wait_for(lambda: any(arm_motion(m) for m in robot.trajectories))
+    robot.estop_pub.publish(Bool(data=True))
+    assert wait_for(lambda: node.controller.estop_engaged and not arm_motion(robot.trajectories[-1]))
+    hold = robot.trajectories[-1]
+    assert len(hold.points) == 1 and list(hold.points[0].velocities) == [0.0] * len(JOINTS)
+    count = len(robot.trajectories)
+    refused = node.controller.stats["chunks_refused"]
+    robot.send_chunk(ramp(0.1))
+    assert wait_for(lambda: node.controller.stats["chunks_refused"] == refused + 1)
+    ticks = node.controller.stats["ticks"]
+    assert wait_for(lambda: node.controller.stats["ticks"] >= ticks + 10)
+    assert len(robot.trajectories) == count                           # one hold per episode, nothing else
+    assert node.controller.health()[0] == "ERROR"
+
+    client = robot.create_client(Trigger, "/gem_executor/reset_estop")
+    assert client.wait_for_service(timeout_sec=10.0)
+    future = client.call_async(Trigger.Request())
+    assert wait_for(future.done) and future.result().success
+    assert "released" in future.result().message and not node.controller.estop_engaged
+    robot.send_chunk(np.tile([*robot.positions[:7], 0.04], (10, 1)))   # stay where the e-stop left the arm
+    assert wait_for(lambda: any(arm_motion(m) for m in robot.trajectories[count:]))
+
+    estop = robot.create_client(Trigger, "/gem_executor/estop")
+    assert estop.wait_for_service(timeout_sec=10.0)
+    future = estop.call_async(Trigger.Request())
+    assert wait_for(future.done) and future.result().success and node.controller.estop_engaged
+
+
+def test_parameters_fail_clearly(monkeypatch):
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        with pytest.raises(ValueError, match="urdf_path or robot_description"):
+            make_executor_node(context=context, **{**PARAMS, "urdf_path": ""})
+        with pytest.raises(ValueError, match="unknown executor parameters"):
+            make_executor_node(context=context, **PARAMS, contol_rate_hz=10)
+        monkeypatch.setitem(sys.modules, "control_msgs", None)   # as on this machine, even where it is installed
+        with pytest.raises(BackendUnavailable, match="control_msgs"):
+            make_executor_node(context=context, **PARAMS, backend="follow_joint_trajectory")
+        with pytest.raises(ValueError, match="backend"):
+            make_executor_node(context=context, **PARAMS, backend="moveit")
+        node = make_executor_node(context=context, **PARAMS, control_rate_hz=25)   # int for a float parameter
+        assert node.controller.cfg.control_rate_hz == 25.0
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_parameters_build_each_action_space_by_name():
+    base = {**PARAMETERS, **PARAMS}
+    ee = build_controller({**base, "action_space": "ee_delta", "ee_link": "panda_hand"})
+    assert ee.expected_channels == ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+    named = [f"action_{i}" for i in range(8)]
+    delta = build_controller({**base, "action_space": "delta_joint", "action_channel_names": named})
+    assert delta.expected_channels == tuple(named) and delta.mapper.cfg.joint_names == tuple(ARM)
+    with pytest.raises(ValueError, match="max_step_delta_rad"):
+        build_controller({**base, "max_step_delta_rad": -1.0})
+    with pytest.raises(ValueError, match="max_acceleration"):
+        build_controller({**base, "max_acceleration": -1.0})
