@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"gem_collect_sim: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"gem_collect_sim: interrupted; every episode_*.hdf5 in {cfg.out_dir} is complete, *.tmp files are "
+              "partial and ignored; action_stats.json was not written", file=sys.stderr)
+        return 130
     print(summarize(attempts, time.perf_counter() - t0))
     kept = sum(a.success for a in attempts)
     if kept < cfg.episodes:

@@ -320,6 +320,16 @@ def test_collate_gives_training_batch_and_loader_workers(tmp_path):
     assert sum(b.actions.shape[0] for b in loader) == 15     # h5py files opened per worker, not pickled
 
 
+def test_config_from_io_schema():
+    from gem_ros.core.policy.config import CameraSpec, IOSchema
+
+    io = IOSchema(cameras=[CameraSpec("scene", 96, 128), CameraSpec("wrist", 64, 64)], state_dim=9, action_dim=8,
+                  chunk_len=16)
+    cfg = ChunkDatasetConfig.from_io_schema(io, depth_size=32)
+    assert cfg.camera_names == ["scene", "wrist"] and cfg.chunk_len == 16 and cfg.depth_size == 32
+    assert cfg.image_size == {"scene": (96, 128), "wrist": (64, 64)}
+
+
 def test_split_episodes_is_deterministic_and_disjoint():
     paths = [f"episode_{k}.hdf5" for k in range(10)]
     train, val = split_episodes(paths, 0.2, seed=4)

@@ -131,11 +131,13 @@ class EpisodeWriter:
         self.num_steps = 0
         self._datasets: dict[str, h5py.Dataset] = {}
         self._counts: dict[str, int] = {}          # rows written per dataset
+        self.finished = False                      # closed or aborted
 
     def _append(self, name: str, value: np.ndarray, dtype, per_frame_chunks: bool) -> None:
         value = np.asarray(value, dtype=dtype)
         ds = self._datasets.get(name)
         if ds is None:
+            # Frames: one chunk each, so a sample decodes exactly one frame. Low-dim rows: ~16 KB chunks.
             chunks = (1, *value.shape) if per_frame_chunks else (min(256, max(1, 4096 // max(1, value.size))),
                                                                   *value.shape)
             ds = self._file.create_dataset(name, shape=(0, *value.shape), maxshape=(None, *value.shape),
@@ -191,17 +193,24 @@ class EpisodeWriter:
         with open(self.tmp_path, "rb+") as f:   # the rename must never publish data still in the page cache
             os.fsync(f.fileno())
         os.replace(self.tmp_path, self.path)
+        self.finished = True
         return self.path
 
     def abort(self) -> None:
+        """Drop the scratch file (no-op once the episode was published)."""
+        if self.finished:
+            return
         if self._file.id.valid:
             self._file.close()
         self.tmp_path.unlink(missing_ok=True)
+        self.finished = True
 
     def __enter__(self) -> EpisodeWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.finished:
+            return
         if exc_type is not None:
             self.abort()
         else:
