@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                    "sim_s": sim_s, "wall_s": time.monotonic() - t0_wall,
                    "latency_p50_ms": float(np.percentile(log.latencies_ms, 50)) if log.latencies_ms else float("nan"),
                    "latency_p95_ms": float(np.percentile(log.latencies_ms, 95)) if log.latencies_ms else float("nan"),
-                   "control_hz": control_rate_hz(log.trajectory_times),
+                   "control_hz": 1.0 / executor_node.controller.stats["tick_period_mean_s"],
+                   "trajectories_per_s": control_rate_hz(log.trajectory_times),
                    "interventions": executor_node.controller.stats["safety_interventions"]
                    - stats_before["safety_interventions"],
                    "safety_rejections": executor_node.controller.stats["safety_rejections"]

@@ -23,10 +23,11 @@ def make_episode(n=6, cams=("scene", "wrist"), size=(24, 32), seed=0, depth=True
     rng = np.random.default_rng(seed)
     images = {c: rng.integers(0, 256, (n, *size, 3), dtype=np.uint8) for c in cams}
     depth_m = {c: rng.uniform(0.2, 1.5, (n, *size)).astype(np.float32) for c in cams} if depth else None
-    return EpisodeData(actions=rng.normal(size=(n, 8)).astype(np.float32), states=rng.normal(size=(n, 9)).astype(np.float32),
-                       images=images, instructions=[instruction], depth=depth_m,
-                       meta={"control_rate_hz": 10.0, "state_names": [f"s{i}" for i in range(9)],
-                             "action_names": [f"a{i}" for i in range(8)], "action_space": "absolute_joint", "seed": seed})
+    meta = {"control_rate_hz": 10.0, "state_names": [f"s{i}" for i in range(9)],
+            "action_names": [f"a{i}" for i in range(8)], "action_space": "absolute_joint", "seed": seed}
+    return EpisodeData(actions=rng.normal(size=(n, 8)).astype(np.float32),
+                       states=rng.normal(size=(n, 9)).astype(np.float32),
+                       images=images, instructions=[instruction], depth=depth_m, meta=meta)
 
 
 # ---------------------------------------------------------------------------------------------- our format
@@ -80,7 +81,8 @@ def test_hard_crash_leaves_only_a_tmp_that_readers_ignore(tmp_path):
     script = textwrap.dedent(f"""
         import os, numpy as np
         from gem_train.data.episodes import EpisodeWriter
-        w = EpisodeWriter({str(tmp_path / "episode_1.hdf5")!r}, instructions="x", control_rate_hz=10, camera_names=["c"])
+        w = EpisodeWriter({str(tmp_path / "episode_1.hdf5")!r}, instructions="x", control_rate_hz=10,
+                          camera_names=["c"])
         for _ in range(3):
             w.add_step({{"c": np.zeros((8, 8, 3), np.uint8)}}, np.zeros(2), np.zeros(2))
         os._exit(1)   # killed mid-episode: no close, no cleanup
@@ -111,7 +113,8 @@ def write_gem_task(task_dir: Path, n=5, jpeg=False, with_depth=False):
         for cam, imgs in frames.items():
             if jpeg:
                 encoded = [cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for im in imgs]
-                f.create_dataset(f"observations/images/{cam}", data=np.array(encoded, dtype=f"S{max(map(len, encoded))}"))
+                fixed = np.array(encoded, dtype=f"S{max(map(len, encoded))}")    # GEM: |S<len>, NUL-padded
+                f.create_dataset(f"observations/images/{cam}", data=fixed)
             else:
                 f.create_dataset(f"observations/images/{cam}", data=imgs)
             if with_depth:
@@ -157,6 +160,7 @@ def write_lerobot_v3(root: Path, lengths=(7, 5), fps=10, size=(32, 48)):
         "observation.state": {"dtype": "float32", "shape": [4], "names": {"motors": ["j1", "j2", "j3", "j4"]}},
         **{k: {"dtype": "video", "shape": [*size, 3], "names": ["height", "width", "channels"],
                "info": {"video.fps": fps, "video.codec": "mp4v"}} for k in cams},
+        "observation.images.side": {"dtype": "image", "shape": [*size, 3], "names": ["height", "width", "channels"]},
         **{k: {"dtype": "int64", "shape": [1], "names": None} for k in ("episode_index", "frame_index", "index",
                                                                          "task_index")},
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
@@ -175,7 +179,12 @@ def write_lerobot_v3(root: Path, lengths=(7, 5), fps=10, size=(32, 48)):
     for e, n in enumerate(lengths):
         for t in range(n):
             rows.append({"action": [float(e), float(t), 0.5], "observation.state": [float(e), float(t), 1.0, 2.0],
-                         "timestamp": t / fps, "frame_index": t, "episode_index": e, "index": start + t, "task_index": e})
+                         "timestamp": t / fps, "frame_index": t, "episode_index": e, "index": start + t,
+                         "task_index": e,
+                         # `image` features live in the parquet as HF Image structs (PNG of an RGB array via PIL)
+                         "observation.images.side": {"bytes": cv2.imencode(".png", cv2.cvtColor(np.full(
+                             (*size, 3), frame_color(2, start + t), np.uint8), cv2.COLOR_RGB2BGR))[1].tobytes(),
+                             "path": None}})
         episode_rows.append({"episode_index": e, "length": n, "tasks": [tasks[e]], "data/chunk_index": 0,
                              "data/file_index": 0, "dataset_from_index": start, "dataset_to_index": start + n,
                              **{f"videos/{k}/{field}": value for k in cams for field, value in
@@ -202,7 +211,8 @@ def test_lerobot_v3_reader(tmp_path):
     assert first.actions.shape == (7, 3) and second.states.shape == (5, 4)
     np.testing.assert_array_equal(second.actions[:, 1], np.arange(5))
     assert first.meta["control_rate_hz"] == 10 and first.meta["state_names"] == ["j1", "j2", "j3", "j4"]
-    assert first.meta["action_names"] == ["x", "y", "gripper"] and first.camera_names == ["top", "wrist"]
+    assert first.meta["action_names"] == ["x", "y", "gripper"] and first.camera_names == ["top", "wrist", "side"]
+    np.testing.assert_array_equal(second.images["side"][4][0, 0], frame_color(2, 11))     # PNG: exact
     for c, cam in enumerate(["top", "wrist"]):
         for episode, offset in ((first, 0), (second, 7)):
             for t in (0, len(episode.actions) - 1):

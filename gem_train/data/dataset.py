@@ -53,7 +53,8 @@ class ChunkDatasetConfig:
         _require(len(self.camera_names) > 0 and len(set(self.camera_names)) == len(self.camera_names),
                  f"camera_names must be non-empty and unique, got {self.camera_names}")
         _require(isinstance(self.chunk_len, int) and self.chunk_len > 0, f"chunk_len must be > 0, got {self.chunk_len}")
-        sizes = self.image_size if isinstance(self.image_size, dict) else {c: self.image_size for c in self.camera_names}
+        sizes = self.image_size if isinstance(self.image_size, dict) \
+            else {c: self.image_size for c in self.camera_names}
         missing = [c for c in self.camera_names if c not in sizes]
         _require(not missing, f"image_size has no entry for cameras {missing}")
         self.image_size = {c: tuple(int(v) for v in sizes[c]) for c in self.camera_names}
@@ -61,7 +62,8 @@ class ChunkDatasetConfig:
             _require(len(size) == 2 and min(size) >= 8, f"image_size['{cam}'] must be (H, W) >= 8 px, got {size}")
         for key in ("image_drop_prob", "instruction_drop_prob"):
             _require(0.0 <= getattr(self, key) < 1.0, f"{key} must be in [0, 1), got {getattr(self, key)}")
-        _require(isinstance(self.depth_size, int) and self.depth_size >= 0, f"depth_size must be >= 0, got {self.depth_size}")
+        _require(isinstance(self.depth_size, int) and self.depth_size >= 0,
+                 f"depth_size must be an int >= 0, got {self.depth_size!r}")
         _require(self.max_depth_m > 0, f"max_depth_m must be > 0, got {self.max_depth_m}")
         _require(self.max_open_files >= 1, f"max_open_files must be >= 1, got {self.max_open_files}")
 
@@ -75,7 +77,11 @@ class ChunkDatasetConfig:
 
 
 class ChunkDataset(Dataset):
-    """`episodes`: HDF5 paths (ours or GEM reference) and/or `EpisodeData` (e.g. LeRobot, in-memory)."""
+    """`episodes`: HDF5 paths (ours or GEM reference) and/or `EpisodeData` (LeRobot, in-memory arrays).
+
+    Give HDF5 episodes as paths: each worker then opens its own handles. An `EpisodeData` from
+    `read_episode(lazy=True)` holds an open h5py file, which cannot be sent to spawned workers.
+    """
 
     def __init__(self, episodes: Sequence[Path | str | EpisodeData], cfg: ChunkDatasetConfig) -> None:
         self.cfg = cfg

@@ -88,8 +88,9 @@ def read_lerobot_dataset(root: Path | str, state_key: str = STATE_KEY, action_ke
     tasks = read_tasks(root)
     episodes_meta = {int(row["episode_index"]): row
                      for row in _read_parquets(root / "meta" / "episodes").to_dict("records")}
-    columns = ["episode_index", "frame_index", "task_index", state_key, action_key, *image_keys]
-    data = _read_parquets(root / "data", columns=[c for c in columns if c != "task_index" or "task_index" in features])
+    columns = ["episode_index", "frame_index", state_key, action_key, *image_keys]
+    columns += ["task_index"] if "task_index" in features else []
+    data = _read_parquets(root / "data", columns=columns)   # low-dim (+ encoded image) columns only
     data = data.sort_values(["episode_index", "frame_index"], kind="stable")
     cache = SegmentCache(video_cache_segments)
     episodes = []
