@@ -62,6 +62,7 @@ setup(
             "gem_policy = gem_ros.nodes.policy_node:main",
             "gem_executor = gem_ros.nodes.executor_node:main",
             "gem_sim = gem_ros.nodes.sim_node:main",
+            "gem_collect_sim = gem_train.collect_sim:main",
         ],
     },
 )

@@ -87,12 +87,12 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
     model, optimizer = accelerator.prepare(objective, optimizer)
 
     sampler = EpochBatchSampler(len(data.train_set), tc.batch_size, tc.seed, rank, world)
-    loader = DataLoader(data.train_set, batch_sampler=sampler, collate_fn=data.collate_fn,
-                        num_workers=tc.num_workers, generator=torch.Generator())
+    loader = DataLoader(data.train_set, batch_sampler=sampler, collate_fn=data.collate_fn, num_workers=tc.num_workers,
+                        persistent_workers=tc.num_workers > 0, generator=torch.Generator())
     batches = endless_batches(loader, sampler, state, tc.seed, rank)
     val_loader = None if data.val_set is None else DataLoader(
         data.val_set, batch_size=tc.batch_size, shuffle=False, collate_fn=data.collate_fn, num_workers=tc.num_workers,
-        generator=torch.Generator().manual_seed(tc.seed))  # never draws from the global RNG
+        persistent_workers=tc.num_workers > 0, generator=torch.Generator().manual_seed(tc.seed))  # never draws from the global RNG
     accelerator.init_trackers("train")
     history: list[dict] = []
     bar = tqdm(total=total_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
