@@ -9,6 +9,7 @@ writes a GIF of the scene camera plus a PNG panel (camera views, executed joint 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import threading
@@ -201,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
         scratch.cleanup()
-    rate = np.mean([r["success"] for r in results]) if results else 0.0
+    rate = float(np.mean([r["success"] for r in results])) if results else 0.0
+    (args.out / "summary.json").write_text(json.dumps(
+        {"checkpoint": str(checkpoint), "success_rate": rate, "episodes": results}, indent=2))
     print(f"success rate {rate:.0%} over {len(results)} episodes; outputs in {args.out.resolve()}")
     return 0
 

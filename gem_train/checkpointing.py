@@ -10,6 +10,9 @@
 A step folder appears only by an atomic rename of a finished scratch folder. A checkpoint is complete when its
 manifest matches the files on disk (sizes and safetensors headers), so a truncated file is caught without
 reading gigabytes. `find_resume_checkpoint` warns about and skips incomplete ones.
+
+Data order and flow-matching noise are pure functions of (seed, epoch, batch) and (seed, step, micro-batch,
+process), so a resumed run needs only the position, not the state of a sampler or generator.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Sampler
 
 from gem_ros.core.policy.checkpoint import atomic_directory, read_tensors
 
@@ -182,6 +186,53 @@ def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer | None, rank
         return TrainerState(state.step, state.epoch, 0, state.samples_seen, num_processes, batch_size)
     restore_rng(unflatten_state(meta["rng"][rank], tensors))
     return state
+
+
+# --------------------------------------------------------------------------------------------- data order, noise
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0])
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
+    """The flow-matching noise of (step, micro-batch, process) depends on nothing else: resuming needs no state."""
+    return torch.Generator(device=device).manual_seed(_seed(seed, 1, step, micro, rank))
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Seeded shuffle per epoch, cut into global batches of batch_size x num_processes; each process takes its
+    slice. `set_position` starts an epoch at a given global batch, which is how a resumed run skips data."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, num_processes: int = 1):
+        if num_samples < batch_size * num_processes:
+            raise ValueError(f"the training split has {num_samples} samples, fewer than one global batch "
+                             f"({batch_size} x {num_processes} processes)")
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.num_processes = rank, num_processes
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self.epoch, self.start = epoch, start_batch
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples // (self.batch_size * self.num_processes) - self.start)
+
+    def __iter__(self):
+        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(_seed(self.seed, 2, self.epoch)))
+        per_batch = self.batch_size * self.num_processes
+        for b in range(self.start, self.num_samples // per_batch):
+            mine = order[b * per_batch + self.rank * self.batch_size:][: self.batch_size]
+            yield mine.tolist()
+
+
+def endless_batches(loader: DataLoader, sampler: EpochBatchSampler, state: TrainerState, seed: int, rank: int):
+    """Yield batches forever, keeping `state.epoch` / `state.batch_in_epoch` at the data position consumed."""
+    while True:
+        sampler.set_position(state.epoch, state.batch_in_epoch)
+        loader.generator.manual_seed(_seed(seed, 3, state.epoch, state.batch_in_epoch, rank))  # worker seeds
+        for batch in loader:
+            state.batch_in_epoch += 1
+            yield batch
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
 # --------------------------------------------------------------------------------------------- RNG

@@ -92,7 +92,7 @@ class ModelConfig:
     depth_expert: bool = False              # auxiliary depth loss (needs depth targets in the episodes)
     depth_image_size: int = 256             # px, side of the depth targets (multiple of the VAE's 32)
     max_pixels_per_image: int | None = None
-    init_from: str | None = None            # a serving/training checkpoint to start from (keeps its normalizer)
+    init_from: str | None = None            # a checkpoint to fine-tune: its normalizer, sizes and backbone win
 
     def __post_init__(self) -> None:
         _check_types(self, "model")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from transformers.utils import logging as transformers_logging
 
 from gem_ros.core.policy import checkpoint as ckpt
 from gem_ros.core.policy.gem_vla import GemVLAPolicy
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="device for the verification load (cpu, cuda, auto)")
     parser.add_argument("--skip-verify", action="store_true", help="do not load the exported checkpoint once")
     args = parser.parse_args(argv)
+    transformers_logging.disable_progress_bar()
     try:
         out = export_checkpoint(args.checkpoint, args.out, args.device, verify=not args.skip_verify)
     except ValueError as error:

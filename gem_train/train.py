@@ -5,8 +5,9 @@
     accelerate launch --config_file gem_train/configs/accelerate_zero2.yaml -m gem_train.train --config ...
 
 The run folder holds `train_config.yaml`, `checkpoints/step_<N>/` (serving checkpoint + trainer state, see
-`checkpointing.py`) and `tensorboard/`. A killed run continues bit-exactly with `--resume` (same process count
-and batch size; augmentation done in DataLoader workers is only as reproducible as the dataset makes it).
+`checkpointing.py`) and `tensorboard/`. A killed run continues with `--resume` from the newest complete
+checkpoint: weights, AdamW moments, step, data position and RNG states come back, so it is bit-exact with the
+uninterrupted run whenever the dataset's own augmentation is reproducible (same process count and batch size).
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import DistributedType, ProjectConfiguration, gather_object, is_tensorboard_available, set_seed
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
 
 from gem_ros.core.policy import backbone as bb
 from gem_ros.core.policy import checkpoint as ckpt
@@ -37,9 +39,9 @@ from gem_ros.core.policy.action_expert import ActionExpert, distillation_loss
 from gem_ros.core.policy.config import GemVLAConfig
 from gem_ros.core.policy.gem_vla import GemVLAPolicy
 from gem_ros.core.policy.normalizer import MinMaxNormalizer
-from gem_train.checkpointing import (TrainerState, capture_rng, checkpoint_dir, find_resume_checkpoint,
-                                     list_checkpoints, load_trainer_state, prune_checkpoints, remove_scratch_dirs,
-                                     save_checkpoint)
+from gem_train.checkpointing import (EpochBatchSampler, TrainerState, capture_rng, checkpoint_dir, endless_batches,
+                                     find_resume_checkpoint, list_checkpoints, load_trainer_state, prune_checkpoints,
+                                     remove_scratch_dirs, save_checkpoint, step_generator)
 from gem_train.config import TINY_BACKBONE, OptimConfig, TrainConfig, load_config, save_config
 
 logger = logging.getLogger("gem_train")
@@ -96,7 +98,7 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
     accelerator.init_trackers("train")
     history: list[dict] = []
     bar = tqdm(total=total_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
-    window_start, window_samples, last_saved = time.perf_counter(), 0, None
+    window_time, window_samples, last_saved = 0.0, 0, None
 
     model.train()
     while True:
@@ -107,6 +109,7 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
             history.append({"step": state.step, **scores})
         if state.step >= total_steps:
             break
+        step_start = time.perf_counter()
         lr = lr_at(state.step, tc, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -125,14 +128,15 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
                 logs[key].append(value)
         state.step += 1
         state.samples_seen += tc.batch_size * tc.grad_accum_steps * world
+        window_time += time.perf_counter() - step_start  # data wait + forward/backward/update, not eval or saving
         window_samples += tc.batch_size * tc.grad_accum_steps * world
         record = {key: float(np.mean(values)) for key, values in logs.items()}
         record.update(lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"))
         bar.update(1)
         bar.set_postfix(loss=f"{record.get('loss/total', record.get('loss/distill', 0.0)):.4f}", lr=f"{lr:.2e}")
         if state.step % tc.log_every == 0 or state.step == total_steps:
-            record["samples_per_s"] = window_samples / (time.perf_counter() - window_start)
-            window_start, window_samples = time.perf_counter(), 0
+            record["samples_per_s"] = window_samples / window_time
+            window_time, window_samples = 0.0, 0
             accelerator.log(record, step=state.step)
             history.append({"step": state.step, **record})
         if state.step % tc.checkpoint_every == 0 or state.step == total_steps:
@@ -171,7 +175,8 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path, resume_from: Path | None
         logger.warning("removed %s, left by a run killed while writing a checkpoint", leftover)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "train_config.yaml")
-    if config.model.backbone == TINY_BACKBONE and resume_from is None:
+    if config.model.backbone == TINY_BACKBONE and resume_from is None and config.model.init_from is None \
+            and not config.distilling:
         from gem_ros.core.policy.tiny import write_tiny_backbone
 
         write_tiny_backbone(run_dir / "tiny_backbone", config.model.tiny_hidden, config.model.tiny_text_layers,
@@ -336,52 +341,6 @@ def lr_at(step: int, tc: OptimConfig, total_steps: int) -> float:
     return tc.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (tc.lr - tc.min_lr)
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0])
-
-
-def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
-    """The flow-matching noise of (step, micro-batch, process) depends on nothing else: resuming needs no state."""
-    return torch.Generator(device=device).manual_seed(_seed(seed, 1, step, micro, rank))
-
-
-class EpochBatchSampler(Sampler[list[int]]):
-    """Seeded shuffle per epoch, cut into global batches of batch_size x num_processes; each process takes its
-    slice. `set_position` starts an epoch at a given global batch, which is how a resumed run skips data."""
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, num_processes: int = 1):
-        if num_samples < batch_size * num_processes:
-            raise ValueError(f"the training split has {num_samples} samples, fewer than one global batch "
-                             f"({batch_size} x {num_processes} processes)")
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.num_processes = rank, num_processes
-        self.epoch, self.start = 0, 0
-
-    def set_position(self, epoch: int, start_batch: int) -> None:
-        self.epoch, self.start = epoch, start_batch
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples // (self.batch_size * self.num_processes) - self.start)
-
-    def __iter__(self):
-        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(_seed(self.seed, 2, self.epoch)))
-        per_batch = self.batch_size * self.num_processes
-        for b in range(self.start, self.num_samples // per_batch):
-            mine = order[b * per_batch + self.rank * self.batch_size:][: self.batch_size]
-            yield mine.tolist()
-
-
-def endless_batches(loader: DataLoader, sampler: EpochBatchSampler, state: TrainerState, seed: int, rank: int):
-    """Yield batches forever, keeping `state.epoch` / `state.batch_in_epoch` at the data position consumed."""
-    while True:
-        sampler.set_position(state.epoch, state.batch_in_epoch)
-        loader.generator.manual_seed(_seed(seed, 3, state.epoch, state.batch_in_epoch, rank))  # worker seeds
-        for batch in loader:
-            state.batch_in_epoch += 1
-            yield batch
-        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gem_train", description=__doc__.split("\n")[0])
@@ -395,6 +354,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    transformers_logging.disable_progress_bar()  # one bar per checkpoint write/load otherwise
     overrides = list(args.overrides) + ([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else [])
     try:
         config = load_config(args.config, overrides)

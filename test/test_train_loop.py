@@ -29,8 +29,9 @@ STATE_DIM, ACTION_DIM, CHUNK, SIZE = 9, 8, 8, 32
 class ChunkSamples(Dataset):
     """Samples in the `gem_train.data` contract: actions ramp away from the state, so there is something to learn."""
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, depth_size: int = 0):
         rng = np.random.default_rng(seed)
+        self.depth = rng.uniform(-1, 1, (n, 2, 3, depth_size, depth_size)).astype(np.float32) if depth_size else None
         self.images = rng.integers(0, 256, (n, 2, SIZE, SIZE, 3), dtype=np.uint8)
         self.state = rng.uniform(-1, 1, (n, STATE_DIM)).astype(np.float32)
         ramp = 0.05 * np.arange(CHUNK, dtype=np.float32)[None, :, None]
@@ -40,23 +41,32 @@ class ChunkSamples(Dataset):
         return len(self.state)
 
     def __getitem__(self, i: int) -> dict:
-        return {"images": list(self.images[i]), "state": self.state[i], "actions": self.actions[i],
-                "instruction": "pick up the red cube"}
+        sample = {"images": list(self.images[i]), "state": self.state[i], "actions": self.actions[i],
+                  "instruction": "pick up the red cube"}
+        if self.depth is not None:
+            sample.update(depth=self.depth[i], depth_valid=np.array([True, i % 2 == 0]))
+        return sample
 
 
 def collate(samples: list[dict]) -> TrainingBatch:
+    depth = "depth" in samples[0]
     return TrainingBatch(images=[s["images"] for s in samples], instructions=[s["instruction"] for s in samples],
                          state=torch.from_numpy(np.stack([s["state"] for s in samples])),
-                         actions=torch.from_numpy(np.stack([s["actions"] for s in samples])))
+                         actions=torch.from_numpy(np.stack([s["actions"] for s in samples])),
+                         depth=torch.from_numpy(np.stack([s["depth"] for s in samples])) if depth else None,
+                         depth_valid=torch.from_numpy(np.stack([s["depth_valid"] for s in samples])) if depth else None)
 
 
-@pytest.fixture(scope="module")
-def data() -> DataBundle:
-    train_set, val_set = ChunkSamples(10, seed=0), ChunkSamples(8, seed=1)
+def bundle(train_set: ChunkSamples, val_set: ChunkSamples) -> DataBundle:
     actions, states = train_set.actions.reshape(-1, ACTION_DIM), train_set.state
     stats = {"action": {"min": actions.min(0), "max": actions.max(0)},
              "state": {"min": states.min(0), "max": states.max(0)}}
     return DataBundle(train_set, val_set, collate, stats)
+
+
+@pytest.fixture(scope="module")
+def data() -> DataBundle:
+    return bundle(ChunkSamples(10, seed=0), ChunkSamples(8, seed=1))
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +275,29 @@ def test_one_step_distillation_reduces_its_loss(workdir, data, trained_run, make
         out / "backbone" / "model.safetensors")
     assert all(torch.equal(teacher[k], student[k]) for k in teacher)  # the VLM is frozen while distilling
     assert policy.predict_action_chunk(make_observation(policy.config)).shape == (CHUNK, ACTION_DIM)
+
+
+def test_depth_expert_joint_loss_and_checkpoint(workdir):
+    depth_data = bundle(ChunkSamples(8, seed=0, depth_size=64), ChunkSamples(4, seed=1, depth_size=64))
+    config = tiny_config(workdir, "depth", "model.depth_expert=true", "model.depth_image_size=64",
+                         "train.depth_loss_weight=0.5", "train.action_loss_weight=2.0", "train.max_steps=2",
+                         "train.eval_every=2", "train.checkpoint_every=2")
+    result = train(config, data=depth_data)
+    step = next(h for h in result.history if "loss/depth" in h)
+    # total = action + (depth_w / action_w) * depth; the loop multiplies by action_w before backward
+    assert step["loss/total"] == pytest.approx(step["loss/action"] + 0.25 * step["loss/depth"], rel=1e-5)
+    assert "eval/loss_depth" in result.history[-1]
+    assert (result.checkpoint / "depth_expert.safetensors").is_file()
+    assert GemVLAPolicy.from_pretrained(result.checkpoint, device="cpu").depth_expert is not None
+
+
+def test_init_from_keeps_the_checkpoint_normalizer(workdir, data, trained_run):
+    config = tiny_config(workdir, "finetune", f"model.init_from={trained_run.checkpoint}", "train.max_steps=1",
+                         "train.eval_every=1000")
+    shifted = bundle(ChunkSamples(10, seed=5), ChunkSamples(4, seed=6))
+    shifted.stats["action"]["max"] = shifted.stats["action"]["max"] + 10.0  # must be ignored
+    result = train(config, data=shifted)
+    before = GemVLAPolicy.from_pretrained(trained_run.checkpoint, device="cpu", for_training=True)
+    after = GemVLAPolicy.from_pretrained(result.checkpoint, device="cpu", for_training=True)
+    np.testing.assert_array_equal(before.action_normalizer.maximum, after.action_normalizer.maximum)
+    assert not (Path(config.run_dir) / "tiny_backbone").exists()

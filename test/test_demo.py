@@ -1,0 +1,24 @@
+"""README command 1 end to end (short): gem_demo runs an episode and leaves its pictures and numbers behind."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gem_demo_runs_one_episode_and_writes_outputs(tmp_path):
+    cmd = [sys.executable, "-m", "gem_ros.demo", "--episodes", "1", "--episode-timeout", "3", "--out", str(tmp_path)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ep 0:" in run.stdout and "success rate" in run.stdout
+    row = json.loads((tmp_path / "episode_00.json").read_text())
+    assert row["outcome"] in ("SUCCEEDED", "TIMEOUT") and row["steps"] >= 1
+    assert row["latency_p50_ms"] > 0 and row["control_hz"] > 0
+    gif = Image.open(tmp_path / "episode_00.gif")
+    assert gif.n_frames >= 3
+    assert Image.open(tmp_path / "episode_00.png").size[0] > 300
