@@ -115,3 +115,14 @@ def test_configure_fails_clearly_on_schema_mismatch(ros, tiny_checkpoint_dir):
     missing = ros.add(PolicyNode(context=ros.context, parameter_overrides=[Parameter("checkpoint", value="")]))
     assert missing.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "checkpoint" in missing._status_reason
+
+
+def test_lifecycle_deactivate_cleanup_and_configure_again(ros, setup):
+    policy, probe, robot, seen = setup
+    assert policy.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert policy.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    assert policy.policy is None and policy.worker is None
+    ros.wait_for(lambda: probe.count_publishers("/gem/action_chunk") == 0, 10, "chunk publisher removed")
+    assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert policy.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    ros.wait_for(lambda: probe.count_publishers("/gem/action_chunk") == 1, 10, "chunk publisher back")

@@ -18,7 +18,11 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.publisher import Publisher
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool
 
@@ -101,22 +105,23 @@ class PolicyNode(LifecycleNode):
             InferenceConfig(request_threshold_s=get("request_threshold_s"), chunk_horizon_s=horizon),
             self.buffer, self._predict, self._now, self._publish_chunk, self._publish_hold,
             camera_sizes=self._camera_sizes)
+        handles = self._handles = []   # everything configure creates; cleanup destroys it again
         for name, topic, transport in zip(names, topics, transports):
             msg_type = CompressedImage if transport == "compressed" else Image
-            self.create_subscription(msg_type, topic, lambda msg, cam=name: self._on_image(cam, msg),
-                                     qos_profile_sensor_data)
-        self.create_subscription(JointState, get("joint_state_topic"), self._on_joint_state, 50)
+            handles.append(self.create_subscription(msg_type, topic, lambda msg, cam=name: self._on_image(cam, msg),
+                                                    qos_profile_sensor_data))
+        handles.append(self.create_subscription(JointState, get("joint_state_topic"), self._on_joint_state, 50))
         if get("success_topic"):
-            self.create_subscription(Bool, get("success_topic"), self._on_success, 10)
+            handles.append(self.create_subscription(Bool, get("success_topic"), self._on_success, 10))
         self.chunk_pub = self.create_publisher(ActionChunk, "/gem/action_chunk", 10)
         self.status_pub = self.create_publisher(PolicyStatus, "/gem/policy_status", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(0.2, self._publish_status)
-        self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)
-        self._action_server = ActionServer(
+        handles += [self.chunk_pub, self.status_pub, self.diag_pub, self.create_timer(0.2, self._publish_status),
+                    self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)]
+        handles.append(ActionServer(
             self, ExecuteInstruction, "/gem/execute_instruction", execute_callback=self._execute,
             goal_callback=self._on_goal, cancel_callback=lambda _: CancelResponse.ACCEPT,
-            callback_group=self._group)
+            callback_group=self._group))
         self._status_state, self._status_reason = PolicyStatus.IDLE, "configured"
         self.get_logger().info(f"loaded {self._checkpoint} on {self.policy.device}; cameras {names}")
 
@@ -138,7 +143,14 @@ class PolicyNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
-        self.policy = None
+        destroyers = ((Subscription, self.destroy_subscription), (Publisher, self.destroy_publisher),
+                      (Timer, self.destroy_timer), (Service, self.destroy_service))
+        for handle in getattr(self, "_handles", []):
+            destroy = next((fn for kind, fn in destroyers if isinstance(handle, kind)), None)
+            destroy(handle) if destroy else handle.destroy()   # the action server removes itself
+        self._handles = []
+        self.policy = self.worker = self.buffer = None
+        self._status_state, self._status_reason = PolicyStatus.UNCONFIGURED, "cleaned up"
         return TransitionCallbackReturn.SUCCESS
 
     # ------------------------------------------------------------------------------ inputs
