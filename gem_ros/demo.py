@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arm", default="panda")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    parser.add_argument("--gui", action="store_true", help="open pybullet's window (needs a display)")
     args = parser.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     rclpy.init()
-    sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed))
+    sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed, gui=args.gui))
     policy = PolicyNode(parameter_overrides=node_parameters(config, "gem_policy", checkpoint=str(checkpoint)))
     executor_node = ExecutorNode(parameter_overrides=node_parameters(
         config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf")))

@@ -34,8 +34,9 @@ class SimNode(Node):
         p("joint_state_rate_hz", 50.0)
         p("camera_rate_hz", 10.0)
         p("publish_depth", False)
+        p("gui", False)                   # pybullet's OpenGL window, for people with a screen
         get = lambda name: self.get_parameter(name).value  # noqa: E731
-        self.sim = TabletopSim(sim_config or SimConfig(seed=get("seed")))
+        self.sim = TabletopSim(sim_config or SimConfig(seed=get("seed"), gui=bool(get("gui"))))
         self.step_s = float(get("step_s"))
         self._lock = threading.Lock()    # physics, rendering and trajectory updates never interleave
         self.instruction = self.sim.reset(get("seed"))
