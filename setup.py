@@ -50,9 +50,10 @@ setup(
         "rich",
         "tokenizers",
         "matplotlib",  # demo and evaluation plots (PNG)
+        "rosbags",     # gem_recorder writes rosbag2 without rosbag2_py; gem_record reads them
     ],
     extras_require={
-        "train": ["h5py", "tensorboard", "rosbags", "pandas", "pyarrow"],
+        "train": ["h5py", "tensorboard", "pandas", "pyarrow"],
         "dev": ["pytest", "hypothesis", "pytest-timeout", "catkin-pkg"],  # catkin-pkg validates package.xml
     },
     zip_safe=False,
@@ -66,6 +67,9 @@ setup(
             "gem_train = gem_train.train:main",
             "gem_export = gem_train.export:main",
             "gem_eval = gem_train.evaluate:main",
+            "gem_depth_targets = gem_train.depth_targets:main",
+            "gem_record = gem_train.record:main",
+            "gem_recorder = gem_ros.nodes.recorder_node:main",
         ],
     },
 )

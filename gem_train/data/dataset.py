@@ -198,7 +198,8 @@ class ChunkDataset(Dataset):
                     targets.append(np.zeros((3, cfg.depth_size, cfg.depth_size), np.float32))
                     valid.append(False)
                     continue
-                target, ok = depth_target(frames[t], cfg.depth_size, cfg.max_depth_m)
+                target, ok = depth_target(frames[t], cfg.depth_size, cfg.max_depth_m,
+                                          episode.depth_kind.get(cam, "metric"))
                 targets.append(target)
                 valid.append(ok)
             sample["depth"], sample["depth_valid"] = np.stack(targets), np.array(valid)

@@ -6,6 +6,8 @@
     observations/state             (N, S) float32   robot state at step t (state_names order)
     observations/images/<cam>      (N, H, W, 3) uint8 RGB, chunked one frame per chunk, gzip/lzf
     observations/depth/<cam>       (N, H, W) float32 metres (optional; rendered or sensor depth)
+    observations/depth_estimated/<cam>  (N, H, W) float32 (optional; gem_depth_targets), attr kind: "disparity"
+                                   (relative inverse depth) or "metric"; read only for cameras without measured depth
     root attrs: format, format_version, instruction (str), instructions (json list), control_rate_hz,
                 state_names, action_names, camera_names (json lists), action_space, extra (json dict)
 
@@ -25,6 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
+from gem_train.data.depth import DEPTH_KINDS
 from gem_train.data.frames import H5Frames
 
 FORMAT = "gem_ros.episode"
@@ -44,6 +47,7 @@ class EpisodeData:
     instructions: list[str]                  # >= 1; samplers pick one at random
     depth: Mapping[str, Any] | None = None   # camera -> (N, H, W) float metres or (N, H, W[, 3]) uint8/16
     meta: dict[str, Any] = field(default_factory=dict)   # control_rate_hz, state_names, action_names, ...
+    depth_kind: dict[str, str] = field(default_factory=dict)  # camera -> DEPTH_KINDS entry of float depth; default metric
     _handles: list = field(default_factory=list, repr=False)  # open files, closed by close()
 
     def __post_init__(self) -> None:
@@ -68,6 +72,10 @@ class EpisodeData:
         unknown = sorted(set(self.depth or {}) - set(self.images))
         if unknown:
             raise ValueError(f"depth cameras {unknown} have no colour images")
+        self.depth_kind = dict(self.depth_kind or {})
+        bad = {c: k for c, k in self.depth_kind.items() if c not in (self.depth or {}) or k not in DEPTH_KINDS}
+        if bad:
+            raise ValueError(f"depth_kind {bad}: cameras must have depth and kinds be one of {DEPTH_KINDS}")
 
     @property
     def instruction(self) -> str:
@@ -103,7 +111,7 @@ class EpisodeWriter:
     def __init__(self, path: Path | str, *, instructions: str | Sequence[str], control_rate_hz: float,
                  camera_names: Sequence[str], state_names: Sequence[str] = (), action_names: Sequence[str] = (),
                  action_space: str = "absolute_joint", extra: Mapping[str, Any] | None = None,
-                 compression: str = "gzip") -> None:
+                 compression: str = "gzip", depth_kinds: Mapping[str, str] | None = None) -> None:
         self.path = Path(path)
         if self.path.suffix != ".hdf5":
             raise ValueError(f"path must end in .hdf5, got {self.path}")
@@ -117,6 +125,10 @@ class EpisodeWriter:
         if not instructions:
             raise ValueError("instructions must not be empty")
         self.camera_names = list(camera_names)
+        self.depth_kinds = dict(depth_kinds or {})   # camera -> kind; non-metric goes to observations/depth_estimated
+        bad = {c: k for c, k in self.depth_kinds.items() if c not in self.camera_names or k not in DEPTH_KINDS}
+        if bad:
+            raise ValueError(f"depth_kinds {bad}: unknown cameras or kinds (one of {DEPTH_KINDS})")
         self._compression = None if compression == "none" else compression
         self._opts = {"compression_opts": 4} if compression == "gzip" else {}
         self.tmp_path = self.path.with_name(self.path.name + TMP_SUFFIX)
@@ -171,7 +183,9 @@ class EpisodeWriter:
         for cam, frame in (depth or {}).items():
             if cam not in self.camera_names:
                 raise ValueError(f"depth for unknown camera '{cam}'")
-            rows.append((f"observations/depth/{cam}", np.asarray(frame, np.float32), np.float32, True))
+            kind = self.depth_kinds.get(cam, "metric")
+            group = "depth" if kind == "metric" else "depth_estimated"
+            rows.append((f"observations/{group}/{cam}", np.asarray(frame, np.float32), np.float32, True))
         rows.append(("observations/state", np.reshape(state, -1), np.float32, False))
         rows.append(("action", np.reshape(action, -1), np.float32, False))
         for name, value, dtype, per_frame in rows:
@@ -189,6 +203,10 @@ class EpisodeWriter:
             raise ValueError(f"{self.path}: {short} were not given at every one of the {self.num_steps} steps")
         for ds in self._datasets.values():
             ds.resize(self.num_steps, axis=0)
+        for cam, kind in self.depth_kinds.items():
+            ds = self._datasets.get(f"observations/{'depth' if kind == 'metric' else 'depth_estimated'}/{cam}")
+            if ds is not None:
+                ds.attrs["kind"] = kind
         self._file.close()
         with open(self.tmp_path, "rb+") as f:   # the rename must never publish data still in the page cache
             os.fsync(f.fileno())
@@ -228,7 +246,7 @@ def write_episode(path: Path | str, episode: EpisodeData, compression: str = "gz
                        camera_names=episode.camera_names, state_names=meta.get("state_names") or (),
                        action_names=meta.get("action_names") or (),
                        action_space=meta.get("action_space") or "absolute_joint", extra=extra,
-                       compression=compression) as writer:
+                       compression=compression, depth_kinds=episode.depth_kind) as writer:
         for t in range(episode.num_steps):
             writer.add_step({c: episode.images[c][t] for c in episode.camera_names}, episode.states[t],
                             episode.actions[t], {c: d[t] for c, d in depth.items()} or None)
@@ -278,8 +296,7 @@ def _read_ours(f: h5py.File, path: Path) -> EpisodeData:
         raise ValueError(f"{path}: format_version {version} is newer than this reader ({FORMAT_VERSION})")
     attrs = f.attrs
     cameras = json.loads(attrs["camera_names"])
-    depth_group = f.get("observations/depth")
-    depth = {c: H5Frames(depth_group[c], color=False) for c in cameras if depth_group is not None and c in depth_group}
+    depth, depth_kind = read_depth_groups(f, cameras, ("observations/depth", "observations/depth_estimated"))
     meta = {**json.loads(attrs.get("extra", "{}")), "control_rate_hz": float(attrs["control_rate_hz"]),
             "state_names": json.loads(attrs["state_names"]), "action_names": json.loads(attrs["action_names"]),
             "action_space": str(attrs["action_space"]), "camera_names": cameras, "source": str(path),
@@ -287,7 +304,21 @@ def _read_ours(f: h5py.File, path: Path) -> EpisodeData:
     return EpisodeData(actions=f["action"][()], states=f["observations/state"][()],
                        images={c: H5Frames(f[f"observations/images/{c}"]) for c in cameras},
                        instructions=json.loads(attrs.get("instructions", json.dumps([str(attrs["instruction"])]))),
-                       depth=depth or None, meta=meta)
+                       depth=depth or None, meta=meta, depth_kind=depth_kind)
+
+
+def read_depth_groups(f: h5py.File, cameras: Sequence[str], groups: Sequence[str], color: bool = False,
+                      swap_rb: bool = False) -> tuple[dict[str, H5Frames], dict[str, str]]:
+    """Depth frames per camera from the first group that has the camera (measured before estimated), and
+    the kind of each float one (dataset attr `kind`; absent = metric)."""
+    depth, kind = {}, {}
+    for name in groups:
+        group = f.get(name)
+        for cam in cameras:
+            if group is not None and cam in group and cam not in depth:
+                depth[cam] = H5Frames(group[cam], color=color, swap_rb=swap_rb)
+                kind[cam] = str(group[cam].attrs.get("kind", "metric"))
+    return depth, kind
 
 
 def _natural_key(path: Path) -> list:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import h5py
 
-from gem_train.data.episodes import EpisodeData, find_episodes, read_episode
+from gem_train.data.episodes import EpisodeData, find_episodes, read_depth_groups, read_episode
 from gem_train.data.frames import H5Frames
 
 INSTRUCTIONS_FILE = "instructions.json"
@@ -42,13 +42,14 @@ def episode_from_gem_file(f: h5py.File, path: Path, jpeg_swap_rb: bool = False) 
         if key not in f:
             raise ValueError(f"{path}: not a GEM episode (no '{key}') and not in our format")
     images = {cam: H5Frames(ds, color=True, swap_rb=jpeg_swap_rb) for cam, ds in f["observations/images"].items()}
-    depth_group = f.get("observations/depth_images")
-    depth = {cam: H5Frames(ds, color=False, swap_rb=jpeg_swap_rb) for cam, ds in depth_group.items()} \
-        if depth_group is not None else None
+    # GEM's own Depth-Anything-3 uint8 images first, then float targets added by gem_depth_targets.
+    depth, depth_kind = read_depth_groups(f, list(images), ("observations/depth_images", "observations/depth_estimated"),
+                                          swap_rb=jpeg_swap_rb)
     meta = {"control_rate_hz": None, "state_names": [], "action_names": [], "action_space": "absolute_joint",
             "camera_names": list(images), "source": str(path), "source_format": "gem_reference"}
     return EpisodeData(actions=f["action"][()], states=f["observations/state"][()], images=images,
-                       instructions=read_instructions(path.parent), depth=depth, meta=meta)
+                       instructions=read_instructions(path.parent), depth=depth or None, meta=meta,
+                       depth_kind=depth_kind)
 
 
 def read_gem_episode(path: Path | str, lazy: bool = True, jpeg_swap_rb: bool = False) -> EpisodeData:
