@@ -348,3 +348,29 @@ def test_split_episodes_is_deterministic_and_disjoint():
     assert len(split_episodes(paths[:2], 0.1)[1]) == 1 and split_episodes(paths, 0.0)[1] == []
     with pytest.raises(ValueError, match="val_fraction"):
         split_episodes(paths, 1.0)
+
+
+def test_delta_joint_schema_gives_actions_relative_to_the_observed_state(tmp_path):
+    """A delta_joint policy learns target - state(obs) for joints named in the state; the gripper stays absolute."""
+    from gem_ros.core.policy.config import CameraSpec, IOSchema
+    from gem_train.data.dataset import ChunkDataset, ChunkDatasetConfig
+    from gem_train.data.episodes import EpisodeWriter
+    from gem_train.data.stats import compute_stats
+
+    rng = np.random.default_rng(0)
+    writer = EpisodeWriter(tmp_path / "ep.hdf5", instructions="go", control_rate_hz=10.0, camera_names=["cam"],
+                           state_names=["a", "b"], action_names=["a", "gripper"])
+    states, actions = rng.normal(size=(6, 2)).astype(np.float32), rng.normal(size=(6, 2)).astype(np.float32)
+    for t in range(6):
+        writer.add_step({"cam": np.zeros((8, 8, 3), np.uint8)}, states[t], actions[t])
+    writer.close()
+    io = IOSchema(cameras=[CameraSpec("cam", 8, 8)], state_dim=2, action_dim=2, state_names=["a", "b"],
+                  action_names=["a", "gripper"], action_space="delta_joint", chunk_len=3)
+    dataset = ChunkDataset([tmp_path / "ep.hdf5"], ChunkDatasetConfig.from_io_schema(io))
+    sample = dataset[2]
+    np.testing.assert_allclose(sample["actions"][:, 0], actions[2:5, 0] - states[2, 0], rtol=1e-6)
+    np.testing.assert_allclose(sample["actions"][:, 1], actions[2:5, 1], rtol=1e-6)   # gripper: absolute
+    stats = compute_stats(dataset)
+    deltas = [actions[min(t + i, 5), 0] - states[t, 0] for t in range(6) for i in range(3)]
+    assert stats["action"]["min"][0] == pytest.approx(min(deltas), rel=1e-5)
+    assert stats["action"]["count"] == 18

@@ -47,6 +47,9 @@ class ChunkDatasetConfig:
     max_depth_m: float = 4.0                     # metric depth beyond this is background
     seed: int = 0
     max_open_files: int = 32                     # per worker; least recently used files are closed
+    # "delta_joint" policies: each action channel named like a state channel is stored as (target - state at the
+    # observation), the executor's delta_reference "observation"; other channels (the gripper) stay absolute.
+    relative_to_state: bool = False
 
     def __post_init__(self) -> None:
         self.camera_names = list(self.camera_names)
@@ -66,13 +69,23 @@ class ChunkDatasetConfig:
                  f"depth_size must be an int >= 0, got {self.depth_size!r}")
         _require(self.max_depth_m > 0, f"max_depth_m must be > 0, got {self.max_depth_m}")
         _require(self.max_open_files >= 1, f"max_open_files must be >= 1, got {self.max_open_files}")
+        _require(not self.relative_to_state or (self.state_names and self.action_names),
+                 "relative_to_state needs state_names and action_names to pair action and state channels by name")
+
+    @property
+    def relative_pairs(self) -> list[tuple[int, int]]:
+        """(action index, state index) of the channels stored relative to the observed state."""
+        if not self.relative_to_state:
+            return []
+        return [(a, self.state_names.index(n)) for a, n in enumerate(self.action_names) if n in self.state_names]
 
     @classmethod
     def from_io_schema(cls, io, **overrides) -> ChunkDatasetConfig:
         """Cameras, sizes, chunk length and channel names from a policy's `IOSchema`."""
         values = dict(camera_names=io.camera_names, chunk_len=io.chunk_len,
                       image_size={c.name: (c.height, c.width) for c in io.cameras},
-                      state_names=list(io.state_names), action_names=list(io.action_names))
+                      state_names=list(io.state_names), action_names=list(io.action_names),
+                      relative_to_state=io.action_space == "delta_joint")
         return cls(**{**values, **overrides})
 
 
@@ -188,7 +201,7 @@ class ChunkDataset(Dataset):
         instruction = instructions[int(rng.integers(len(instructions)))]
         if cfg.instruction_drop_prob > 0 and rng.random() < cfg.instruction_drop_prob:
             instruction = ""
-        sample = {"images": images, "state": self._states[k][t].copy(), "actions": np.ascontiguousarray(chunk),
+        sample = {"images": images, "state": self._states[k][t].copy(), "actions": self._relative(chunk, k, t),
                   "instruction": instruction, "episode": k, "step": t}
         if cfg.depth_size:
             targets, valid = [], []
@@ -205,9 +218,23 @@ class ChunkDataset(Dataset):
             sample["depth"], sample["depth_valid"] = np.stack(targets), np.array(valid)
         return sample
 
+    def _relative(self, chunk: np.ndarray, k: int, t: int) -> np.ndarray:
+        chunk = np.array(chunk, dtype=np.float32)
+        for a, s in self.cfg.relative_pairs:
+            chunk[:, a] -= self._states[k][t, s]
+        return chunk
+
     def episode_arrays(self):
-        """(actions (N, A), states (N, S)) per episode, as stored; used by `compute_stats`."""
-        return list(zip(self._actions, self._states))
+        """(actions, states) per episode as the policy sees them; used by `compute_stats`. With relative actions
+        every (step, chunk offset) pair is one action row, so the normalizer covers the whole chunk."""
+        if not self.cfg.relative_pairs:
+            return list(zip(self._actions, self._states))
+        arrays = []
+        for k, (actions, states) in enumerate(zip(self._actions, self._states)):
+            rows = [self._relative(np.take(actions, np.arange(t, t + self.cfg.chunk_len), axis=0, mode="clip"), k, t)
+                    for t in range(len(actions))]
+            arrays.append((np.concatenate(rows), states))
+        return arrays
 
     @property
     def num_episodes(self) -> int:
