@@ -47,6 +47,17 @@ def make_random_sim_checkpoint(path: Path) -> Path:
     return policy.save_pretrained(path / "random_tiny")
 
 
+def executor_overrides(checkpoint: Path) -> dict:
+    """The checkpoint decides what its numbers mean (action space, control rate); the robot YAML the rest."""
+    from gem_ros.core.policy.checkpoint import read_config
+
+    io = read_config(checkpoint).io
+    overrides = {"action_space": io.action_space, "chunk_dt_s": 1.0 / io.control_rate_hz}
+    if io.action_space == "delta_joint":
+        overrides["delta_reference"] = "observation"   # how gem_train stores delta actions
+    return overrides
+
+
 @dataclass
 class EpisodeLog:
     frames: list = field(default_factory=list)            # scene camera RGB
@@ -154,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed, gui=args.gui))
     policy = PolicyNode(parameter_overrides=node_parameters(config, "gem_policy", checkpoint=str(checkpoint)))
     executor_node = ExecutorNode(parameter_overrides=node_parameters(
-        config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf")))
+        config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf"),
+        **executor_overrides(Path(checkpoint))))
     tools = Node("gem_demo", parameter_overrides=node_parameters(config, "gem_policy", use_sim_time=True)[:0])
     recorder = Recorder(tools)
     executor = MultiThreadedExecutor(num_threads=4)
