@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arm", default="panda")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--gui", action="store_true", help="open pybullet's window (needs a display)")
+    # One process shares one GIL: pybullet rendering holds it, so a sim racing at full speed starves inference.
+    # Sim time keeps every node consistent at any factor; 0.5 leaves the policy its share of a 2-core laptop.
+    parser.add_argument("--real-time-factor", type=float, default=0.5, help="sim seconds per wall second")
     args = parser.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
@@ -162,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     rclpy.init()
-    sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed, gui=args.gui))
+    sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed, gui=args.gui,
+                                                      real_time_factor=args.real_time_factor))
     policy = PolicyNode(parameter_overrides=node_parameters(config, "gem_policy", checkpoint=str(checkpoint)))
     executor_node = ExecutorNode(parameter_overrides=node_parameters(
         config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf"),
