@@ -303,3 +303,13 @@ def test_policy_chunk_to_a_safe_controller_trajectory():
     current = np.append(home, [0.04, 0.04])  # the robot is still at home, gripper open
     trajectory = safety.filter_trajectory(mapper.output_joint_names, times, positions, current)
     assert len(trajectory.times_s) == 25 and trajectory.interventions == []
+
+
+def test_gripper_commands_saturate_at_the_gripper_travel_but_arm_targets_do_not():
+    cfg = ActionSpaceConfig(kind="absolute_joint", joint_names=("a",), action_dim=2,
+                            gripper_joint_names=("f1", "f2"), gripper_scale=0.5)
+    mapper = ActionMapper(cfg, gripper_range=(0.0, 0.04))
+    out = mapper.map_chunk(np.array([[9.0, 0.0803], [0.1, -0.001]]))
+    np.testing.assert_allclose(out, [[9.0, 0.04, 0.04], [0.1, 0.0, 0.0]])   # arm 9.0 left for the safety filter
+    with pytest.raises(ValueError, match="gripper_range"):
+        ActionMapper(cfg, gripper_range=(0.04, 0.0))

@@ -108,8 +108,13 @@ def build_controller(values: Mapping[str, Any]) -> ExecutionController:
         joint_names=joint_names, control_rate_hz=values["control_rate_hz"], lookahead_s=values["lookahead_s"],
         joint_state_timeout_s=values["joint_state_timeout_s"], chunk_timeout_s=values["chunk_timeout_s"])
     model = RobotModel.from_urdf(urdf) if kind == "ee_delta" else None
-    return ExecutionController(execution, ActionMapper(action, model), ChunkScheduler(scheduler),
-                               SafetyFilter(load_urdf_limits(urdf), safety, model),
+    limits = load_urdf_limits(urdf)
+    gripper_range = None
+    if gripper:   # the tightest travel shared by all gripper joints, inside the safety margin
+        margin = values["position_margin_m"]
+        gripper_range = (max(limits[n].lower for n in gripper) + margin, min(limits[n].upper for n in gripper) - margin)
+    return ExecutionController(execution, ActionMapper(action, model, gripper_range), ChunkScheduler(scheduler),
+                               SafetyFilter(limits, safety, model),
                                _names(values["action_channel_names"]) or None)
 
 

@@ -25,10 +25,16 @@ class ActionMappingError(ValueError):
 
 
 class ActionMapper:
-    def __init__(self, cfg: ActionSpaceConfig, robot_model: RobotModel | None = None):
+    def __init__(self, cfg: ActionSpaceConfig, robot_model: RobotModel | None = None,
+                 gripper_range: tuple[float, float] | None = None):
+        """`gripper_range` (lower, upper) of the gripper joints [m]: a finite gripper command saturates at the
+        gripper's travel, as gripper drivers do (a width of 0.0801 m on a 0.08 m gripper means "fully open").
+        Arm joints are never saturated here: out-of-range arm targets reach the safety filter and are refused."""
         if not isinstance(cfg, ActionSpaceConfig):
             raise ValueError(f"cfg must be an ActionSpaceConfig, got {type(cfg).__name__}")
-        self.cfg, self.robot_model = cfg, robot_model
+        if gripper_range is not None and not (np.all(np.isfinite(gripper_range)) and gripper_range[0] < gripper_range[1]):
+            raise ValueError(f"gripper_range must be finite (lower, upper) with lower < upper, got {gripper_range}")
+        self.cfg, self.robot_model, self.gripper_range = cfg, robot_model, gripper_range
         if cfg.kind == "ee_delta":
             if robot_model is None:
                 raise ValueError("kind 'ee_delta' needs a robot_model for IK")
@@ -68,7 +74,10 @@ class ActionMapper:
         out = np.empty((len(actions), len(self.output_joint_names)))
         out[:, :len(cfg.joint_names)] = arm_targets
         if cfg.gripper_joint_names:
-            out[:, len(cfg.joint_names):] = (cfg.gripper_offset + cfg.gripper_scale * actions[:, -1])[:, None]
+            gripper = cfg.gripper_offset + cfg.gripper_scale * actions[:, -1]
+            if self.gripper_range is not None:
+                gripper = np.clip(gripper, *self.gripper_range)   # finite here: NaN was refused above
+            out[:, len(cfg.joint_names):] = gripper[:, None]
         return out
 
     @staticmethod
