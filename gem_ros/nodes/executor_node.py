@@ -15,10 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
@@ -32,6 +30,7 @@ from gem_ros.core.execution import ExecutionConfig, ExecutionController
 from gem_ros.core.kinematics import RobotModel, load_urdf_limits
 from gem_ros.core.safety import SafetyConfig, SafetyFilter
 from gem_ros.nodes.backends import make_backend
+from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.conversions import diagnostic_status, stamp_to_s
 
 NODE_NAME = "gem_executor"
@@ -220,14 +219,5 @@ def make_executor_node(context=None, **overrides) -> ExecutorNode:
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ExecutorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(ExecutorNode, args)
+

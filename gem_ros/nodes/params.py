@@ -18,18 +18,24 @@ def node_parameters(yaml_path: Path, node_name: str, **overrides) -> list[Parame
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
-def share_dir() -> Path:
-    """Installed share/gem_ros when the ament index knows it, else the source tree (editable installs, tests)."""
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+def spin_node(make_node, args=None, executor_factory=None) -> None:
+    """`main()` of every gem node: init, build, spin until Ctrl-C or shutdown, always clean up."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-        try:
-            return Path(get_package_share_directory("gem_ros"))
-        except (PackageNotFoundError, KeyError, ValueError):
-            pass
-    except ImportError:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        executor = (executor_factory or SingleThreadedExecutor)()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    return Path(__file__).resolve().parents[2]
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
 
 
 def bringup_config(arm: str) -> Path:

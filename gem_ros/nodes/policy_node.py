@@ -12,7 +12,6 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -32,6 +31,7 @@ from gem_msgs.srv import SetInstruction
 from gem_ros.core.inference import ChunkResult, InferenceConfig, InferenceWorker
 from gem_ros.core.observation import ObservationBuffer, ObservationConfig
 from gem_ros.core.policy.observation import Observation
+from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.conversions import (compressed_msg_to_rgb, diagnostic_status, image_msg_to_rgb, s_to_stamp,
                                        stamp_to_s)
 
@@ -141,6 +141,11 @@ class PolicyNode(LifecycleNode):
         self.worker.shutdown()
         self._status_state, self._status_reason = PolicyStatus.IDLE, "inactive"
         return super().on_deactivate(state)
+
+    def destroy_node(self) -> None:
+        if self.worker is not None:
+            self.worker.shutdown()
+        super().destroy_node()
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         destroyers = ((Subscription, self.destroy_subscription), (Publisher, self.destroy_publisher),
@@ -303,16 +308,6 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = PolicyNode()
-    executor = MultiThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if node.worker is not None:
-            node.worker.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    # The action server waits in its own thread while the worker infers: needs a multi-threaded executor.
+    spin_node(PolicyNode, args, MultiThreadedExecutor)
+

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 
-import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
@@ -18,6 +17,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool
 from trajectory_msgs.msg import JointTrajectory
 
+from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.conversions import depth_to_image_msg, make_camera_info, rgb_to_image_msg, s_to_stamp, stamp_to_s
 from gem_ros.sim.follower import TrajectoryFollower
 from gem_ros.sim.scene import SimConfig, TabletopSim
@@ -120,12 +120,5 @@ class SimNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = SimNode()
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(SimNode, args)
+
