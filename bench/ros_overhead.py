@@ -1,19 +1,28 @@
 """ROS overhead of the closed loop, with the policy replaced by a constant-time stand-in.
 
-    python bench/ros_overhead.py                 # 2 cameras 640x480 rgb8 at 30 Hz, stand-ins of 50 and 300 ms
+    python bench/ros_overhead.py                         # both layouts, stand-ins of 50 and 300 ms
+    python bench/ros_overhead.py --layout processes --duration 10
 
-One process, real rclpy topics: a fake robot publishes the cameras and /joint_states; gem_policy (tiny checkpoint,
-predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in production. Printed per stand-in:
-  - overhead per chunk = (chunk ready at the executor) - (observation stamp) - d: message conversion, buffering,
-    time alignment, resize, publish, DDS; and the executor's own work per chunk (map, schedule) and per tick
-    (segment, safety filter, message) measured around the calls;
-  - end-to-end observation -> first JointTrajectory out (includes waiting for the next 50 Hz tick);
-  - control-loop period / jitter at 50 Hz, and starvation holds while inference < horizon (should be 0).
+A fake robot publishes 2 cameras (640x480 rgb8, 30 Hz) and /joint_states (100 Hz). gem_policy (tiny checkpoint,
+predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in production, in one of two layouts:
+  processes    robot, gem_policy and gem_executor each in its own process (what gem.launch.py starts; a real
+               camera driver is its own process too)
+  one-process  all three nodes in one process under one MultiThreadedExecutor (what gem_demo does)
+Every node times its own work with the wall clock (one machine, one clock), per chunk:
+  frame age     observation stamp -> inference start: waiting for the newest frame (<= 1 / camera rate), not
+                overhead. Inference is started by the worker's poll (every 10 ms), so this also holds the poll wait.
+  overhead      inference end -> ActionChunk published (policy) + DDS to the executor + the executor's chunk
+                planning + its 50 Hz tick work that builds the JointTrajectory: the goal is <= 1 ms.
+  tick wait     chunk planned -> next 50 Hz tick (<= 20 ms by design; trajectories go out at the tick).
+and the control loop: tick period / jitter at 50 Hz and starvation holds (0 while inference < horizon).
 Prints numbers side by side; asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
+import os
 import sys
 import tempfile
 import threading
@@ -22,67 +31,39 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785, 0.04, 0.04]
+INSTRUCTION = "pick up the red cube"
 
 
 def pct(values, q):
-    return float(np.percentile(values, q)) if values else float("nan")
+    return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def run(standin_s: float, duration_s: float, checkpoint: Path, width: int, height: int) -> dict:
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+def timed(fn, sink):
+    """Wrap fn so each call appends (wall start, wall end) to sink."""
+    def wrapper(*args, **kwargs):
+        start = time.time()
+        out = fn(*args, **kwargs)
+        sink.append((start, time.time()))
+        return out
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------------ the three nodes
+def make_robot(context, width: int, height: int, names: list[str], record: dict):
+    """Fake robot: cameras + joint states out; records when chunks and trajectories arrive."""
     from rclpy.node import Node
-    from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image, JointState
     from trajectory_msgs.msg import JointTrajectory
 
-    from gem_msgs.msg import ActionChunk
-    from gem_ros.nodes.conversions import rgb_to_image_msg, stamp_to_s
-    from gem_ros.nodes.executor_node import ExecutorNode
-    from gem_ros.nodes.params import bringup_config, node_parameters
-    from gem_ros.nodes.policy_node import PolicyNode
+    from gem_ros.nodes.conversions import rgb_to_image_msg
 
-    repo = Path(__file__).resolve().parents[1]
-    config = bringup_config("panda")
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    policy = PolicyNode(context=context, parameter_overrides=node_parameters(
-        config, "gem_policy", checkpoint=str(checkpoint), device="cpu", use_sim_time=False))
-    executor_node = ExecutorNode(context=context, parameter_overrides=node_parameters(
-        config, "gem_executor", urdf_path=str(repo / "urdf/panda/panda.urdf"), use_sim_time=False))
     robot = Node("fake_robot", context=context)
-    policy.trigger_configure()
-    io = policy.policy.config.io
-    home = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785, 0.04, 0.04])
-    chunk = np.tile(np.r_[home[:7], 0.04], (io.chunk_len, 1)).astype(np.float32)
-
-    def standin(observation):
-        time.sleep(standin_s)
-        return chunk
-
-    policy.policy.predict_action_chunk = standin
-    policy.policy.last_timings = {"total": standin_s * 1e3}
-
-    # Time the executor's own work around its entry points.
-    controller = executor_node.controller
-    chunk_work, tick_work = [], []
-
-    def timed(fn, sink):
-        def wrapper(*args, **kwargs):
-            t = time.perf_counter()
-            out = fn(*args, **kwargs)
-            sink.append(time.perf_counter() - t)
-            return out
-        return wrapper
-
-    controller.on_chunk = timed(controller.on_chunk, chunk_work)
-    controller.tick = timed(controller.tick, tick_work)
-
     frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     cams = {c: robot.create_publisher(Image, f"/camera/{c}/image_raw", 10) for c in ("scene", "wrist")}
     joint_pub = robot.create_publisher(JointState, "/joint_states", 10)
-    names = list(policy.get_parameter("state_joint_names").value)
 
     def publish_cameras():
         stamp = robot.get_clock().now().to_msg()
@@ -90,78 +71,252 @@ def run(standin_s: float, duration_s: float, checkpoint: Path, width: int, heigh
             pub.publish(rgb_to_image_msg(frame, stamp, f"{cam}_optical_frame"))
 
     def publish_joints():
-        msg = JointState(name=names, position=home.tolist(), velocity=[0.0] * 9)
+        msg = JointState(name=names, position=HOME, velocity=[0.0] * len(names))
         msg.header.stamp = robot.get_clock().now().to_msg()
         joint_pub.publish(msg)
 
     robot.create_timer(1 / 30, publish_cameras)
     robot.create_timer(1 / 100, publish_joints)
-    chunk_arrivals, trajectory_times = [], []
-    robot.create_subscription(ActionChunk, "/gem/action_chunk",
-                              lambda m: m.num_points and chunk_arrivals.append((time.time(), stamp_to_s(m.header.stamp))),
-                              10)
+    record["trajectory_in"] = []
     robot.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory",
-                              lambda m: trajectory_times.append(time.time()), 100)
+                              lambda m: record["trajectory_in"].append(time.time()), 100)
+    return robot
+
+
+def make_policy(context, checkpoint: Path, standin_s: float, record: dict):
+    from gem_ros.nodes.params import bringup_config, node_parameters
+    from gem_ros.nodes.policy_node import PolicyNode
+
+    node = PolicyNode(context=context, parameter_overrides=node_parameters(
+        bringup_config("panda"), "gem_policy", checkpoint=str(checkpoint), device="cpu", use_sim_time=False))
+    node.trigger_configure()
+    io = node.policy.config.io
+    chunk = np.tile(np.r_[HOME[:7], 0.04], (io.chunk_len, 1)).astype(np.float32)
+    record.update(inference=[], published=[], image_callback=[])
+
+    def standin(observation):
+        time.sleep(standin_s)
+        return chunk
+
+    def predict(observation):
+        start = time.time()
+        standin(observation)
+        record["inference"].append((start, time.time()))
+        return chunk, {"total": standin_s * 1e3}
+
+    node.worker.predict = predict
+    publish = node._publish_chunk
+
+    def publish_chunk(result):
+        publish(result)
+        record["published"].append((result.index, result.obs_stamp_s, time.time()))
+
+    node.worker.on_chunk = publish_chunk
+    node._on_image = timed(node._on_image, record["image_callback"])
+    return node
+
+
+def make_executor(context, record: dict):
+    from gem_ros.nodes.executor_node import ExecutorNode
+    from gem_ros.nodes.params import bringup_config, node_parameters
+
+    node = ExecutorNode(context=context, parameter_overrides=node_parameters(
+        bringup_config("panda"), "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"), use_sim_time=False))
+    controller = node.controller
+    record.update(chunk_work=[], tick_work=[], sent=[])
+    controller.on_chunk = timed(controller.on_chunk, record["chunk_work"])
+    controller.tick = timed(controller.tick, record["tick_work"])
+    node.backend.send = timed(node.backend.send, record["sent"])
+    return node
+
+
+def spin(context, nodes, until, on_start=None) -> None:
+    """Spin `nodes` on a MultiThreadedExecutor; after `on_start`, run until `until()` is true."""
+    from rclpy.executors import MultiThreadedExecutor
+
     executor = MultiThreadedExecutor(num_threads=4, context=context)
-    for node in (policy, executor_node, robot):
+    for node in nodes:
         executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    policy.trigger_activate()
-    time.sleep(0.5)
-    policy.worker.run_instruction("pick up the red cube")
-    time.sleep(duration_s)
-    stats = controller.stats
-    policy.worker.shutdown()
+    if on_start:
+        on_start()
+    while not until():
+        time.sleep(0.05)
     executor.shutdown()
-    for node in (policy, executor_node, robot):
+    spinner.join()
+
+
+def for_seconds(duration_s: float):
+    deadline = []
+    return lambda: time.time() >= (deadline or deadline.append(time.time() + duration_s) or deadline)[0]
+
+
+def _start_policy(node) -> None:
+    node.trigger_activate()
+    deadline = time.time() + 10.0    # across processes, discovery can take seconds: start once inputs flow
+    while time.time() < deadline and max(node.buffer.health(time.time()).values()) > 0.1:
+        time.sleep(0.05)
+    node.worker.run_instruction(INSTRUCTION)
+
+
+# ------------------------------------------------------------------------------------------------ layouts
+def node_process(role: str, out: str, duration_s: float, checkpoint: str, standin_s: float, width: int,
+                 height: int, names: list[str], stop) -> None:
+    """One node in its own process; writes what it recorded to `out` as JSON. The policy runs `duration_s` once
+    its inputs flow; the robot and the executor run until the parent sets `stop`."""
+    import rclpy
+
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    record: dict = {}
+    if role == "robot":
+        node, start = make_robot(context, width, height, names, record), None
+    elif role == "policy":
+        node = make_policy(context, Path(checkpoint), standin_s, record)
+        start = lambda: _start_policy(node)  # noqa: E731
+    else:
+        node, start = make_executor(context, record), None
+    spin(context, [node], for_seconds(duration_s) if role == "policy" else stop.is_set, start)
+    if role == "policy":
+        record["worker_reason"] = node.worker.snapshot().reason
+        node.worker.shutdown()
+    if role == "executor":
+        record["stats"] = node.controller.stats
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+    Path(out).write_text(json.dumps(record, default=float))
+
+
+def run_processes(standin_s, duration_s, checkpoint, width, height, names) -> dict:
+    # The shipped Fast DDS profile: a 640x480 frame does not fit the default 512 kB shared-memory segment.
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_localhost.xml"))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    spawn = multiprocessing.get_context("spawn")
+    stop = spawn.Event()
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = {role: str(Path(tmp) / f"{role}.json") for role in ("robot", "executor", "policy")}
+        procs = {role: spawn.Process(target=node_process, args=(
+            role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop)) for role in outs}
+        for proc in procs.values():
+            proc.start()
+        # The robot and the executor stop after the policy, so the policy's whole run is observed.
+        procs["policy"].join()
+        time.sleep(0.5)
+        stop.set()
+        for proc in procs.values():
+            proc.join()
+        bad = [role for role, proc in procs.items() if proc.exitcode != 0]
+        if bad:
+            raise RuntimeError(f"bench processes failed: {bad}")
+        record = {}
+        for out in outs.values():
+            record.update(json.loads(Path(out).read_text()))
+    if not record["published"]:
+        raise RuntimeError(f"the policy process published no chunk: {record['worker_reason']}")
+    return record
+
+
+def run_one_process(standin_s, duration_s, checkpoint, width, height, names) -> dict:
+    import rclpy
+
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    record: dict = {}
+    nodes = [make_policy(context, checkpoint, standin_s, record), make_executor(context, record),
+             make_robot(context, width, height, names, record)]
+    spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]))
+    nodes[0].worker.shutdown()
+    record["stats"] = nodes[1].controller.stats
+    for node in nodes:
         node.destroy_node()
     rclpy.shutdown(context=context)
+    return record
 
-    overhead = [(arrival - obs - standin_s) * 1e3 for arrival, obs in chunk_arrivals[1:]]
-    end_to_end = []
-    for arrival, obs in chunk_arrivals[1:]:
-        after = [t for t in trajectory_times if t >= arrival]
-        if after:
-            end_to_end.append((after[0] - obs - standin_s) * 1e3)
-    return {"chunks": len(chunk_arrivals), "overhead": overhead, "end_to_end": end_to_end,
-            "chunk_work_ms": [w * 1e3 for w in chunk_work], "tick_work_ms": [w * 1e3 for w in tick_work],
+
+# ------------------------------------------------------------------------------------------------ analysis
+def analyse(record: dict) -> dict:
+    """Per chunk: match the policy's publish to the executor's planning of it (by arrival order after it)."""
+    inference = record["inference"]
+    published = record["published"]
+    chunk_work = sorted(record["chunk_work"])
+    ticks = sorted(record["tick_work"])
+    sent = sorted(record["sent"])
+    frame_age, after_inference, transport, planning, tick_wait, tick_cost, overhead = ([] for _ in range(7))
+    for (index, obs_stamp, published_at), (started, ended) in zip(published[1:], inference[1:]):
+        planned = next(((s, e) for s, e in chunk_work if s >= published_at), None)
+        if planned is None:
+            continue
+        tick = next(((s, e) for s, e in ticks if s >= planned[1]), None)
+        out = next(((s, e) for s, e in sent if tick and s >= tick[0]), None)
+        if tick is None or out is None:
+            continue
+        frame_age.append(started - obs_stamp)
+        after_inference.append(published_at - ended)
+        transport.append(planned[0] - published_at)
+        planning.append(planned[1] - planned[0])
+        tick_wait.append(tick[0] - planned[1])
+        tick_cost.append(out[1] - tick[0])
+        overhead.append(after_inference[-1] + transport[-1] + planning[-1] + tick_cost[-1])
+    ms = lambda values: [v * 1e3 for v in values]  # noqa: E731
+    stats = record["stats"]
+    callbacks = [e - s for s, e in record["image_callback"]]
+    return {"chunks": len(published), "frame_age": ms(frame_age), "after_inference": ms(after_inference),
+            "transport": ms(transport), "planning": ms(planning), "tick_wait": ms(tick_wait),
+            "tick_cost": ms(tick_cost), "overhead": ms(overhead), "image_callback": ms(callbacks),
+            "tick_work": ms([e - s for s, e in ticks]),
             "period_mean_ms": stats["tick_period_mean_s"] * 1e3, "period_std_ms": stats["tick_period_std_s"] * 1e3,
             "jitter_max_ms": stats["tick_jitter_max_s"] * 1e3, "holds": stats["holds"]}
+
+
+ROWS = [
+    ("chunks produced", lambda r: f"{r['chunks']}"),
+    ("OVERHEAD per chunk p50 / p95 ms (goal <= 1)", lambda r: f"{pct(r['overhead'], 50):.2f} / "
+                                                             f"{pct(r['overhead'], 95):.2f}"),
+    ("  inference end -> chunk published p50 ms", lambda r: f"{pct(r['after_inference'], 50):.2f}"),
+    ("  DDS policy -> executor p50 ms", lambda r: f"{pct(r['transport'], 50):.2f}"),
+    ("  executor chunk planning p50 ms", lambda r: f"{pct(r['planning'], 50):.2f}"),
+    ("  tick: segment + safety + publish p50 ms", lambda r: f"{pct(r['tick_cost'], 50):.2f}"),
+    ("frame age at inference start p50 / p95 ms", lambda r: f"{pct(r['frame_age'], 50):.1f} / "
+                                                           f"{pct(r['frame_age'], 95):.1f}"),
+    ("wait for the 50 Hz tick p50 ms", lambda r: f"{pct(r['tick_wait'], 50):.1f}"),
+    ("image callback (640x480) p50 / p95 ms", lambda r: f"{pct(r['image_callback'], 50):.2f} / "
+                                                       f"{pct(r['image_callback'], 95):.2f}"),
+    ("tick work p50 / p95 ms", lambda r: f"{pct(r['tick_work'], 50):.2f} / {pct(r['tick_work'], 95):.2f}"),
+    ("tick period mean / std ms (50 Hz = 20)", lambda r: f"{r['period_mean_ms']:.2f} / {r['period_std_ms']:.2f}"),
+    ("tick jitter max ms", lambda r: f"{r['jitter_max_ms']:.2f}"),
+    ("starvation holds", lambda r: f"{r['holds']}"),
+]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--standin-ms", type=float, nargs="+", default=[50.0, 300.0])
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per stand-in")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of policy activity per run")
+    parser.add_argument("--layout", choices=["both", "processes", "one-process"], default="both")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     args = parser.parse_args(argv)
     from gem_ros.demo import make_random_sim_checkpoint
+    from gem_ros.nodes.params import bringup_config, node_parameters
 
+    names = next(list(p.value) for p in node_parameters(bringup_config("panda"), "gem_policy")
+                 if p.name == "state_joint_names")
+    layouts = ["processes", "one-process"] if args.layout == "both" else [args.layout]
+    runners = {"processes": run_processes, "one-process": run_one_process}
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = make_random_sim_checkpoint(Path(tmp))
-        results = {d: run(d / 1e3, args.duration, checkpoint, args.width, args.height) for d in args.standin_ms}
+        for layout in layouts:
+            for d in args.standin_ms:
+                raw = runners[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names)
+                results[(layout, d)] = analyse(raw)
     print(f"\nROS overhead: 2 cameras {args.width}x{args.height} rgb8 at 30 Hz, joint states 100 Hz, executor 50 Hz, "
-          f"{args.duration:.0f} s per stand-in (wall clock, one process)")
-    cols = [f"stand-in {d:.0f} ms" for d in args.standin_ms]
-    print(f"{'':44}" + "".join(f"{c:>20}" for c in cols))
-    rows = [
-        ("chunks produced", lambda r: f"{r['chunks']}"),
-        ("obs -> chunk at executor, minus d: p50 ms", lambda r: f"{pct(r['overhead'], 50):.2f}"),
-        ("obs -> chunk at executor, minus d: p95 ms", lambda r: f"{pct(r['overhead'], 95):.2f}"),
-        ("executor work per chunk p50 / p95 ms", lambda r: f"{pct(r['chunk_work_ms'], 50):.2f} / "
-                                                         f"{pct(r['chunk_work_ms'], 95):.2f}"),
-        ("executor work per 50 Hz tick p50 / p95 ms", lambda r: f"{pct(r['tick_work_ms'], 50):.2f} / "
-                                                              f"{pct(r['tick_work_ms'], 95):.2f}"),
-        ("obs -> first trajectory out, minus d: p50 ms", lambda r: f"{pct(r['end_to_end'], 50):.2f}"),
-        ("obs -> first trajectory out, minus d: p95 ms", lambda r: f"{pct(r['end_to_end'], 95):.2f}"),
-        ("tick period mean / std ms", lambda r: f"{r['period_mean_ms']:.2f} / {r['period_std_ms']:.2f}"),
-        ("tick jitter max ms", lambda r: f"{r['jitter_max_ms']:.2f}"),
-        ("starvation holds", lambda r: f"{r['holds']}"),
-    ]
-    for label, fmt in rows:
-        print(f"{label:44}" + "".join(f"{fmt(results[d]):>20}" for d in args.standin_ms))
+          f"{args.duration:.0f} s per run, wall clock")
+    keys = list(results)
+    print(f"{'':46}" + "".join(f"{f'{layout} {d:.0f} ms':>24}" for layout, d in keys))
+    for label, fmt in ROWS:
+        print(f"{label:46}" + "".join(f"{fmt(results[k]):>24}" for k in keys))
 
 
 if __name__ == "__main__":

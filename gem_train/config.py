@@ -49,6 +49,8 @@ class DataConfig:
     image_drop_prob: float = 0.1                             # per camera image (gem_reference §9)
     instruction_drop_prob: float = 0.1
     color_jitter: bool = True                                # half the images get ColorJitter (gem_reference §9)
+    state_noise_std: float = 0.0                             # Gaussian noise on the input state (rad, m)
+    state_input: bool = True                                 # false: vision-only policy (state token zeroed)
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
@@ -65,6 +67,8 @@ class DataConfig:
         for name in ("image_drop_prob", "instruction_drop_prob"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"data.{name} must be a probability in [0, 1), got {value}")
+        _require(0.0 <= self.state_noise_std < float("inf"),
+                 f"data.state_noise_std must be finite and >= 0, got {self.state_noise_std}")
         try:
             self.io_schema()
         except ValueError as error:
@@ -76,7 +80,8 @@ class DataConfig:
                         state_dim=self.state_dim, action_dim=self.action_dim, state_names=list(self.state_names),
                         action_names=list(self.action_names), action_space=self.action_space,
                         gripper_channels=list(self.gripper_channels), control_rate_hz=float(self.control_rate_hz),
-                        chunk_len=self.chunk_len, normalize_state=self.normalize_state)
+                        chunk_len=self.chunk_len, normalize_state=self.normalize_state,
+                        state_input=self.state_input)
 
 
 @dataclass
@@ -86,6 +91,7 @@ class ModelConfig:
     backbone: str = TINY_BACKBONE
     tiny_hidden: int = 64                   # tiny backbone width (text and vision)
     tiny_text_layers: int = 3
+    tiny_patch_size: int = 16               # tiny vision patch, px (Qwen3-VL uses 16; 8 sees small objects)
     rdt: RDTConfig = field(default_factory=RDTConfig)   # rdt.cond_hidden_size is always taken from the backbone
     selected_layers: list[int] = field(default_factory=lambda: list(range(14)))
     num_inference_steps: int = 5
@@ -100,6 +106,8 @@ class ModelConfig:
                  f"model.backbone must be '{TINY_BACKBONE}' or an existing backbone folder, got {self.backbone!r}")
         _require(self.tiny_hidden > 0 and self.tiny_hidden % 16 == 0,
                  f"model.tiny_hidden must be a positive multiple of 16, got {self.tiny_hidden}")
+        _require(self.tiny_patch_size in (4, 8, 14, 16),
+                 f"model.tiny_patch_size must be one of 4, 8, 14, 16, got {self.tiny_patch_size}")
         _require(self.tiny_text_layers > 0, f"model.tiny_text_layers must be > 0, got {self.tiny_text_layers}")
         _require(len(self.selected_layers) in (1, self.rdt.depth),
                  f"model.selected_layers must have 1 or model.rdt.depth={self.rdt.depth} entries, "

@@ -180,7 +180,7 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path, resume_from: Path | None
         from gem_ros.core.policy.tiny import write_tiny_backbone
 
         write_tiny_backbone(run_dir / "tiny_backbone", config.model.tiny_hidden, config.model.tiny_text_layers,
-                            seed=config.train.seed)
+                            seed=config.train.seed, patch_size=config.model.tiny_patch_size)
 
 
 def load_data(config: TrainConfig) -> DataBundle:
@@ -197,7 +197,7 @@ def load_data(config: TrainConfig) -> DataBundle:
     depth_size = config.model.depth_image_size if config.model.depth_expert else 0
     train_set = ChunkDataset(train_episodes, ChunkDatasetConfig.from_io_schema(
         io, image_drop_prob=d.image_drop_prob, instruction_drop_prob=d.instruction_drop_prob,
-        color_jitter=d.color_jitter, depth_size=depth_size, seed=config.train.seed))
+        color_jitter=d.color_jitter, state_noise_std=d.state_noise_std, depth_size=depth_size, seed=config.train.seed))
     val_set = None
     if val_episodes:  # no augmentation on held-out data
         val_set = ChunkDataset(val_episodes, ChunkDatasetConfig.from_io_schema(io, depth_size=depth_size))

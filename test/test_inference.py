@@ -16,12 +16,12 @@ class Clock:
         return self.t
 
 
-def make_worker(clock, predict=None):
+def make_worker(clock, predict=None, horizon_s=0.8):
     buffer = ObservationBuffer(ObservationConfig(camera_names=["cam"], joint_names=["j"], max_age_s=0.5,
                                                  max_skew_s=0.1))
     chunks, holds = [], []
     predict = predict or (lambda obs: (np.zeros((8, 1), np.float32), {"total": 1.0}))
-    worker = InferenceWorker(InferenceConfig(request_threshold_s=0.3, chunk_horizon_s=0.8), buffer, predict, clock,
+    worker = InferenceWorker(InferenceConfig(request_threshold_s=0.3, chunk_horizon_s=horizon_s), buffer, predict, clock,
                              chunks.append, holds.append)
     return worker, buffer, chunks, holds
 
@@ -59,6 +59,28 @@ def test_stale_input_holds_once_and_resumes_when_fresh():
     assert len(holds) == 1 and "old" in holds[0] and worker.snapshot().holding
     feed(buffer, clock.t)
     assert worker.step() is not None and not worker.snapshot().holding
+
+
+def test_stale_camera_holds_mid_chunk_and_images_are_only_resized_for_an_inference(monkeypatch):
+    """While the plan has horizon left the worker builds no images, yet a camera that stops is caught at once."""
+    clock = Clock()
+    worker, buffer, chunks, holds = make_worker(clock, horizon_s=2.0)
+    assembled = []
+    real_assemble = buffer.assemble
+    monkeypatch.setattr(buffer, "assemble", lambda *a, **k: assembled.append(a[0]) or real_assemble(*a, **k))
+    worker.run_instruction("go")
+    feed(buffer, clock.t)
+    worker.step()
+    for _ in range(3):                                 # most of the 2 s horizon left, fresh inputs: polls only
+        clock.t += 0.01
+        feed(buffer, clock.t)
+        assert worker.step() is None
+    assert assembled == [100.0] and not holds
+    clock.t += 0.6                                     # the camera went silent; joints keep coming
+    buffer.add_joint_state(clock.t, ["j"], [0.0])
+    assert not worker.due(clock.t)                     # 1.37 s of plan left: no inference needed yet
+    assert worker.step() is None
+    assert len(holds) == 1 and "cam" in holds[0] and worker.snapshot().holding
 
 
 def test_policy_error_stops_and_reports():

@@ -58,6 +58,25 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_checkpoint_dir, tmp_p
     assert not np.allclose(expected, expected[0])
 
 
+def test_vision_only_policy_ignores_the_state_and_keeps_that_through_save(tiny_backbone_dir, tmp_path,
+                                                                         make_observation):
+    torch.manual_seed(0)
+    config = tiny_policy_config(state_input=False)
+    policy = GemVLAPolicy.build(config, tiny_backbone_dir, MinMaxNormalizer(-np.ones(9), np.ones(9)), device="cpu")
+    with torch.no_grad():   # leave adaLN-Zero's identity init, so a state that leaked in would change the chunk
+        for weight in policy.action_expert.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+    reloaded = GemVLAPolicy.from_pretrained(policy.save_pretrained(tmp_path / "vision_only"), device="cpu")
+    assert reloaded.config.io.state_input is False
+    obs = make_observation(reloaded.config, seed=1)
+    chunk = reloaded.predict_action_chunk(obs, seed=0)
+    obs.state = obs.state + 0.5
+    np.testing.assert_array_equal(reloaded.predict_action_chunk(obs, seed=0), chunk)
+    with_state = GemVLAPolicy.from_pretrained(tmp_path / "vision_only", device="cpu")
+    with_state.config.io.state_input = True   # the same weights reading the state: now it matters
+    assert not np.array_equal(with_state.predict_action_chunk(obs, seed=0), chunk)
+
+
 def test_truncated_policy_refuses_to_save(policy, tmp_path):
     with pytest.raises(ValueError, match="truncated"):
         policy.save_pretrained(tmp_path / "x")

@@ -257,6 +257,19 @@ def test_chunk_dataset_sampling(tmp_path):
         ChunkDatasetConfig(["scene"], chunk_len=0)
 
 
+def test_state_noise_perturbs_only_the_state_the_policy_sees():
+    a = make_episode(n=40, seed=3)
+    clean = ChunkDataset([a], ChunkDatasetConfig(["scene"], chunk_len=4, image_size=(12, 16)))
+    noisy = ChunkDataset([a], ChunkDatasetConfig(["scene"], chunk_len=4, image_size=(12, 16), state_noise_std=0.05,
+                                                 seed=1))
+    offsets = np.stack([noisy[t]["state"] - clean[t]["state"] for t in range(40)])
+    assert 0.035 < offsets.std() < 0.065 and abs(offsets.mean()) < 0.02
+    for t in (0, 17):
+        np.testing.assert_array_equal(noisy[t]["actions"], clean[t]["actions"])
+    with pytest.raises(ValueError, match="state_noise_std"):
+        ChunkDatasetConfig(["scene"], state_noise_std=float("nan"))
+
+
 def test_depth_target_recipe():
     depth = np.full((20, 30), 2.0, np.float32)
     depth[5:10, 5:10] = 0.5                           # near block

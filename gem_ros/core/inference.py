@@ -114,7 +114,12 @@ class InferenceWorker:
             running, instruction = self.state.running, self.state.instruction
         if not running:
             return None
+        with self._lock:
+            due = self.state.holding or self.due(now)
         try:
+            if not due:   # watch freshness on every poll, but resize images only for an inference
+                self.buffer.check_fresh(now)
+                return None
             timed = self.buffer.assemble(now, instruction, self.camera_sizes)
         except StaleObservation as stale:
             self._hold_on_stale(list(stale.reasons))
@@ -123,8 +128,6 @@ class InferenceWorker:
             if self.state.holding:   # inputs are fresh again: resume with a new chunk right away
                 self.state.holding, self.state.stale_reasons, self.state.reason = False, [], "running"
                 self.state.last_chunk_obs_s = -math.inf
-            if not self.due(now):
-                return None
         started = time.perf_counter()
         try:
             actions, timings = self.predict(timed.observation)

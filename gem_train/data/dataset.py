@@ -9,6 +9,8 @@ HDF5 files that each DataLoader worker opens itself (handles are never shared ac
 """
 from __future__ import annotations
 
+import math
+
 import os
 import random
 from collections import OrderedDict
@@ -43,6 +45,9 @@ class ChunkDatasetConfig:
     image_drop_prob: float = 0.0                 # per camera: image blanked (GEM trains with 0.1)
     instruction_drop_prob: float = 0.0           # instruction -> "" (GEM: 0.1, enables CFG-style dropout)
     color_jitter: bool = False                   # GEM: 50% of images get ColorJitter(0.3, 0.4, 0.5, 0.03)
+    # Gaussian noise (state units: rad, m) on the state the policy sees; the recorded actions stay as they are.
+    # Without it a small policy copies the proprioceptive trajectory and ignores the cameras (copycat).
+    state_noise_std: float = 0.0
     depth_size: int = 0                          # square depth-target side (GEM 256); 0 = no depth targets
     max_depth_m: float = 4.0                     # metric depth beyond this is background
     seed: int = 0
@@ -67,6 +72,8 @@ class ChunkDatasetConfig:
             _require(0.0 <= getattr(self, key) < 1.0, f"{key} must be in [0, 1), got {getattr(self, key)}")
         _require(isinstance(self.depth_size, int) and self.depth_size >= 0,
                  f"depth_size must be an int >= 0, got {self.depth_size!r}")
+        _require(math.isfinite(self.state_noise_std) and self.state_noise_std >= 0.0,
+                 f"state_noise_std must be finite and >= 0, got {self.state_noise_std}")
         _require(self.max_depth_m > 0, f"max_depth_m must be > 0, got {self.max_depth_m}")
         _require(self.max_open_files >= 1, f"max_open_files must be >= 1, got {self.max_open_files}")
         _require(not self.relative_to_state or (self.state_names and self.action_names),
@@ -201,7 +208,10 @@ class ChunkDataset(Dataset):
         instruction = instructions[int(rng.integers(len(instructions)))]
         if cfg.instruction_drop_prob > 0 and rng.random() < cfg.instruction_drop_prob:
             instruction = ""
-        sample = {"images": images, "state": self._states[k][t].copy(), "actions": self._relative(chunk, k, t),
+        state = self._states[k][t].astype(np.float32)
+        if cfg.state_noise_std > 0:
+            state = state + rng.normal(0.0, cfg.state_noise_std, state.shape).astype(np.float32)
+        sample = {"images": images, "state": state, "actions": self._relative(chunk, k, t),
                   "instruction": instruction, "episode": k, "step": t}
         if cfg.depth_size:
             targets, valid = [], []

@@ -159,17 +159,7 @@ class ObservationBuffer:
         unknown = sorted(set(sizes) - set(self._frames))
         if unknown:
             raise ValueError(f"camera_sizes names unknown cameras {unknown}; configured: {self.config.camera_names}")
-        with self._lock:
-            frames = {name: list(f) for name, f in self._frames.items()}
-            positions, joint_stamps = self._positions.copy(), self._joint_stamps.copy()
-            joint_messages, unknown_joints = self._joint_messages, sorted(self._unknown_joints)
-
-        reasons: list[str] = []
-        stamp_s = self._check_joints(now_s, positions, joint_stamps, joint_messages, unknown_joints, reasons)
-        chosen = {name: self._pick_frame(name, frames[name], now_s, stamp_s, reasons) for name in frames}
-        if reasons:
-            raise StaleObservation(reasons)
-
+        stamp_s, positions, chosen = self._select(now_s)
         images = {}
         for name, (_, image) in chosen.items():
             resized = resize_to(image, *sizes[name]) if name in sizes else image
@@ -179,6 +169,23 @@ class ObservationBuffer:
         skew = max(abs(s - stamp_s) for s in image_stamps.values())
         return TimedObservation(Observation(images=images, state=positions, instruction=instruction),
                                 stamp_s, image_stamps, skew)
+
+    def check_fresh(self, now_s: float) -> None:
+        """The freshness and alignment checks of `assemble` without building images; raises StaleObservation."""
+        self._select(now_s)
+
+    def _select(self, now_s: float):
+        """(joint stamp, positions, {camera: (stamp, frame)}) of the observation at now_s, or StaleObservation."""
+        with self._lock:
+            frames = {name: list(f) for name, f in self._frames.items()}
+            positions, joint_stamps = self._positions.copy(), self._joint_stamps.copy()
+            joint_messages, unknown_joints = self._joint_messages, sorted(self._unknown_joints)
+        reasons: list[str] = []
+        stamp_s = self._check_joints(now_s, positions, joint_stamps, joint_messages, unknown_joints, reasons)
+        chosen = {name: self._pick_frame(name, frames[name], now_s, stamp_s, reasons) for name in frames}
+        if reasons:
+            raise StaleObservation(reasons)
+        return stamp_s, positions, chosen
 
     def _check_joints(self, now_s, positions, stamps, joint_messages, unknown_joints, reasons) -> float:
         """Append joint problems to `reasons`; return the newest configured joint stamp (nan if none)."""

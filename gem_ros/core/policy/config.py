@@ -52,6 +52,9 @@ class IOSchema:
     control_rate_hz: float = 10.0                            # rate of consecutive actions in a chunk
     chunk_len: int = 32
     normalize_state: bool = False                            # GEM feeds raw states; a checkpoint may opt in
+    # False: the policy never sees the state (its state token is zero) and must read the arm from the cameras.
+    # The state is still observed: delta actions are applied to it and the safety filter starts from it.
+    state_input: bool = True
 
     def __post_init__(self) -> None:
         self.cameras = [c if isinstance(c, CameraSpec) else CameraSpec(**c) for c in self.cameras]

@@ -148,6 +148,8 @@ class GemVLAPolicy(nn.Module):
 
     def _state_input(self, state: torch.Tensor) -> torch.Tensor:
         state = state.to(self.device, torch.float32)
+        if not self.config.io.state_input:
+            return torch.zeros_like(state)
         return self.state_normalizer.normalize(state) if self.config.io.normalize_state else state
 
     # --------------------------------------------------------------------------------------------- training

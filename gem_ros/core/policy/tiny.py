@@ -56,13 +56,14 @@ def _merges(bpe_model) -> list:
     return json.loads(bpe_model.__getstate__())["merges"] if hasattr(bpe_model, "__getstate__") else []
 
 
-def tiny_image_processor() -> Qwen2VLImageProcessorPil:
-    return Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=2,
+def tiny_image_processor(patch_size: int = 16) -> Qwen2VLImageProcessorPil:
+    return Qwen2VLImageProcessorPil(patch_size=patch_size, temporal_patch_size=2, merge_size=2,
                                     size={"shortest_edge": 32 * 32, "longest_edge": 512 * 512},
                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def tiny_backbone_config(tokenizer: Qwen2Tokenizer, hidden: int = 64, text_layers: int = 3) -> Qwen3VLConfig:
+def tiny_backbone_config(tokenizer: Qwen2Tokenizer, hidden: int = 64, text_layers: int = 3,
+                         patch_size: int = 16) -> Qwen3VLConfig:
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
@@ -76,21 +77,22 @@ def tiny_backbone_config(tokenizer: Qwen2Tokenizer, hidden: int = 64, text_layer
                          rope_parameters=dict(rope_type="default", rope_theta=5e6,
                                               mrope_section=[quarter, quarter // 2, quarter - quarter // 2],
                                               mrope_interleaved=True)),
-        vision_config=dict(depth=2, hidden_size=hidden, intermediate_size=2 * hidden, num_heads=heads, patch_size=16,
-                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden,
+        vision_config=dict(depth=2, hidden_size=hidden, intermediate_size=2 * hidden, num_heads=heads,
+                           patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden,
                            num_position_embeddings=256, deepstack_visual_indexes=[0]),
         tie_word_embeddings=True, **ids)
 
 
-def write_tiny_backbone(path: Path, hidden: int = 64, text_layers: int = 3, seed: int = 0) -> Path:
+def write_tiny_backbone(path: Path, hidden: int = 64, text_layers: int = 3, seed: int = 0,
+                        patch_size: int = 16) -> Path:
     """Write a complete tiny Qwen3-VL folder loadable by `backbone.load_backbone` / `load_processor`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(tiny_backbone_config(tokenizer, hidden, text_layers)).eval()
+    model = Qwen3VLForConditionalGeneration(tiny_backbone_config(tokenizer, hidden, text_layers, patch_size)).eval()
     model.save_pretrained(str(path))
-    processor = ImageOnlyQwen3VLProcessor(image_processor=tiny_image_processor(), tokenizer=tokenizer,
+    processor = ImageOnlyQwen3VLProcessor(image_processor=tiny_image_processor(patch_size), tokenizer=tokenizer,
                                           chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(str(path))
     (path / "chat_template.jinja").write_text(CHAT_TEMPLATE)
