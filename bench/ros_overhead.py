@@ -125,19 +125,31 @@ def make_executor(context, record: dict):
     controller = node.controller
     record.update(chunk_work=[], tick_work=[], sent=[])
     controller.on_chunk = timed(controller.on_chunk, record["chunk_work"])
-    controller.tick = timed(controller.tick, record["tick_work"])
+    record["holds"] = []
+    tick = timed(controller.tick, record["tick_work"])
+
+    def tick_and_note_holds(now_s):
+        command = tick(now_s)
+        if command.kind == "hold" and command.new_episode:
+            record["holds"].append((time.time(), command.reason))
+        return command
+
+    controller.tick = tick_and_note_holds
     node.backend.send = timed(node.backend.send, record["sent"])
     return node
 
 
-def spin(context, nodes, until, on_start=None) -> None:
-    """Spin `nodes` on a MultiThreadedExecutor; after `on_start`, run until `until()` is true."""
-    from rclpy.executors import MultiThreadedExecutor
+def spin(context, nodes, until, on_start=None, threads: int = 4) -> float:
+    """Spin `nodes` (threads > 1: MultiThreadedExecutor, else SingleThreadedExecutor) until `until()` is true,
+    after `on_start`. Returns the process CPU use in % of one core over the spin."""
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor = MultiThreadedExecutor(num_threads=threads, context=context) if threads > 1 \
+        else SingleThreadedExecutor(context=context)
     for node in nodes:
         executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
+    wall, cpu = time.time(), time.process_time()
     spinner.start()
     if on_start:
         on_start()
@@ -145,6 +157,7 @@ def spin(context, nodes, until, on_start=None) -> None:
         time.sleep(0.05)
     executor.shutdown()
     spinner.join()
+    return 100.0 * (time.process_time() - cpu) / (time.time() - wall)
 
 
 def for_seconds(duration_s: float):
@@ -177,7 +190,9 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
         start = lambda: _start_policy(node)  # noqa: E731
     else:
         node, start = make_executor(context, record), None
-    spin(context, [node], for_seconds(duration_s) if role == "policy" else stop.is_set, start)
+    # The executors gem.launch.py's nodes use: the policy needs threads (action server + worker callbacks).
+    record[f"cpu_{role}"] = spin(context, [node], for_seconds(duration_s) if role == "policy" else stop.is_set,
+                                 start, threads=4 if role == "policy" else 1)
     if role == "policy":
         record["worker_reason"] = node.worker.snapshot().reason
         node.worker.shutdown()
@@ -225,7 +240,7 @@ def run_one_process(standin_s, duration_s, checkpoint, width, height, names) -> 
     record: dict = {}
     nodes = [make_policy(context, checkpoint, standin_s, record), make_executor(context, record),
              make_robot(context, width, height, names, record)]
-    spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]))
+    record["cpu_all"] = spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]))
     nodes[0].worker.shutdown()
     record["stats"] = nodes[1].controller.stats
     for node in nodes:
@@ -258,6 +273,9 @@ def analyse(record: dict) -> dict:
         tick_wait.append(tick[0] - planned[1])
         tick_cost.append(out[1] - tick[0])
         overhead.append(after_inference[-1] + transport[-1] + planning[-1] + tick_cost[-1])
+    # Holds while the policy was producing (the bench stops the policy first; the hold after it is expected).
+    horizon_end = published[-1][2] if published else 0.0
+    holds = [reason for at, reason in record["holds"] if published and published[0][2] < at < horizon_end]
     ms = lambda values: [v * 1e3 for v in values]  # noqa: E731
     stats = record["stats"]
     callbacks = [e - s for s, e in record["image_callback"]]
@@ -266,7 +284,9 @@ def analyse(record: dict) -> dict:
             "tick_cost": ms(tick_cost), "overhead": ms(overhead), "image_callback": ms(callbacks),
             "tick_work": ms([e - s for s, e in ticks]),
             "period_mean_ms": stats["tick_period_mean_s"] * 1e3, "period_std_ms": stats["tick_period_std_s"] * 1e3,
-            "jitter_max_ms": stats["tick_jitter_max_s"] * 1e3, "holds": stats["holds"]}
+            "jitter_max_ms": stats["tick_jitter_max_s"] * 1e3, "holds": len(holds),
+            "cpu": " / ".join(f"{record[k]:.0f}" for k in ("cpu_robot", "cpu_policy", "cpu_executor", "cpu_all")
+                              if k in record)}
 
 
 ROWS = [
@@ -285,7 +305,8 @@ ROWS = [
     ("tick work p50 / p95 ms", lambda r: f"{pct(r['tick_work'], 50):.2f} / {pct(r['tick_work'], 95):.2f}"),
     ("tick period mean / std ms (50 Hz = 20)", lambda r: f"{r['period_mean_ms']:.2f} / {r['period_std_ms']:.2f}"),
     ("tick jitter max ms", lambda r: f"{r['jitter_max_ms']:.2f}"),
-    ("starvation holds", lambda r: f"{r['holds']}"),
+    ("holds while the policy ran (starvation etc.)", lambda r: f"{r['holds']}"),
+    ("CPU % of a core: robot / policy / executor", lambda r: r["cpu"]),
 ]
 
 

@@ -26,8 +26,7 @@ import argparse
 import math
 import sys
 import time
-from collections import Counter, defaultdict
-from contextlib import contextmanager
+from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,14 +34,14 @@ from typing import Any
 import numpy as np
 
 from gem_train.collect_sim import GRIPPER_CHANNEL
+from gem_train.data.bag import (COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, JointSeries, align, bag_dir, decode_image,
+                                error_stats, open_bag, stamp_ns, typestore)
 from gem_train.data.episodes import COMPRESSIONS, EpisodeWriter
 
 ACTION_SOURCES = ("next_state", "command_topic")
 ALIGNMENTS = ("nearest", "hold_last")
 TIME_SOURCES = ("header", "receive")
 INSTRUCTION_FILE = "instruction.txt"        # per-bag task sentence; wins over the config's `instruction`
-IMAGE, COMPRESSED = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
-JOINT_STATE, TRAJECTORY = "sensor_msgs/msg/JointState", "trajectory_msgs/msg/JointTrajectory"
 _CHOICES = {"action_source": ACTION_SOURCES, "alignment": ALIGNMENTS, "time_source": TIME_SOURCES,
             "compression": COMPRESSIONS}
 
@@ -152,63 +151,6 @@ class ConversionSummary:
         return "\n".join(lines)
 
 
-def _typestore():
-    from rosbags.typesys import Stores, get_typestore
-
-    store = getattr(Stores, "ROS2_KILTED", None) or getattr(Stores, "ROS2_JAZZY", None) or Stores.LATEST
-    return get_typestore(store)
-
-
-def _bag_dir(bag_path: Path | str) -> Path:
-    path = Path(bag_path)
-    return path.parent if path.is_file() and (path.parent / "metadata.yaml").exists() else path
-
-
-def _stamp_ns(msg: Any, log_ns: int, use_header: bool) -> int:
-    stamp = msg.header.stamp
-    ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-    return ns if use_header and ns else int(log_ns)
-
-
-def _align(stamps: np.ndarray, grid: np.ndarray, mode: str, max_age_ns: float):
-    """Per grid time: index into sorted `stamps`, |error| in ns, and whether it is within max_age."""
-    after = np.searchsorted(stamps, grid, side="right")            # first sample later than the grid time
-    before = np.clip(after - 1, 0, len(stamps) - 1)
-    err_before = np.abs(grid - stamps[before])
-    if mode == "hold_last":
-        return before, err_before, (after > 0) & (err_before <= max_age_ns)
-    after = np.clip(after, 0, len(stamps) - 1)
-    err_after = np.abs(stamps[after] - grid)
-    index = np.where(err_after < err_before, after, before)       # ties go to the earlier sample
-    err = np.minimum(err_before, err_after)
-    return index, err, err <= max_age_ns
-
-
-class _Joints:
-    """Per-joint (time, position) samples of one topic, filled by name from partial or shuffled messages."""
-
-    def __init__(self, wanted: list[str]):
-        self.wanted, self.samples, self.seen = set(wanted), defaultdict(list), set()
-
-    def add(self, t_ns: int, names, positions) -> None:
-        self.seen.update(names)
-        for name, value in zip(names, positions):
-            if name in self.wanted:
-                self.samples[name].append((t_ns, float(value)))
-
-    def series(self, topic: str, names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """joint -> (stamps int64 ns, positions float64), sorted by time."""
-        missing = [n for n in names if not self.samples.get(n)]
-        if missing:
-            raise ValueError(f"{topic}: no positions for joints {missing}; joints seen: {sorted(self.seen)}")
-        out = {}
-        for name in names:
-            stamps = np.array([t for t, _ in self.samples[name]], np.int64)   # int64: ns do not fit a float64
-            order = np.argsort(stamps, kind="stable")
-            out[name] = (stamps[order], np.array([v for _, v in self.samples[name]])[order])
-        return out
-
-
 @dataclass
 class _Plan:
     """What to write: grid-aligned state/action rows and, per camera topic, which message each step shows."""
@@ -223,21 +165,6 @@ class _Plan:
     gripper_from: str                           # where the gripper action channel(s) came from
 
 
-@contextmanager
-def _open(bag: Path):
-    from rosbags.rosbag2 import Reader, ReaderError
-
-    try:
-        reader = Reader(bag)
-        reader.open()
-    except (ReaderError, FileNotFoundError) as exc:
-        raise ValueError(f"{bag}: not a readable rosbag2 folder ({exc})") from exc
-    try:
-        yield reader
-    finally:
-        reader.close()
-
-
 def _wanted_topics(cfg: BagConversionConfig) -> dict[str, tuple[str, ...]]:
     wanted = {**{t: (IMAGE, COMPRESSED) for t in cfg.camera_topics.values()}, cfg.joint_state_topic: (JOINT_STATE,)}
     if cfg.command_topic:
@@ -245,13 +172,13 @@ def _wanted_topics(cfg: BagConversionConfig) -> dict[str, tuple[str, ...]]:
     return wanted
 
 
-def _read_samples(bag: Path, cfg: BagConversionConfig, store) -> tuple[_Joints, _Joints, dict[str, list[int]], float]:
+def _read_samples(bag: Path, cfg: BagConversionConfig, store) -> tuple[JointSeries, JointSeries, dict[str, list[int]], float]:
     """Pass 1: every stamp, and joint positions by name (images are decoded only in pass 2)."""
     wanted = _wanted_topics(cfg)
     joint_names = list(dict.fromkeys([*cfg.state_joint_names, *cfg.action_joint_names, *cfg.gripper_joint_names]))
-    joints, commands = _Joints(joint_names), _Joints(joint_names)
+    joints, commands = JointSeries(joint_names), JointSeries(joint_names)
     cam_stamps: dict[str, list[int]] = {t: [] for t in cfg.camera_topics.values()}
-    with _open(bag) as reader:
+    with open_bag(bag) as reader:
         available = {c.topic: c.msgtype for c in reader.connections}
         missing = [t for t in wanted if t not in available]
         if missing:
@@ -263,7 +190,7 @@ def _read_samples(bag: Path, cfg: BagConversionConfig, store) -> tuple[_Joints, 
         use_header = cfg.time_source == "header"
         for conn, log_ns, raw in reader.messages(connections=[c for c in reader.connections if c.topic in wanted]):
             msg = store.deserialize_cdr(raw, conn.msgtype)     # image data stays a view of `raw`: cheap
-            t_ns = _stamp_ns(msg, log_ns, use_header)
+            t_ns = stamp_ns(msg, log_ns, use_header)
             if conn.topic in cam_stamps:
                 cam_stamps[conn.topic].append(t_ns)
             elif conn.msgtype == TRAJECTORY:
@@ -278,7 +205,7 @@ def _read_samples(bag: Path, cfg: BagConversionConfig, store) -> tuple[_Joints, 
     return joints, commands, cam_stamps, duration_s
 
 
-def _plan(bag: Path, cfg: BagConversionConfig, joints: _Joints, commands: _Joints,
+def _plan(bag: Path, cfg: BagConversionConfig, joints: JointSeries, commands: JointSeries,
           cam_stamps: dict[str, list[int]]) -> _Plan:
     """Build the grid over the overlap of all required series, align each, and decide which steps survive."""
     gripper_from = cfg.action_source
@@ -307,7 +234,7 @@ def _plan(bag: Path, cfg: BagConversionConfig, joints: _Joints, commands: _Joint
     at_grid: dict[str, np.ndarray] = {}          # joint -> position at every grid time
     joint_ok, joint_err = np.ones(num_steps, bool), np.zeros(num_steps, np.int64)
     for name, (stamps, positions) in joint_series.items():
-        index, err, ok = _align(stamps, grid, cfg.alignment, max_age_ns)
+        index, err, ok = align(stamps, grid, cfg.alignment, max_age_ns)
         at_grid[name] = positions[index]
         if name in cfg.state_joint_names:
             joint_ok, joint_err = joint_ok & ok[:-1], np.maximum(joint_err, err[:-1])
@@ -316,13 +243,13 @@ def _plan(bag: Path, cfg: BagConversionConfig, joints: _Joints, commands: _Joint
     ok_by[cfg.joint_state_topic], err_by[cfg.joint_state_topic] = joint_ok, joint_err
     cam_index = {}
     for topic, stamps in cam_series.items():
-        index, err_by[topic], ok_by[topic] = _align(stamps, grid[:-1], cfg.alignment, max_age_ns)
+        index, err_by[topic], ok_by[topic] = align(stamps, grid[:-1], cfg.alignment, max_age_ns)
         cam_index[topic] = cam_order[topic][index]                # sorted position -> message order in the bag
     action_values = {j: at_grid[j][1:] for j in next_joints}
     if command_series:   # the command in force at t_{k+1}: the last one sent before the next observation
         cmd_ok, cmd_err = np.ones(num_steps, bool), np.zeros(num_steps, np.int64)
         for name, (stamps, positions) in command_series.items():
-            index, err, ok = _align(stamps, grid[1:], "hold_last", cfg.command_max_age_s * 1e9)
+            index, err, ok = align(stamps, grid[1:], "hold_last", cfg.command_max_age_s * 1e9)
             action_values[name], cmd_ok, cmd_err = positions[index], cmd_ok & ok, np.maximum(cmd_err, err)
         ok_by[cfg.command_topic], err_by[cfg.command_topic] = cmd_ok, cmd_err
     fingers = [action_values[j] for j in cfg.gripper_joint_names]
@@ -346,16 +273,6 @@ def _plan(bag: Path, cfg: BagConversionConfig, joints: _Joints, commands: _Joint
                  int(grid[0]), gripper_from)
 
 
-def _decode(msg: Any, msgtype: str, size: int | None) -> np.ndarray:
-    from gem_ros.core.observation.images import decode_compressed, decode_raw, resize_to
-
-    if msgtype == IMAGE:
-        rgb = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
-    else:
-        rgb = decode_compressed(msg.format, msg.data)
-    return np.ascontiguousarray(resize_to(rgb, size, size) if size else rgb)
-
-
 def _write(bag: Path, paths: list[Path], plan: _Plan, cfg: BagConversionConfig, instruction: str, store,
            progress: bool) -> list[Path]:
     """Pass 2: decode only the chosen frames, in bag order, and stream each step out once all its cameras came."""
@@ -374,14 +291,14 @@ def _write(bag: Path, paths: list[Path], plan: _Plan, cfg: BagConversionConfig, 
              "camera_topics": dict(cfg.camera_topics)}
     bar = tqdm(total=len(written), desc=bag.name, unit="step", disable=not progress)
     try:
-        with _open(bag) as reader:
+        with open_bag(bag) as reader:
             wanted = _wanted_topics(cfg)    # same connections as pass 1, so per-topic message order matches
             for conn, _, raw in reader.messages(connections=[c for c in reader.connections if c.topic in wanted]):
                 if conn.topic not in cam_of:
                     continue
                 i, seen[conn.topic] = seen[conn.topic], seen[conn.topic] + 1
                 if i in uses[conn.topic]:
-                    frames[conn.topic, i] = _decode(store.deserialize_cdr(raw, conn.msgtype), conn.msgtype,
+                    frames[conn.topic, i] = decode_image(store.deserialize_cdr(raw, conn.msgtype), conn.msgtype,
                                                     cfg.image_size)
                 while current is not None and all((t, plan.cam_index[t][current[1]]) in frames for t in cam_of):
                     piece, k = current
@@ -417,12 +334,12 @@ def _write(bag: Path, paths: list[Path], plan: _Plan, cfg: BagConversionConfig, 
 def convert_bag(bag_path: Path | str, out_path: Path | str, cfg: BagConversionConfig,
                 progress: bool = True) -> ConversionSummary:
     """One rosbag2 folder -> out_path/<bag name>.hdf5 (or <bag name>_<k>.hdf5 per piece with split_on_gap_s)."""
-    t_start, bag, out_dir = time.perf_counter(), _bag_dir(bag_path), Path(out_path)
+    t_start, bag, out_dir = time.perf_counter(), bag_dir(bag_path), Path(out_path)
     instruction_file = bag / INSTRUCTION_FILE
     instruction = instruction_file.read_text().strip() if instruction_file.is_file() else cfg.instruction
     if not instruction:
         raise ValueError(f"{bag}: no instruction (give one in the config / --instruction or in {instruction_file})")
-    store = _typestore()
+    store = typestore()
     joints, commands, cam_stamps, duration_s = _read_samples(bag, cfg, store)
     plan = _plan(bag, cfg, joints, commands, cam_stamps)
     names = [f"{bag.name}.hdf5"] if len(plan.pieces) == 1 else [f"{bag.name}_{k:03d}.hdf5"
@@ -435,7 +352,7 @@ def convert_bag(bag_path: Path | str, out_path: Path | str, cfg: BagConversionCo
     num_steps = len(plan.state)
     return ConversionSummary(bag=bag, episodes=episodes, frames=len(written), grid_steps=num_steps,
                              dropped_steps=num_steps - len(written), dropped_by=plan.dropped_by,
-                             alignment_ms={t: _error_stats(e[written]) for t, e in plan.errors_ns.items()},
+                             alignment_ms={t: error_stats(e[written]) for t, e in plan.errors_ns.items()},
                              bag_duration_s=duration_s, seconds=time.perf_counter() - t_start)
 
 
@@ -443,11 +360,6 @@ def _runs(indices: np.ndarray) -> list[list[int]]:
     """Grid step indices as inclusive [first, last] runs (a piece's dropped steps are the holes)."""
     breaks = np.flatnonzero(np.diff(indices) != 1) + 1
     return [[int(run[0]), int(run[-1])] for run in np.split(indices, breaks)]
-
-
-def _error_stats(err_ns: np.ndarray) -> dict[str, float]:
-    ms = np.asarray(err_ns, float) / 1e6
-    return {"mean": float(ms.mean()), "p95": float(np.percentile(ms, 95)), "max": float(ms.max())}
 
 
 def _parse_cameras(items: list[str] | None) -> dict[str, str] | None:

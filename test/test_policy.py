@@ -200,3 +200,18 @@ def test_gem2b_layout_backbone_routes_depth_keys_to_depth_expert(tmp_path, make_
     plain = GemVLAPolicy.build(tiny_policy_config(), backbone_dir, normalizer, device="cpu").eval()
     assert plain.depth_expert is None
     assert plain.predict_action_chunk(make_observation(plain.config)).shape == (8, 9)
+
+
+def test_tiny_patch_size_sets_vision_tokens_per_image(tmp_path):
+    from gem_ros.core.policy import backbone as bb
+
+    counts = {}
+    for patch in (16, 8):
+        path = write_tiny_backbone(tmp_path / f"patch{patch}", patch_size=patch)
+        model = bb.load_backbone(path, torch.float32, torch.device("cpu"))
+        prompt = bb.build_prompts(bb.load_processor(path), [[np.zeros((64, 64, 3), np.uint8)]], ["go"],
+                                  torch.device("cpu"))
+        counts[patch] = int((prompt.input_ids == model.config.image_token_id).sum())
+        stack, _ = bb.hidden_state_stack(model, prompt, [0, 1])
+        assert stack.shape[2] == prompt.input_ids.shape[1]
+    assert counts == {16: 4, 8: 16}   # (64 / patch / merge 2)^2 tokens

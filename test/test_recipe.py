@@ -1,0 +1,91 @@
+"""The shipped sim checkpoint's recipe still runs: collect -> train -> export, scaled down to seconds.
+
+`checkpoints/sim_pick_tiny/recipe.json` holds the exact command lines that produced the shipped checkpoint. This
+test runs the same commands with smaller numbers (2 episodes, 32 px, a few steps) and checks that the exported
+checkpoint has the shipped one's I/O schema, loads, and acts.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gem_ros.core.policy.checkpoint import read_config
+from gem_ros.core.policy.config import CameraSpec
+from gem_ros.core.policy.gem_vla import GemVLAPolicy
+from gem_ros.core.policy.observation import Observation
+from gem_ros.demo import SHIPPED_CHECKPOINT
+from gem_train import collect_sim, export, train
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+# Scale-down of the recipe: what changes (sizes and counts), never what the policy is.
+SCALE = {"collect": {"--episodes": "2", "--image-size": str(SIZE), "--workers": "1"},
+         "train": {"data.image_size": str(SIZE), "train.max_steps": "3", "train.checkpoint_every": "3",
+                   "train.eval_every": "3", "train.eval_batches": "1", "train.batch_size": "4",
+                   "data.val_fraction": "0.5"}}
+
+
+def scaled(argv: list[str], changes: dict[str, str], tmp: Path) -> list[str]:
+    """Replace `--flag value` pairs and `key=value` overrides; send every path the recipe writes under tmp."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in changes:
+            out += [arg, changes[arg]]
+            i += 2
+            continue
+        if arg in ("--out", "--run-dir", "--checkpoint"):
+            out += [arg, str(tmp / Path(argv[i + 1]).name)]
+            i += 2
+            continue
+        if arg == "--config":
+            out += [arg, str(REPO / argv[i + 1])]
+            i += 2
+            continue
+        key = arg.split("=", 1)[0]
+        out.append(f"{key}={changes[key]}" if "=" in arg and key in changes else arg)
+        i += 1
+    present = {a.split("=", 1)[0] for a in out} | set(out)
+    for key, value in changes.items():
+        if key not in present:
+            out += [key, value] if key.startswith("--") else [f"{key}={value}"]
+    return out
+
+
+def test_shipped_recipe_reruns_small(tmp_path, capsys):
+    recipe = json.loads((SHIPPED_CHECKPOINT / "recipe.json").read_text())
+    data_dir = tmp_path / Path(recipe["collect"][recipe["collect"].index("--out") + 1]).name
+    collect_argv = scaled(recipe["collect"], SCALE["collect"], tmp_path) + ["--coarse-meshes"]
+    assert collect_sim.main(collect_argv) == 0
+
+    train_argv = scaled(recipe["train"], {**SCALE["train"], "data.dataset_dirs": f"[{data_dir}]"}, tmp_path)
+    assert train.main(train_argv) == 0
+    run_dir = Path(train_argv[train_argv.index("--run-dir") + 1])
+    out = tmp_path / "exported"
+    assert export.main(["--checkpoint", str(run_dir), "--out", str(out)]) == 0
+
+    shipped, made = read_config(SHIPPED_CHECKPOINT).io, read_config(out).io
+    assert made == replace(shipped, cameras=[CameraSpec(c.name, SIZE, SIZE) for c in shipped.cameras])
+    policy = GemVLAPolicy.from_pretrained(out, device="cpu")
+    rng = np.random.default_rng(0)
+    obs = Observation({c.name: rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for c in made.cameras},
+                      np.zeros(made.state_dim, np.float32), "pick up the red cube")
+    chunk = policy.predict_action_chunk(obs, seed=0)
+    assert chunk.shape == (made.chunk_len, made.action_dim) and np.all(np.isfinite(chunk))
+
+
+def test_scaled_rewrites_counts_and_paths(tmp_path):
+    argv = ["--config", "gem_train/c.yaml", "--run-dir", "runs/x", "data.image_size=128", "train.max_steps=8000"]
+    assert scaled(argv, {"data.image_size": "32", "train.max_steps": "3", "train.seed": "1"}, tmp_path) == [
+        "--config", str(REPO / "gem_train/c.yaml"), "--run-dir", str(tmp_path / "x"), "data.image_size=32", "train.max_steps=3",
+        "train.seed=1"]
+
+
+@pytest.mark.parametrize("key", ["collect", "train", "export"])
+def test_recipe_names_every_step(key):
+    recipe = json.loads((SHIPPED_CHECKPOINT / "recipe.json").read_text())
+    assert isinstance(recipe[key], list) and recipe[key]
