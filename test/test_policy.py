@@ -215,3 +215,17 @@ def test_tiny_patch_size_sets_vision_tokens_per_image(tmp_path):
         stack, _ = bb.hidden_state_stack(model, prompt, [0, 1])
         assert stack.shape[2] == prompt.input_ids.shape[1]
     assert counts == {16: 4, 8: 16}   # (64 / patch / merge 2)^2 tokens
+
+
+def test_tiny_vision_positions_start_as_a_decodable_grid(tiny_backbone_dir):
+    from gem_ros.core.policy import backbone as bb
+    from gem_ros.core.policy.tiny import sincos_grid_positions
+
+    table = bb.load_backbone(tiny_backbone_dir, torch.float32, torch.device("cpu")).model.visual.pos_embed.weight
+    side = int(round(table.shape[0] ** 0.5))
+    np.testing.assert_allclose(table.detach().numpy(), sincos_grid_positions(side, table.shape[1]).numpy(), atol=1e-6)
+    # a linear read-out recovers (row, column) of every cell: position is in the features from step 0
+    cells = np.stack(np.divmod(np.arange(side * side), side), axis=1).astype(float)
+    features = np.c_[table.detach().numpy(), np.ones(side * side)]
+    fit, *_ = np.linalg.lstsq(features, cells, rcond=None)
+    assert np.abs(features @ fit - cells).max() < 0.5

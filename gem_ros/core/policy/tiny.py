@@ -83,6 +83,21 @@ def tiny_backbone_config(tokenizer: Qwen2Tokenizer, hidden: int = 64, text_layer
         tie_word_embeddings=True, **ids)
 
 
+def sincos_grid_positions(side: int, dim: int, base: float = 100.0) -> torch.Tensor:
+    """(side * side, dim) row-major 2D sin-cos table: first half encodes the row, second half the column.
+
+    Base 100 (not MAE's 10000) keeps every frequency useful on a 16-cell grid; the lowest ones are nearly linear
+    in the position, so a linear read-out recovers where a patch is.
+    """
+    quarter = dim // 4
+    omega = 1.0 / base ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    cells = torch.arange(side, dtype=torch.float64)
+    axis = torch.cat([torch.sin(cells[:, None] * omega), torch.cos(cells[:, None] * omega)], dim=1)   # (side, dim/2)
+    rows = axis[:, None, :].expand(side, side, -1)
+    cols = axis[None, :, :].expand(side, side, -1)
+    return torch.cat([rows, cols], dim=-1).reshape(side * side, dim).float()
+
+
 def write_tiny_backbone(path: Path, hidden: int = 64, text_layers: int = 3, seed: int = 0,
                         patch_size: int = 16) -> Path:
     """Write a complete tiny Qwen3-VL folder loadable by `backbone.load_backbone` / `load_processor`."""
@@ -91,6 +106,13 @@ def write_tiny_backbone(path: Path, hidden: int = 64, text_layers: int = 3, seed
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(tiny_backbone_config(tokenizer, hidden, text_layers, patch_size)).eval()
+    # A from-scratch ViT spends many epochs learning where a patch is (its learned position table starts as
+    # std-0.02 noise under much larger patch features). Start the tiny one from a 2D sin-cos table instead, so a
+    # cube's image position is readable from its tokens from step 0; the table stays trainable.
+    table = model.model.visual.pos_embed.weight
+    side = int(round(table.shape[0] ** 0.5))
+    with torch.no_grad():
+        table.copy_(sincos_grid_positions(side, table.shape[1]))
     model.save_pretrained(str(path))
     processor = ImageOnlyQwen3VLProcessor(image_processor=tiny_image_processor(patch_size), tokenizer=tokenizer,
                                           chat_template=CHAT_TEMPLATE)
