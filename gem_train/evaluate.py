@@ -2,6 +2,8 @@
 
     gem_eval offline --checkpoint CKPT --data data/sim_pick [--out outputs/eval]   # held-out action error + plots
     gem_eval sim --checkpoint CKPT --episodes 10 [--seed 0] [--out outputs/eval_sim] # closed-loop success rate
+    gem_eval rollout --checkpoint CKPT --episodes 20      # the same sim without ROS: the policy alone, fast
+    gem_eval sensitivity --checkpoint CKPT --data DIR     # does the policy use its images or copy its state?
 
 `offline` replays held-out episodes (the same episode split as `gem_train`: `--val-fraction`, `--split-seed`)
 through the policy and reports per-channel absolute error of the predicted chunk against the recorded actions,
@@ -94,7 +96,27 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--episode-timeout", type=float, default=12.0)
     sim.add_argument("--out", type=Path, default=Path("outputs/eval_sim"))
+    roll = sub.add_parser("rollout", help="direct closed loop in the embedded simulator, no ROS (gem_train.rollout)")
+    roll.add_argument("--checkpoint", type=Path, required=True)
+    roll.add_argument("--episodes", type=int, default=20)
+    roll.add_argument("--seed", type=int, default=0)
+    roll.add_argument("--execute", type=int, default=0, help="actions executed per chunk (0: half the chunk)")
+    roll.add_argument("--episode-timeout", type=float, default=12.0)
+    roll.add_argument("--out", type=Path, default=Path("outputs/eval_rollout"))
+    sens = sub.add_parser("sensitivity", help="chunk change when images or state are swapped (copycat check)")
+    sens.add_argument("--checkpoint", type=Path, required=True)
+    sens.add_argument("--data", type=Path, required=True)
+    sens.add_argument("--steps", type=int, nargs="+", default=[0, 15, 30])
+    sens.add_argument("--episodes", type=int, default=10)
     args = parser.parse_args(argv)
+    if args.mode in ("rollout", "sensitivity"):
+        from gem_train import rollout
+
+        report = rollout.rollout(args.checkpoint, args.episodes, args.seed, args.execute, args.episode_timeout,
+                                 args.out) if args.mode == "rollout" else \
+            rollout.sensitivity(args.checkpoint, args.data, args.steps, args.episodes)
+        print(json.dumps(report, indent=2))
+        return 0
     if args.mode == "offline":
         report = offline(args.checkpoint, args.data, args.out, args.val_fraction, args.split_seed, args.stride,
                          args.max_episodes)

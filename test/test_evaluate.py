@@ -9,6 +9,7 @@ import pytest
 from gem_ros.demo import ARM_JOINTS, FINGERS, make_random_sim_checkpoint
 from gem_train.data.episodes import EpisodeWriter
 from gem_train.evaluate import main
+from gem_train.rollout import rollout, sensitivity
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +45,37 @@ def test_offline_eval_without_held_out_episodes_is_a_clear_error(tmp_path, sim_c
     with pytest.raises(ValueError, match="no held-out episodes"):
         main(["offline", "--checkpoint", str(sim_checkpoint), "--data", str(tmp_path / "data"),
               "--out", str(tmp_path / "eval"), "--val-fraction", "0.0"])
+
+
+def test_rollout_runs_seeded_episodes_without_ros(tmp_path, sim_checkpoint):
+    out = tmp_path / "rollout"
+    assert main(["rollout", "--checkpoint", str(sim_checkpoint), "--episodes", "2", "--episode-timeout", "0.8",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "rollout.json").read_text())
+    assert report["episodes"] == 2 and report["execute_per_chunk"] == 4 and report["success_rate"] == 0.0
+    first, second = report["rows"]
+    assert first["seconds"] == pytest.approx(0.8) and first["final_ee_to_target_xy_m"] > 0
+    assert first["instruction"].startswith("pick up the")
+    again = rollout(sim_checkpoint, 1, max_s=0.8)   # seeded: the same episode replays identically
+    assert again["rows"][0] == first
+
+
+def test_sensitivity_tells_images_from_state(tmp_path, sim_checkpoint):
+    import torch
+
+    from gem_ros.core.policy.gem_vla import GemVLAPolicy
+
+    write_episodes(tmp_path / "data", count=4, steps=12)
+    policy = GemVLAPolicy.from_pretrained(sim_checkpoint, device="cpu", for_training=True)
+    with torch.no_grad():   # leave adaLN-Zero's identity init so that the inputs reach the output
+        for weight in policy.action_expert.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+    policy.config.io.state_input = False      # a vision-only policy: the state cannot matter
+    checkpoint = policy.save_pretrained(tmp_path / "vision_only")
+    report = sensitivity(checkpoint, tmp_path / "data", steps=(0, 11), val_fraction=0.5)
+    assert set(report) == {"step_0", "step_11"}
+    for row in report.values():
+        assert row["recorded_spread_across_episodes"] > 0 and row["error"] > 0
+        assert row["change_when_images_swapped"] > 1e-4 and row["change_when_state_swapped"] == 0.0
+    with pytest.raises(ValueError, match="held-out"):
+        sensitivity(sim_checkpoint, tmp_path / "data", val_fraction=0.01)

@@ -175,6 +175,11 @@ class ChunkDataset(Dataset):
     def __len__(self) -> int:
         return int(self._ends[-1])
 
+    def episode_span(self, k: int) -> tuple[int, int]:
+        """(first sample index, number of samples) of episode k."""
+        start = int(self._ends[k - 1]) if k else 0
+        return start, int(self._ends[k]) - start
+
     def locate(self, index: int) -> tuple[int, int]:
         """(episode number, step) of a sample index."""
         if not 0 <= index < len(self):
