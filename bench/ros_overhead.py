@@ -7,7 +7,9 @@ A fake robot publishes 2 cameras (640x480 rgb8, 30 Hz) and /joint_states (100 Hz
 predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in production, in one of two layouts:
   processes    robot, gem_policy and gem_executor each in its own process (what gem.launch.py starts; a real
                camera driver is its own process too)
-  one-process  all three nodes in one process under one MultiThreadedExecutor (what gem_demo does)
+  one-process  all three nodes in one process under one SingleThreadedExecutor (what gem_demo does)
+Every node spins a SingleThreadedExecutor, as the nodes' main()s do: rclpy's MultiThreadedExecutor burned a whole
+core in the policy process on this load and dropped half the camera frames (--threads 4 shows it).
 Every node times its own work with the wall clock (one machine, one clock), per chunk:
   frame age     observation stamp -> inference start: waiting for the newest frame (<= 1 / camera rate), not
                 overhead. Inference is started by the worker's poll (every 10 ms), so this also holds the poll wait.
@@ -139,7 +141,7 @@ def make_executor(context, record: dict):
     return node
 
 
-def spin(context, nodes, until, on_start=None, threads: int = 4) -> float:
+def spin(context, nodes, until, on_start=None, threads: int = 1) -> float:
     """Spin `nodes` (threads > 1: MultiThreadedExecutor, else SingleThreadedExecutor) until `until()` is true,
     after `on_start`. Returns the process CPU use in % of one core over the spin."""
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
@@ -175,7 +177,7 @@ def _start_policy(node) -> None:
 
 # ------------------------------------------------------------------------------------------------ layouts
 def node_process(role: str, out: str, duration_s: float, checkpoint: str, standin_s: float, width: int,
-                 height: int, names: list[str], stop) -> None:
+                 height: int, names: list[str], stop, threads: int) -> None:
     """One node in its own process; writes what it recorded to `out` as JSON. The policy runs `duration_s` once
     its inputs flow; the robot and the executor run until the parent sets `stop`."""
     import rclpy
@@ -190,9 +192,8 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
         start = lambda: _start_policy(node)  # noqa: E731
     else:
         node, start = make_executor(context, record), None
-    # The executors gem.launch.py's nodes use: the policy needs threads (action server + worker callbacks).
     record[f"cpu_{role}"] = spin(context, [node], for_seconds(duration_s) if role == "policy" else stop.is_set,
-                                 start, threads=4 if role == "policy" else 1)
+                                 start, threads)
     if role == "policy":
         record["worker_reason"] = node.worker.snapshot().reason
         node.worker.shutdown()
@@ -203,7 +204,7 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
     Path(out).write_text(json.dumps(record, default=float))
 
 
-def run_processes(standin_s, duration_s, checkpoint, width, height, names) -> dict:
+def run_processes(standin_s, duration_s, checkpoint, width, height, names, threads) -> dict:
     # The shipped Fast DDS profile: a 640x480 frame does not fit the default 512 kB shared-memory segment.
     os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_localhost.xml"))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -212,7 +213,8 @@ def run_processes(standin_s, duration_s, checkpoint, width, height, names) -> di
     with tempfile.TemporaryDirectory() as tmp:
         outs = {role: str(Path(tmp) / f"{role}.json") for role in ("robot", "executor", "policy")}
         procs = {role: spawn.Process(target=node_process, args=(
-            role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop)) for role in outs}
+            role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop, threads))
+            for role in outs}
         for proc in procs.values():
             proc.start()
         # The robot and the executor stop after the policy, so the policy's whole run is observed.
@@ -232,7 +234,7 @@ def run_processes(standin_s, duration_s, checkpoint, width, height, names) -> di
     return record
 
 
-def run_one_process(standin_s, duration_s, checkpoint, width, height, names) -> dict:
+def run_one_process(standin_s, duration_s, checkpoint, width, height, names, threads) -> dict:
     import rclpy
 
     context = rclpy.context.Context()
@@ -240,7 +242,7 @@ def run_one_process(standin_s, duration_s, checkpoint, width, height, names) -> 
     record: dict = {}
     nodes = [make_policy(context, checkpoint, standin_s, record), make_executor(context, record),
              make_robot(context, width, height, names, record)]
-    record["cpu_all"] = spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]))
+    record["cpu_all"] = spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]), threads)
     nodes[0].worker.shutdown()
     record["stats"] = nodes[1].controller.stats
     for node in nodes:
@@ -315,6 +317,7 @@ def main(argv=None) -> None:
     parser.add_argument("--standin-ms", type=float, nargs="+", default=[50.0, 300.0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of policy activity per run")
     parser.add_argument("--layout", choices=["both", "processes", "one-process"], default="both")
+    parser.add_argument("--threads", type=int, default=1, help="> 1: MultiThreadedExecutor with this many threads")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     args = parser.parse_args(argv)
@@ -330,10 +333,12 @@ def main(argv=None) -> None:
         checkpoint = make_random_sim_checkpoint(Path(tmp))
         for layout in layouts:
             for d in args.standin_ms:
-                raw = runners[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names)
+                raw = runners[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names,
+                                      args.threads)
                 results[(layout, d)] = analyse(raw)
     print(f"\nROS overhead: 2 cameras {args.width}x{args.height} rgb8 at 30 Hz, joint states 100 Hz, executor 50 Hz, "
-          f"{args.duration:.0f} s per run, wall clock")
+          f"{args.duration:.0f} s per run, wall clock, "
+          f"{'SingleThreadedExecutor' if args.threads == 1 else f'MultiThreadedExecutor({args.threads})'} per process")
     keys = list(results)
     print(f"{'':46}" + "".join(f"{f'{layout} {d:.0f} ms':>24}" for layout, d in keys))
     for label, fmt in ROWS:

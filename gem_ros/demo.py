@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from tqdm import tqdm
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         **executor_overrides(Path(checkpoint))))
     tools = Node("gem_demo", parameter_overrides=node_parameters(config, "gem_policy", use_sim_time=True)[:0])
     recorder = Recorder(tools)
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = SingleThreadedExecutor()   # rclpy's multi-threaded one burns a core on this load
     for node in (sim, policy, executor_node, tools):
         executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)

@@ -56,17 +56,17 @@ def _make_observation(config, seed: int = 0, instruction: str = "pick up the red
 
 @pytest.fixture
 def ros():
-    """An isolated rclpy context with a multi-threaded executor spinning in the background.
+    """An isolated rclpy context with a single-threaded executor spinning in the background (as the nodes' mains).
 
     `ros.add(node)` spins a node; `ros.wait_for(predicate, timeout)` polls a condition (never a fixed sleep)."""
     rclpy = pytest.importorskip("rclpy")
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     class Ros:
         def __init__(self):
             self.context = rclpy.context.Context()
             rclpy.init(context=self.context)
-            self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+            self.executor = SingleThreadedExecutor(context=self.context)
             self.nodes = []
             self._thread = threading.Thread(target=self._spin, daemon=True)
             self._thread.start()

@@ -1,8 +1,9 @@
-"""The shipped sim checkpoint's recipe still runs: collect -> train -> export, scaled down to seconds.
+"""The sim recipe still runs: collect -> train -> export, scaled down to seconds.
 
-`checkpoints/sim_pick_tiny/recipe.json` holds the exact command lines that produced the shipped checkpoint. This
-test runs the same commands with smaller numbers (2 episodes, 32 px, a few steps) and checks that the exported
-checkpoint has the shipped one's I/O schema, loads, and acts.
+`gem_train/configs/sim_pick_tiny.recipe.json` holds the exact command lines of the sim recipe (and, once a
+checkpoint is shipped, the ones that produced `checkpoints/sim_pick_tiny`). This test runs the same commands with
+smaller numbers (2 episodes, 32 px, a few steps) and checks that the exported checkpoint has the I/O schema the
+recipe's config describes (and the shipped checkpoint's, when there is one), loads, and acts.
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from gem_ros.core.policy.gem_vla import GemVLAPolicy
 from gem_ros.core.policy.observation import Observation
 from gem_ros.demo import SHIPPED_CHECKPOINT
 from gem_train import collect_sim, export, train
+from gem_train.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "gem_train" / "configs" / "sim_pick_tiny.recipe.json"
 SIZE = 32
 # Scale-down of the recipe: what changes (sizes and counts), never what the policy is.
 SCALE = {"collect": {"--episodes": "2", "--image-size": str(SIZE), "--workers": "1"},
@@ -57,19 +60,26 @@ def scaled(argv: list[str], changes: dict[str, str], tmp: Path) -> list[str]:
 
 
 def test_shipped_recipe_reruns_small(tmp_path, capsys):
-    recipe = json.loads((SHIPPED_CHECKPOINT / "recipe.json").read_text())
+    recipe = json.loads(RECIPE.read_text())
     data_dir = tmp_path / Path(recipe["collect"][recipe["collect"].index("--out") + 1]).name
-    collect_argv = scaled(recipe["collect"], SCALE["collect"], tmp_path) + ["--coarse-meshes"]
+    collect_argv = scaled(recipe["collect"][1:], SCALE["collect"], tmp_path) + ["--coarse-meshes"]
     assert collect_sim.main(collect_argv) == 0
 
-    train_argv = scaled(recipe["train"], {**SCALE["train"], "data.dataset_dirs": f"[{data_dir}]"}, tmp_path)
+    train_argv = scaled(recipe["train"][1:], {**SCALE["train"], "data.dataset_dirs": f"[{data_dir}]"}, tmp_path)
     assert train.main(train_argv) == 0
     run_dir = Path(train_argv[train_argv.index("--run-dir") + 1])
     out = tmp_path / "exported"
     assert export.main(["--checkpoint", str(run_dir), "--out", str(out)]) == 0
 
-    shipped, made = read_config(SHIPPED_CHECKPOINT).io, read_config(out).io
-    assert made == replace(shipped, cameras=[CameraSpec(c.name, SIZE, SIZE) for c in shipped.cameras])
+    made = read_config(out).io
+    config_index = recipe["train"].index("--config") + 1
+    overrides = [a for a in recipe["train"] if "=" in a and not a.startswith("data.dataset_dirs")]
+    intended = load_config(REPO / recipe["train"][config_index],
+                           overrides + [f"data.dataset_dirs=[{data_dir}]"]).data.io_schema()
+    small = lambda io: replace(io, cameras=[CameraSpec(c.name, SIZE, SIZE) for c in io.cameras])  # noqa: E731
+    assert made == small(intended)
+    if (SHIPPED_CHECKPOINT / "config.json").exists():
+        assert made == small(read_config(SHIPPED_CHECKPOINT).io)
     policy = GemVLAPolicy.from_pretrained(out, device="cpu")
     rng = np.random.default_rng(0)
     obs = Observation({c.name: rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for c in made.cameras},
@@ -85,7 +95,10 @@ def test_scaled_rewrites_counts_and_paths(tmp_path):
         "train.seed=1"]
 
 
-@pytest.mark.parametrize("key", ["collect", "train", "export"])
-def test_recipe_names_every_step(key):
-    recipe = json.loads((SHIPPED_CHECKPOINT / "recipe.json").read_text())
-    assert isinstance(recipe[key], list) and recipe[key]
+@pytest.mark.parametrize("key, program", [("collect", "gem_collect_sim"), ("train", "gem_train"),
+                                          ("export", "gem_export"), ("evaluate", "gem_eval")])
+def test_recipe_names_every_step_with_an_installed_program(key, program):
+    from importlib.metadata import entry_points
+
+    recipe = json.loads(RECIPE.read_text())
+    assert recipe[key][0] == program and program in {e.name for e in entry_points(group="console_scripts")}

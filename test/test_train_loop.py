@@ -150,7 +150,9 @@ def test_dotted_overrides_and_the_shipped_recipes(workdir, tiny_backbone_dir):
 
     episodes = f"data.dataset_dirs=[{workdir / 'episodes'}]"
     tiny = load_config(CONFIGS / "sim_pick_tiny.yaml", [episodes])
-    assert (tiny.data.chunk_len, tiny.data.action_dim, tiny.data.state_dim, tiny.data.image_size) == (8, 8, 9, [96, 96])
+    assert (tiny.data.chunk_len, tiny.data.action_dim, tiny.data.state_dim, tiny.data.image_size) == (16, 8, 9,
+                                                                                                     [128, 128])
+    assert tiny.data.action_space == "delta_joint" and tiny.data.state_input is False
     assert tiny.model.backbone == "tiny"
     with pytest.raises(ValueError, match="model.backbone"):  # the GEM-2B path is a placeholder
         load_config(CONFIGS / "gem2b_full.yaml", [episodes])

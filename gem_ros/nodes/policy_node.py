@@ -15,8 +15,9 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.task import Future
 from rclpy.publisher import Publisher
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.service import Service
@@ -56,6 +57,7 @@ class PolicyNode(LifecycleNode):
         p("seed", 0)
         self.policy = self.worker = self.buffer = None
         self._group = ReentrantCallbackGroup()
+        self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
         self._goal_lock = threading.Lock()
         self._active_goal = None
         self._task_success = False
@@ -258,8 +260,18 @@ class PolicyNode(LifecycleNode):
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
 
-    def _execute(self, goal_handle):
-        """Runs in the action server's thread; it only waits and reports, the worker does the inference."""
+    async def _pause(self, seconds: float) -> None:
+        """Yield to the executor for `seconds` of wall time (a coroutine: the node's other callbacks keep running
+        on a single-threaded executor; wall time, so a paused /clock cannot freeze a cancel)."""
+        done = Future()
+        timer = self.create_timer(seconds, lambda: done.done() or done.set_result(None), clock=self._steady_clock)
+        try:
+            await done
+        finally:
+            self.destroy_timer(timer)
+
+    async def _execute(self, goal_handle):
+        """A coroutine on the node's executor: it only waits and reports, the worker thread does the inference."""
         request = goal_handle.request
         with self._goal_lock:
             self._active_goal = goal_handle   # the loop of an older goal sees this and ends as PREEMPTED
@@ -289,7 +301,7 @@ class PolicyNode(LifecycleNode):
                     progress=float(min(elapsed / timeout, 1.0)) if timeout > 0 else -1.0,
                     last_latency_ms=float(self.policy.last_timings.get("total", 0.0)))
                 goal_handle.publish_feedback(feedback)
-                time.sleep(0.05)
+                await self._pause(0.05)
         if outcome != Outcome.PREEMPTED:
             with self._goal_lock:
                 if self._active_goal is goal_handle:
@@ -308,6 +320,8 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    # The action server waits in its own thread while the worker infers: needs a multi-threaded executor.
-    spin_node(PolicyNode, args, MultiThreadedExecutor)
+    # Single-threaded on purpose: inference has its own thread and goals are coroutines. rclpy's
+    # MultiThreadedExecutor spent a whole core here (2 x 640x480 x 30 Hz) and dropped half the frames; this one
+    # uses ~15 % (bench/ros_overhead.py).
+    spin_node(PolicyNode, args)
 
