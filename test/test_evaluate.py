@@ -67,15 +67,16 @@ def test_sensitivity_tells_images_from_state(tmp_path, sim_checkpoint):
 
     write_episodes(tmp_path / "data", count=4, steps=12)
     policy = GemVLAPolicy.from_pretrained(sim_checkpoint, device="cpu", for_training=True)
+    torch.manual_seed(0)
     with torch.no_grad():   # leave adaLN-Zero's identity init so that the inputs reach the output
         for weight in policy.action_expert.parameters():
-            weight.add_(0.05 * torch.randn_like(weight))
+            weight.add_(0.3 * torch.randn_like(weight))
     policy.config.io.state_input = False      # a vision-only policy: the state cannot matter
     checkpoint = policy.save_pretrained(tmp_path / "vision_only")
     report = sensitivity(checkpoint, tmp_path / "data", steps=(0, 11), val_fraction=0.5)
     assert set(report) == {"step_0", "step_11"}
     for row in report.values():
         assert row["recorded_spread_across_episodes"] > 0 and row["error"] > 0
-        assert row["change_when_images_swapped"] > 1e-4 and row["change_when_state_swapped"] == 0.0
+        assert row["change_when_images_swapped"] > 1e-3 and row["change_when_state_swapped"] == 0.0
     with pytest.raises(ValueError, match="held-out"):
         sensitivity(sim_checkpoint, tmp_path / "data", val_fraction=0.01)
