@@ -291,20 +291,25 @@ def analyse(record: dict) -> dict:
                               if k in record)}
 
 
+def p50(key, digits=2):
+    return lambda r: f"{pct(r[key], 50):.{digits}f}"
+
+
+def p50_p95(key, digits=2):
+    return lambda r: f"{pct(r[key], 50):.{digits}f} / {pct(r[key], 95):.{digits}f}"
+
+
 ROWS = [
     ("chunks produced", lambda r: f"{r['chunks']}"),
-    ("OVERHEAD per chunk p50 / p95 ms (goal <= 1)", lambda r: f"{pct(r['overhead'], 50):.2f} / "
-                                                             f"{pct(r['overhead'], 95):.2f}"),
-    ("  inference end -> chunk published p50 ms", lambda r: f"{pct(r['after_inference'], 50):.2f}"),
-    ("  DDS policy -> executor p50 ms", lambda r: f"{pct(r['transport'], 50):.2f}"),
-    ("  executor chunk planning p50 ms", lambda r: f"{pct(r['planning'], 50):.2f}"),
-    ("  tick: segment + safety + publish p50 ms", lambda r: f"{pct(r['tick_cost'], 50):.2f}"),
-    ("frame age at inference start p50 / p95 ms", lambda r: f"{pct(r['frame_age'], 50):.1f} / "
-                                                           f"{pct(r['frame_age'], 95):.1f}"),
-    ("wait for the 50 Hz tick p50 ms", lambda r: f"{pct(r['tick_wait'], 50):.1f}"),
-    ("image callback (640x480) p50 / p95 ms", lambda r: f"{pct(r['image_callback'], 50):.2f} / "
-                                                       f"{pct(r['image_callback'], 95):.2f}"),
-    ("tick work p50 / p95 ms", lambda r: f"{pct(r['tick_work'], 50):.2f} / {pct(r['tick_work'], 95):.2f}"),
+    ("OVERHEAD per chunk p50 / p95 ms (goal <= 1)", p50_p95("overhead")),
+    ("  inference end -> chunk published p50 ms", p50("after_inference")),
+    ("  DDS policy -> executor p50 ms", p50("transport")),
+    ("  executor chunk planning p50 ms", p50("planning")),
+    ("  tick: segment + safety + publish p50 ms", p50("tick_cost")),
+    ("frame age at inference start p50 / p95 ms", p50_p95("frame_age", 1)),
+    ("wait for the 50 Hz tick p50 ms", p50("tick_wait", 1)),
+    ("image callback (640x480) p50 / p95 ms", p50_p95("image_callback")),
+    ("tick work p50 / p95 ms", p50_p95("tick_work")),
     ("tick period mean / std ms (50 Hz = 20)", lambda r: f"{r['period_mean_ms']:.2f} / {r['period_std_ms']:.2f}"),
     ("tick jitter max ms", lambda r: f"{r['jitter_max_ms']:.2f}"),
     ("holds while the policy ran (starvation etc.)", lambda r: f"{r['holds']}"),
