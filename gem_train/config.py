@@ -51,6 +51,7 @@ class DataConfig:
     color_jitter: bool = True                                # half the images get ColorJitter (gem_reference §9)
     state_noise_std: float = 0.0                             # Gaussian noise on the input state (rad, m)
     state_input: bool = True                                 # false: vision-only policy (state token zeroed)
+    random_shift_px: int = 0                                 # random image translation, px (DrQ-style)
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
@@ -67,6 +68,7 @@ class DataConfig:
         for name in ("image_drop_prob", "instruction_drop_prob"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"data.{name} must be a probability in [0, 1), got {value}")
+        _require(self.random_shift_px >= 0, f"data.random_shift_px must be >= 0, got {self.random_shift_px}")
         _require(0.0 <= self.state_noise_std < float("inf"),
                  f"data.state_noise_std must be finite and >= 0, got {self.state_noise_std}")
         try:

@@ -197,7 +197,8 @@ def load_data(config: TrainConfig) -> DataBundle:
     depth_size = config.model.depth_image_size if config.model.depth_expert else 0
     train_set = ChunkDataset(train_episodes, ChunkDatasetConfig.from_io_schema(
         io, image_drop_prob=d.image_drop_prob, instruction_drop_prob=d.instruction_drop_prob,
-        color_jitter=d.color_jitter, state_noise_std=d.state_noise_std, depth_size=depth_size, seed=config.train.seed))
+        color_jitter=d.color_jitter, state_noise_std=d.state_noise_std,
+        random_shift_px=d.random_shift_px, depth_size=depth_size, seed=config.train.seed))
     val_set = None
     if val_episodes:  # no augmentation on held-out data
         val_set = ChunkDataset(val_episodes, ChunkDatasetConfig.from_io_schema(io, depth_size=depth_size))

@@ -270,6 +270,23 @@ def test_state_noise_perturbs_only_the_state_the_policy_sees():
         ChunkDatasetConfig(["scene"], state_noise_std=float("nan"))
 
 
+def test_random_shift_translates_with_replicated_edges():
+    from gem_train.data.augment import random_shift
+
+    image = np.zeros((12, 16, 3), np.uint8)
+    image[5, 7] = 255                                      # one bright pixel
+    moved = [np.argwhere(random_shift(image, 3, np.random.default_rng(seed))[..., 0] == 255)
+             for seed in range(40)]
+    assert all(len(m) == 1 for m in moved)                 # translated, not blurred or lost
+    offsets = {tuple(m[0] - [5, 7]) for m in moved}
+    assert len(offsets) > 10 and all(max(abs(dy), abs(dx)) <= 3 for dy, dx in offsets)
+    edge = np.arange(16, dtype=np.uint8)[None, :, None].repeat(12, 0).repeat(3, 2)
+    shifted = random_shift(edge, 3, np.random.default_rng(1))
+    assert shifted.shape == edge.shape and set(np.unique(shifted)) <= set(range(16))   # edges replicated, no black
+    with pytest.raises(ValueError, match="random_shift_px"):
+        ChunkDatasetConfig(["scene"], random_shift_px=-1)
+
+
 def test_depth_target_recipe():
     depth = np.full((20, 30), 2.0, np.float32)
     depth[5:10, 5:10] = 0.5                           # near block

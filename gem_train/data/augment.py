@@ -27,3 +27,11 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + int(round(shift))) % 180).astype(np.uint8)
         out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     return out
+
+
+def random_shift(image: np.ndarray, max_px: int, rng: np.random.Generator) -> np.ndarray:
+    """Translate by a random (dy, dx) in [-max_px, max_px]^2, replicating the edges (same shape, same dtype)."""
+    h, w = image.shape[:2]
+    padded = cv2.copyMakeBorder(image, max_px, max_px, max_px, max_px, cv2.BORDER_REPLICATE)
+    y, x = (int(v) for v in rng.integers(0, 2 * max_px + 1, size=2))
+    return np.ascontiguousarray(padded[y:y + h, x:x + w])

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gem_train.data.augment import color_jitter
+from gem_train.data.augment import color_jitter, random_shift
 from gem_train.data.depth import depth_target
 from gem_train.data.episodes import EpisodeData, read_episode
 
@@ -48,6 +48,9 @@ class ChunkDatasetConfig:
     # Gaussian noise (state units: rad, m) on the state the policy sees; the recorded actions stay as they are.
     # Without it a small policy copies the proprioceptive trajectory and ignores the cameras (copycat).
     state_noise_std: float = 0.0
+    # Random translation of each image by up to this many px (edges replicated): the DrQ / Diffusion Policy
+    # augmentation that makes a from-scratch vision encoder learn positions from fewer demonstrations.
+    random_shift_px: int = 0
     depth_size: int = 0                          # square depth-target side (GEM 256); 0 = no depth targets
     max_depth_m: float = 4.0                     # metric depth beyond this is background
     seed: int = 0
@@ -74,6 +77,8 @@ class ChunkDatasetConfig:
                  f"depth_size must be an int >= 0, got {self.depth_size!r}")
         _require(math.isfinite(self.state_noise_std) and self.state_noise_std >= 0.0,
                  f"state_noise_std must be finite and >= 0, got {self.state_noise_std}")
+        _require(isinstance(self.random_shift_px, int) and self.random_shift_px >= 0,
+                 f"random_shift_px must be an int >= 0, got {self.random_shift_px!r}")
         _require(self.max_depth_m > 0, f"max_depth_m must be > 0, got {self.max_depth_m}")
         _require(self.max_open_files >= 1, f"max_open_files must be >= 1, got {self.max_open_files}")
         _require(not self.relative_to_state or (self.state_names and self.action_names),
@@ -205,8 +210,11 @@ class ChunkDataset(Dataset):
             # A blanked image keeps the prompt layout (one image span per camera), so depth targets stay aligned.
             if drop:
                 image = np.zeros_like(image)
-            elif cfg.color_jitter and rng.random() < 0.5:
-                image = color_jitter(image, rng)
+            else:
+                if cfg.random_shift_px:
+                    image = random_shift(image, cfg.random_shift_px, rng)
+                if cfg.color_jitter and rng.random() < 0.5:
+                    image = color_jitter(image, rng)
             images.append(np.ascontiguousarray(image))
             dropped.append(drop)
         instructions = self._instructions[k]
