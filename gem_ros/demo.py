@@ -58,10 +58,20 @@ def executor_overrides(checkpoint: Path) -> dict:
     return overrides
 
 
+def policy_overrides(checkpoint: Path) -> dict:
+    """A checkpoint with a depth expert also shows what it predicts (every 5th chunk, short sampler: cheap)."""
+    from gem_ros.core.policy.checkpoint import read_config
+
+    if read_config(checkpoint).depth_expert is None:
+        return {}
+    return {"predicted_depth_every_n_chunks": 5, "predicted_depth_steps": 10}
+
+
 @dataclass
 class EpisodeLog:
     frames: list = field(default_factory=list)            # scene camera RGB
     last_images: dict = field(default_factory=dict)
+    predicted_depth: np.ndarray | None = None             # last /gem/predicted_depth/scene image (depth expert)
     joint_t: list = field(default_factory=list)
     joint_q: list = field(default_factory=list)
     latencies_ms: list = field(default_factory=list)
@@ -85,6 +95,7 @@ class Recorder:
                                  qos_profile_sensor_data)
         node.create_subscription(Image, "/camera/wrist/image_raw", lambda m: self._image("wrist", m),
                                  qos_profile_sensor_data)
+        node.create_subscription(Image, "/gem/predicted_depth/scene", self._depth, 1)
         node.create_subscription(JointState, "/joint_states", self._joints, 50)
         node.create_subscription(ActionChunk, "/gem/action_chunk", self._chunk, 10)
         node.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._trajectory, 50)
@@ -103,6 +114,11 @@ class Recorder:
                 self._n += 1
                 if self._n % self._frame_every == 0:
                     self.log.frames.append(rgb)
+
+    def _depth(self, msg) -> None:
+        rgb = self._to_rgb(msg)
+        with self._lock:
+            self.log.predicted_depth = rgb
 
     def _joints(self, msg) -> None:
         with self._lock:
@@ -167,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init()
     sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed, gui=args.gui,
                                                       real_time_factor=args.real_time_factor))
-    policy = PolicyNode(parameter_overrides=node_parameters(config, "gem_policy", checkpoint=str(checkpoint)))
+    policy = PolicyNode(parameter_overrides=node_parameters(config, "gem_policy", checkpoint=str(checkpoint),
+                                                            **policy_overrides(Path(checkpoint))))
     executor_node = ExecutorNode(parameter_overrides=node_parameters(
         config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf"),
         **executor_overrides(Path(checkpoint))))

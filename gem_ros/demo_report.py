@@ -55,5 +55,5 @@ def write_episode_outputs(out: Path, episode: int, instruction: str, log, row: d
     write_gif(stem.with_suffix(".gif"), log.frames)
     verdict = "success" if row["success"] else row["outcome"].lower()
     write_panel(stem.with_suffix(".png"), f"episode {episode}: '{instruction}' -> {verdict}",
-                log.last_images, log.joint_t, log.joint_q)
+                log.last_images, log.joint_t, log.joint_q, log.predicted_depth)
     stem.with_suffix(".json").write_text(json.dumps(row, indent=2))

@@ -41,6 +41,7 @@ class CollectConfig:
     coarse_meshes: bool = False    # draw the Panda with collision meshes: ~2x faster renders, plainer look
     compression: str = "gzip"
     max_attempts: int = 0          # 0 -> 2 * episodes + 10
+    colors: tuple[str, ...] | None = None   # cubes on the table (SimConfig.object_colors); None: the sim's default
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -52,6 +53,12 @@ class CollectConfig:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
         if self.max_attempts == 0:
             self.max_attempts = 2 * self.episodes + 10
+        if self.colors is not None:
+            from gem_ros.sim import CUBE_COLORS_RGBA
+            self.colors = tuple(self.colors)
+            unknown = [c for c in self.colors if c not in CUBE_COLORS_RGBA]
+            if not self.colors or unknown or len(set(self.colors)) != len(self.colors):
+                raise ValueError(f"colors must be distinct names from {sorted(CUBE_COLORS_RGBA)}, got {self.colors}")
         if self.max_attempts < self.episodes:
             raise ValueError(f"max_attempts ({self.max_attempts}) must be >= episodes ({self.episodes})")
 
@@ -77,12 +84,14 @@ def record_attempt(cfg: CollectConfig, attempt: int) -> Attempt:
     t0 = time.perf_counter()
     seed = episode_seed(cfg.seed, attempt)
     size = (cfg.image_size, cfg.image_size)
-    with TabletopSim(SimConfig(seed=seed, coarse_robot_meshes=cfg.coarse_meshes)) as sim:
+    scene = {"coarse_robot_meshes": cfg.coarse_meshes, **({"object_colors": list(cfg.colors)} if cfg.colors else {})}
+    with TabletopSim(SimConfig(seed=seed, **scene)) as sim:
         instruction = sim.reset(seed)
         expert = ScriptedPickExpert(sim)
         cameras = [c.name for c in sim.cfg.cameras]
         extra = {"episode_seed": seed, "attempt": attempt, "sim": "gem_ros.sim.TabletopSim",
-                 "coarse_robot_meshes": cfg.coarse_meshes, "target_object": sim.target_object,
+                 "coarse_robot_meshes": cfg.coarse_meshes, "object_colors": list(sim.cfg.object_colors),
+                 "target_object": sim.target_object,
                  "render_sizes": {c.name: [c.height, c.width] for c in sim.cfg.cameras},
                  "gripper_action": "width_m = finger1 + finger2 target", "depth_unit": "m"}
         writer = EpisodeWriter(cfg.out_dir / f"episode_{attempt:06d}.hdf5", instructions=instruction,
@@ -175,11 +184,13 @@ def parse_args(argv: list[str] | None) -> CollectConfig:
     parser.add_argument("--coarse-meshes", action="store_true", help="render the robot with its collision meshes")
     parser.add_argument("--compression", choices=COMPRESSIONS, default="gzip")
     parser.add_argument("--max-attempts", type=int, default=0, help="0: 2 * episodes + 10")
+    parser.add_argument("--colors", nargs="+", help="cubes on the table (default: the sim's red green blue); "
+                        "the instruction names one of them")
     args = parser.parse_args(argv)
     try:
         return CollectConfig(episodes=args.episodes, out_dir=args.out, seed=args.seed, image_size=args.image_size,
                              workers=args.workers, coarse_meshes=args.coarse_meshes, compression=args.compression,
-                             max_attempts=args.max_attempts)
+                             max_attempts=args.max_attempts, colors=args.colors)
     except ValueError as error:
         parser.error(str(error))
 

@@ -52,6 +52,7 @@ class DataConfig:
     state_noise_std: float = 0.0                             # Gaussian noise on the input state (rad, m)
     state_input: bool = True                                 # false: vision-only policy (state token zeroed)
     random_shift_px: int = 0                                 # random image translation, px (DrQ-style)
+    cache_frames: bool = False                               # decoded frames kept in RAM (num_workers 0)
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):

@@ -48,7 +48,7 @@ def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, ma
     with TabletopSim(SimConfig(seed=seed)) as sim:
         for episode in tqdm(range(episodes), desc="rollout", unit="episode"):
             instruction = sim.reset(seed * 100_003 + episode)
-            steps = 0
+            steps, lowest = 0, None     # EE xy distance to every object when the hand was lowest (the grasp try)
             while steps * dt < max_s and not sim.task_success():
                 images = {}
                 for cam in io.cameras:
@@ -63,13 +63,22 @@ def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, ma
                     sim.set_joint_targets(mapper.output_joint_names, target)
                     sim.step(dt)
                     steps += 1
+                    ee, _ = sim.ee_pose()
+                    if lowest is None or ee[2] < lowest[0]:
+                        lowest = (ee[2], {name: float(np.linalg.norm((ee - sim.object_position(name))[:2]))
+                                          for name in sim.object_names})
             ee, _ = sim.ee_pose()
             target = sim.object_position(sim.target_object)
-            rows.append({"episode": episode, "instruction": instruction, "success": bool(sim.task_success()),
+            rows.append({"episode": episode, "instruction": instruction, "target": sim.target_object, "success": bool(sim.task_success()),
                          "seconds": round(steps * dt, 2),
-                         "final_ee_to_target_xy_m": round(float(np.linalg.norm((ee - target)[:2])), 4)})
+                         "final_ee_to_target_xy_m": round(float(np.linalg.norm((ee - target)[:2])), 4),
+                         # Which cube the grasp went for: tells a wrong-colour policy from an imprecise one.
+                         "grasp_nearest_object": min(lowest[1], key=lowest[1].get) if lowest else None,
+                         "grasp_to_target_xy_m": round(lowest[1][sim.target_object], 4) if lowest else None})
     report = {"checkpoint": str(checkpoint), "episodes": episodes, "execute_per_chunk": execute,
-              "success_rate": float(np.mean([r["success"] for r in rows])), "rows": rows}
+              "success_rate": float(np.mean([r["success"] for r in rows])),
+              "grasp_went_for_target": float(np.mean([r["grasp_nearest_object"] == r["target"] for r in rows])),
+              "rows": rows}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "rollout.json").write_text(json.dumps(report, indent=2))

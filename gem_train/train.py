@@ -198,7 +198,8 @@ def load_data(config: TrainConfig) -> DataBundle:
     train_set = ChunkDataset(train_episodes, ChunkDatasetConfig.from_io_schema(
         io, image_drop_prob=d.image_drop_prob, instruction_drop_prob=d.instruction_drop_prob,
         color_jitter=d.color_jitter, state_noise_std=d.state_noise_std,
-        random_shift_px=d.random_shift_px, depth_size=depth_size, seed=config.train.seed))
+        random_shift_px=d.random_shift_px, depth_size=depth_size, seed=config.train.seed,
+        cache_frames=d.cache_frames))
     val_set = None
     if val_episodes:  # no augmentation on held-out data
         val_set = ChunkDataset(val_episodes, ChunkDatasetConfig.from_io_schema(io, depth_size=depth_size))

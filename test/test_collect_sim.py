@@ -73,3 +73,17 @@ def test_config_validation_names_the_field(tmp_path):
         CollectConfig(episodes=1, out_dir=tmp_path, compression="zstd")
     assert CollectConfig(episodes=3, out_dir=tmp_path).max_attempts == 16
     assert episode_seed(0, 1) == episode_seed(0, 1) != episode_seed(0, 2)
+    for colors in (("purple",), ("red", "red"), ()):
+        with pytest.raises(ValueError, match="colors"):
+            CollectConfig(episodes=1, out_dir=tmp_path, colors=colors)
+
+
+def test_colors_choose_the_cubes_on_the_table(tmp_path):
+    from gem_train.collect_sim import record_attempt
+
+    cfg = CollectConfig(episodes=1, out_dir=tmp_path, image_size=16, coarse_meshes=True, colors=("blue",))
+    attempt = record_attempt(cfg, 0)
+    assert attempt.success
+    with read_episode(attempt.path) as episode:
+        assert episode.meta["object_colors"] == ["blue"] and episode.meta["target_object"] == "blue_cube"
+        assert "blue" in episode.instructions[0]

@@ -77,9 +77,21 @@ def test_vision_only_policy_ignores_the_state_and_keeps_that_through_save(tiny_b
     assert not np.array_equal(with_state.predict_action_chunk(obs, seed=0), chunk)
 
 
-def test_truncated_policy_refuses_to_save(policy, tmp_path):
+def test_truncated_policy_refuses_to_save(tiny_backbone_dir, tmp_path):
+    from gem_ros.core.policy.normalizer import MinMaxNormalizer
+    from gem_ros.core.policy.tiny import tiny_policy_config
+
+    # The action expert reads hidden state 1 only: inference drops the VLM's 2nd and 3rd decoder layers.
+    built = GemVLAPolicy.build(tiny_policy_config(selected_layers=(1,)), tiny_backbone_dir,
+                               MinMaxNormalizer(-np.ones(9), np.ones(9)), device="cpu")
+    path = built.save_pretrained(tmp_path / "ckpt")
+    served = GemVLAPolicy.from_pretrained(path, device="cpu")
+    assert served.truncated and len(served.backbone.model.language_model.layers) == 2
     with pytest.raises(ValueError, match="truncated"):
-        policy.save_pretrained(tmp_path / "x")
+        served.save_pretrained(tmp_path / "x")
+    whole = GemVLAPolicy.from_pretrained(path, device="cpu", keep_full_vlm=True)
+    assert not whole.truncated and len(whole.backbone.model.language_model.layers) == 3
+    whole.save_pretrained(tmp_path / "y")
 
 
 @pytest.mark.parametrize("mutate, message", [

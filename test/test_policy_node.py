@@ -126,3 +126,59 @@ def test_lifecycle_deactivate_cleanup_and_configure_again(ros, setup):
     assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert policy.trigger_activate() == TransitionCallbackReturn.SUCCESS
     ros.wait_for(lambda: probe.count_publishers("/gem/action_chunk") == 1, 10, "chunk publisher back")
+
+
+@pytest.fixture(scope="module")
+def depth_checkpoint_dir(tmp_path_factory, tiny_backbone_dir):
+    """A tiny checkpoint with a depth expert whose selected layers stop below the VLM's last one."""
+    import torch
+
+    from gem_ros.core.policy.gem_vla import GemVLAPolicy
+    from gem_ros.core.policy.normalizer import MinMaxNormalizer
+    from gem_ros.core.policy.tiny import tiny_policy_config
+    from gem_ros.core.policy.tiny_depth import tiny_depth_expert_config
+
+    torch.manual_seed(0)
+    config = tiny_policy_config(depth_expert=tiny_depth_expert_config(vlm_hidden_size=64, image_size=32).to_dict())
+    policy = GemVLAPolicy.build(config, tiny_backbone_dir, MinMaxNormalizer(-np.ones(9), np.ones(9)), device="cpu")
+    return policy.save_pretrained(tmp_path_factory.mktemp("depth_ckpt") / "tiny_depth_policy")
+
+
+def test_predicted_depth_topic_follows_the_chunks(ros, depth_checkpoint_dir, tiny_checkpoint_dir):
+    from sensor_msgs.msg import Image
+
+    policy = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(depth_checkpoint_dir)), Parameter("device", value="cpu"),
+        Parameter("state_joint_names", value=JOINTS), Parameter("success_topic", value=""),
+        Parameter("predicted_depth_every_n_chunks", value=2), Parameter("predicted_depth_steps", value=2)]))
+    probe = ros.add(Node("depth_probe", context=ros.context))
+    FakeRobot(probe)
+    depth = {"scene": [], "wrist": []}
+    chunks = []
+    for cam in depth:
+        probe.create_subscription(Image, f"/gem/predicted_depth/{cam}", depth[cam].append, 10)
+    probe.create_subscription(ActionChunk, "/gem/action_chunk", chunks.append, 100)
+    assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert not policy.policy.truncated    # the depth expert reads the VLM's last layer: nothing was dropped
+    assert policy.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    commander = GemCommander(node=probe)
+    task = commander.run_instruction("pick up the red cube", timeout=60.0)
+    try:
+        ros.wait_for(lambda: len(depth["scene"]) >= 2 and len(depth["wrist"]) >= 2, 60, "two depth images per camera")
+        image = depth["scene"][0]
+        assert (image.height, image.width, image.encoding) == (32, 32, "rgb8")
+        chunk_stamps = {(c.header.stamp.sec, c.header.stamp.nanosec) for c in chunks if c.num_points}
+        assert (image.header.stamp.sec, image.header.stamp.nanosec) in chunk_stamps   # the chunk's observation
+        produced = max(c.chunk_index for c in chunks if c.num_points) + 1
+        assert len(depth["scene"]) <= produced // 2 + 1                               # every 2nd chunk only
+    finally:
+        task.cancel()
+        task.wait(20)
+        commander.close()
+        policy.worker.shutdown()
+    # A checkpoint without a depth expert cannot publish depth: configure says so instead of failing later.
+    plain = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(tiny_checkpoint_dir)), Parameter("device", value="cpu"),
+        Parameter("state_joint_names", value=JOINTS), Parameter("predicted_depth_every_n_chunks", value=1)]))
+    assert plain.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "no depth expert" in plain._status_reason

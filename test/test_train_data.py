@@ -257,6 +257,24 @@ def test_chunk_dataset_sampling(tmp_path):
         ChunkDatasetConfig(["scene"], chunk_len=0)
 
 
+def test_frame_cache_gives_the_same_samples_and_reads_each_episode_once(tmp_path):
+    paths = [write_episode(tmp_path / f"episode_{k}.hdf5", make_episode(n=5, seed=k)) for k in range(2)]
+    kwargs = dict(chunk_len=3, image_size=(12, 16), color_jitter=True, random_shift_px=2, seed=4)
+    plain = ChunkDataset(paths, ChunkDatasetConfig(["scene", "wrist"], **kwargs))
+    cached = ChunkDataset(paths, ChunkDatasetConfig(["scene", "wrist"], cache_frames=True, **kwargs))
+    order = [7, 0, 3, 9, 7, 1]
+    for index in order:
+        a, b = plain[index], cached[index]
+        for x, y in zip(a["images"], b["images"]):
+            np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(a["actions"], b["actions"])
+    assert sorted(cached._frames) == [(k, cam) for k in range(2) for cam in ("scene", "wrist")]
+    # Once cached, the files are no longer needed: closing every handle must not matter.
+    for episode in cached._open.values():
+        episode.close()
+    np.testing.assert_array_equal(cached[8]["images"][1], plain[8]["images"][1])
+
+
 def test_state_noise_perturbs_only_the_state_the_policy_sees():
     a = make_episode(n=40, seed=3)
     clean = ChunkDataset([a], ChunkDatasetConfig(["scene"], chunk_len=4, image_size=(12, 16)))

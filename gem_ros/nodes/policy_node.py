@@ -5,6 +5,8 @@ activate   start the inference worker (a thread; never inside a callback) and th
 deactivate stop producing chunks, tell the executor to hold
 Topics: cameras (Image or CompressedImage per camera), /joint_states in; /gem/action_chunk, /gem/policy_status,
 /diagnostics out. Action /gem/execute_instruction (gem_msgs/ExecuteInstruction), service ~/set_instruction.
+Optional: /gem/predicted_depth/<camera> (sensor_msgs/Image rgb8, the depth expert's colour-mapped depth of the
+observation a chunk came from) every `predicted_depth_every_n_chunks` chunks, for checkpoints with a depth expert.
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ from gem_ros.core.inference import ChunkResult, InferenceConfig, InferenceWorker
 from gem_ros.core.observation import ObservationBuffer, ObservationConfig
 from gem_ros.core.policy.observation import Observation
 from gem_ros.nodes.params import spin_node
-from gem_ros.nodes.conversions import (compressed_msg_to_rgb, diagnostic_status, image_msg_to_rgb, s_to_stamp,
-                                       stamp_to_s)
+from gem_ros.nodes.conversions import (compressed_msg_to_rgb, diagnostic_status, image_msg_to_rgb,
+                                       rgb_to_image_msg, s_to_stamp, stamp_to_s)
 
 Outcome = ExecuteInstruction.Result
 
@@ -55,6 +57,10 @@ class PolicyNode(LifecycleNode):
         p("request_threshold_s", 0.3)
         p("success_topic", "/gem/task_success")       # "" = no success signal; goals end on timeout/cancel
         p("seed", 0)
+        # Depth generation runs on the inference thread after a chunk is published, so it delays the next
+        # request: keep it rare (0 = off) and its sampler short.
+        p("predicted_depth_every_n_chunks", 0)
+        p("predicted_depth_steps", 10)
         self.policy = self.worker = self.buffer = None
         self._group = ReentrantCallbackGroup()
         self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
@@ -62,6 +68,7 @@ class PolicyNode(LifecycleNode):
         self._active_goal = None
         self._task_success = False
         self._status_state, self._checkpoint = PolicyStatus.UNCONFIGURED, ""
+        self._depth_every, self._depth_ms = 0, None
 
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state) -> TransitionCallbackReturn:
@@ -88,7 +95,16 @@ class PolicyNode(LifecycleNode):
         self._checkpoint = get("checkpoint")
         if not self._checkpoint:
             raise ValueError("parameter 'checkpoint' is empty: give the path of a GEM-VLA checkpoint folder")
-        self.policy = GemVLAPolicy.from_pretrained(self._checkpoint, device=get("device"))
+        depth_every, depth_steps = int(get("predicted_depth_every_n_chunks")), int(get("predicted_depth_steps"))
+        if depth_every < 0 or depth_steps < 1:
+            raise ValueError(f"predicted_depth_every_n_chunks must be >= 0 and predicted_depth_steps >= 1, got "
+                             f"{depth_every} and {depth_steps}")
+        self.policy = GemVLAPolicy.from_pretrained(self._checkpoint, device=get("device"),
+                                                   keep_full_vlm=depth_every > 0)
+        if depth_every and self.policy.depth_expert is None:
+            raise ValueError(f"predicted_depth_every_n_chunks={depth_every} but checkpoint {self._checkpoint} has "
+                             "no depth expert; set it to 0")
+        self._depth_every, self._depth_steps, self._last_observation = depth_every, depth_steps, None
         io = self.policy.config.io
         if io.camera_names != list(names):
             raise ValueError(f"checkpoint cameras {io.camera_names} != camera_names parameter {list(names)}")
@@ -118,6 +134,9 @@ class PolicyNode(LifecycleNode):
         self.chunk_pub = self.create_publisher(ActionChunk, "/gem/action_chunk", 10)
         self.status_pub = self.create_publisher(PolicyStatus, "/gem/policy_status", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.depth_pubs = {name: self.create_publisher(Image, f"/gem/predicted_depth/{name}", 1)
+                           for name in (names if depth_every else [])}
+        handles += list(self.depth_pubs.values())
         handles += [self.chunk_pub, self.status_pub, self.diag_pub, self.create_timer(0.2, self._publish_status),
                     self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)]
         handles.append(ActionServer(
@@ -184,6 +203,7 @@ class PolicyNode(LifecycleNode):
     # ------------------------------------------------------------------------------ worker callbacks
     def _predict(self, observation):
         chunk = self.policy.predict_action_chunk(observation)
+        self._last_observation = observation
         return chunk, self.policy.last_timings
 
     def _publish_chunk(self, result: ChunkResult) -> None:
@@ -198,6 +218,21 @@ class PolicyNode(LifecycleNode):
         msg.inference_latency_ms = float(result.latency_ms.get("total", 0.0))
         msg.chunk_index = result.index
         self.chunk_pub.publish(msg)
+        if self._depth_every and result.index % self._depth_every == 0 and self._last_observation is not None:
+            self._publish_depth(self._last_observation, msg.header.stamp)
+
+    def _publish_depth(self, observation, stamp) -> None:
+        started = time.perf_counter()
+        try:
+            views = self.policy.predict_depth(observation, num_steps=self._depth_steps)
+        except (ValueError, RuntimeError) as error:   # a debug view: it must not stop the arm, so switch it off
+            self.get_logger().error(f"predicted depth failed, no longer published: {error}")
+            self._depth_every = 0
+            return
+        for name, view in zip(self.policy.config.io.camera_names, views):
+            rgb = (np.clip(view, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            self.depth_pubs[name].publish(rgb_to_image_msg(rgb, stamp, f"{name}_predicted_depth"))
+        self._depth_ms = (time.perf_counter() - started) * 1e3
 
     def _publish_hold(self, reason: str) -> None:
         """An empty chunk tells the executor to stop and hold where it is."""
@@ -239,6 +274,8 @@ class PolicyNode(LifecycleNode):
         values = {f"latency_{k}_ms": f"{v:.1f}" for k, v in timings.items()}
         values.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
         values["chunks_produced"] = str(snap.chunks if snap else 0)
+        if self._depth_ms is not None:
+            values["latency_predicted_depth_ms"] = f"{self._depth_ms:.1f}"
         diag = DiagnosticArray()
         diag.header.stamp = msg.header.stamp
         diag.status = [diagnostic_status("gem_policy", level, reason or "ok", values)]

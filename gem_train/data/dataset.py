@@ -55,6 +55,9 @@ class ChunkDatasetConfig:
     max_depth_m: float = 4.0                     # metric depth beyond this is background
     seed: int = 0
     max_open_files: int = 32                     # per worker; least recently used files are closed
+    # Keep every episode's camera frames decoded in RAM after first use (uint8; ~100 KB per 128 px frame pair):
+    # a random-access sample then costs no file open or decompression. Per process, so meant for num_workers 0.
+    cache_frames: bool = False
     # "delta_joint" policies: each action channel named like a state channel is stored as (target - state at the
     # observation), the executor's delta_reference "observation"; other channels (the gripper) stay absolute.
     relative_to_state: bool = False
@@ -146,10 +149,11 @@ class ChunkDataset(Dataset):
         self._pid = os.getpid()
         self._open: OrderedDict[int, EpisodeData] = OrderedDict()
         self._rng: np.random.Generator | None = None
+        self._frames: dict[tuple[int, str], np.ndarray] = {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_open=OrderedDict(), _rng=None, _pid=-1)
+        state.update(_open=OrderedDict(), _rng=None, _pid=-1, _frames={})
         return state
 
     def _episode(self, k: int) -> EpisodeData:
@@ -203,7 +207,7 @@ class ChunkDataset(Dataset):
         images, dropped = [], []
         for cam in cfg.camera_names:
             h, w = cfg.image_size[cam]
-            image = np.asarray(episode.images[cam][t])
+            image = self._frame(episode, k, cam, t)
             if image.shape[:2] != (h, w):
                 image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
             drop = cfg.image_drop_prob > 0 and rng.random() < cfg.image_drop_prob
@@ -240,6 +244,14 @@ class ChunkDataset(Dataset):
                 valid.append(ok)
             sample["depth"], sample["depth_valid"] = np.stack(targets), np.array(valid)
         return sample
+
+    def _frame(self, episode: EpisodeData, k: int, cam: str, t: int) -> np.ndarray:
+        if not self.cfg.cache_frames:
+            return np.asarray(episode.images[cam][t])
+        frames = self._frames.get((k, cam))
+        if frames is None:
+            frames = self._frames[(k, cam)] = np.asarray(episode.images[cam][:])
+        return frames[t]
 
     def _relative(self, chunk: np.ndarray, k: int, t: int) -> np.ndarray:
         chunk = np.array(chunk, dtype=np.float32)

@@ -57,8 +57,8 @@ def load_backbone(path: Path, dtype: torch.dtype, device: torch.device) -> Qwen3
     return model.to(device)
 
 
-def truncate_text_layers(model: Qwen3VLForConditionalGeneration, keep: int) -> None:
-    """Drop decoder layers the action expert never reads (inference only).
+def truncate_text_layers(model: Qwen3VLForConditionalGeneration, keep: int) -> bool:
+    """Drop decoder layers the action expert never reads (inference only); True if any were dropped.
 
     Keeping max(selected)+1 layers leaves hidden_states[0..max(selected)] bit-identical: HF replaces only the
     *last* entry by the final-norm output, and that entry is then one we do not read."""
@@ -66,6 +66,8 @@ def truncate_text_layers(model: Qwen3VLForConditionalGeneration, keep: int) -> N
     if keep < len(layers):
         model.model.language_model.layers = layers[:keep]
         model.config.text_config.num_hidden_layers = keep
+        return True
+    return False
 
 
 @dataclass

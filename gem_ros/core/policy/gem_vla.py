@@ -88,8 +88,11 @@ class GemVLAPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None, expected_io: IOSchema | None = None,
-                        for_training: bool = False) -> GemVLAPolicy:
-        """Load a checkpoint folder. `expected_io` (the robot's schema) must match the checkpoint's."""
+                        for_training: bool = False, keep_full_vlm: bool = False) -> GemVLAPolicy:
+        """Load a checkpoint folder. `expected_io` (the robot's schema) must match the checkpoint's.
+
+        For inference the VLM layers above the last one the action expert reads are dropped, unless
+        `keep_full_vlm` (the depth expert reads the last layer: `predict_depth` needs them)."""
         path = Path(path)
         config = ckpt.read_config(path)
         ckpt.check_checkpoint_dir(path, config)
@@ -112,8 +115,8 @@ class GemVLAPolicy(nn.Module):
         policy = policy.to(device=device, dtype=dtype)
         if not for_training:
             policy.eval()
-            bb.truncate_text_layers(policy.backbone, max(config.layers_per_block) + 1)
-            policy.truncated = True
+            if not keep_full_vlm:
+                policy.truncated = bb.truncate_text_layers(policy.backbone, max(config.layers_per_block) + 1)
         return policy
 
     def save_pretrained(self, path) -> Path:
@@ -215,7 +218,7 @@ class GemVLAPolicy(nn.Module):
         if self.depth_expert is None:
             raise ValueError("this checkpoint has no depth expert")
         if self.truncated:
-            raise ValueError("depth needs the full VLM; load the policy with for_training=True")
+            raise ValueError("depth needs the full VLM; load the policy with keep_full_vlm=True")
         validate_observation(observation, self.config.io)
         images = [[observation.images[name] for name in self.config.io.camera_names]]
         prompt, _, last = self._encode(images, [observation.instruction], need_last=True)
