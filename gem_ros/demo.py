@@ -58,6 +58,14 @@ def executor_overrides(checkpoint: Path) -> dict:
     return overrides
 
 
+def sim_overrides(checkpoint: Path) -> dict:
+    """The scene the checkpoint was trained in (its `sim_scene`), as gem_sim parameters."""
+    from gem_ros.core.policy.checkpoint import read_config
+    from gem_ros.sim.scene import scene_overrides
+
+    return scene_overrides(read_config(checkpoint).sim_scene)
+
+
 def policy_overrides(checkpoint: Path) -> dict:
     """A checkpoint with a depth expert also shows what it predicts (every 5th chunk, short sampler: cheap)."""
     from gem_ros.core.policy.checkpoint import read_config
@@ -181,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     rclpy.init()
+    scene = sim_overrides(Path(checkpoint))
+    if scene:
+        print(f"scene: {scene} (the checkpoint's training scene)")
     sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed, gui=args.gui,
-                                                      real_time_factor=args.real_time_factor))
+                                                      real_time_factor=args.real_time_factor, **scene))
     policy = PolicyNode(parameter_overrides=node_parameters(config, "gem_policy", checkpoint=str(checkpoint),
                                                             **policy_overrides(Path(checkpoint))))
     executor_node = ExecutorNode(parameter_overrides=node_parameters(

@@ -38,6 +38,7 @@ def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, ma
     from gem_ros.core.policy.gem_vla import GemVLAPolicy
     from gem_ros.core.policy.observation import Observation
     from gem_ros.sim import SimConfig, TabletopSim
+    from gem_ros.sim.scene import scene_overrides
 
     policy = GemVLAPolicy.from_pretrained(checkpoint, device=device)
     io = policy.config.io
@@ -45,7 +46,7 @@ def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, ma
     execute = execute or max(1, io.chunk_len // 2)
     dt = 1.0 / io.control_rate_hz
     rows = []
-    with TabletopSim(SimConfig(seed=seed)) as sim:
+    with TabletopSim(SimConfig(seed=seed, **scene_overrides(policy.config.sim_scene))) as sim:
         for episode in tqdm(range(episodes), desc="rollout", unit="episode"):
             instruction = sim.reset(seed * 100_003 + episode)
             steps, lowest = 0, None     # EE xy distance to every object when the hand was lowest (the grasp try)

@@ -55,6 +55,7 @@ class DataBundle:
     val_set: Dataset | None
     collate_fn: Callable
     stats: dict
+    sim_scene: dict | None = None   # the sim scene every training episode shares (see sim_scene_of)
 
 
 @dataclass
@@ -77,6 +78,7 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
 
     set_seed(tc.seed)  # identical initial weights on every process
     policy, teacher, teacher_steps = load_model(config, data.stats, resume_from, accelerator.device)
+    policy.config.sim_scene = data.sim_scene
     objective = policy if teacher is None else DistillationObjective(policy, teacher, teacher_steps)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, weight_decay=tc.weight_decay)
@@ -205,7 +207,18 @@ def load_data(config: TrainConfig) -> DataBundle:
         val_set = ChunkDataset(val_episodes, ChunkDatasetConfig.from_io_schema(io, depth_size=depth_size))
     logger.info("%d training / %d held-out episodes, %d / %d samples", len(train_episodes), len(val_episodes),
                 len(train_set), len(val_set) if val_set is not None else 0)
-    return DataBundle(train_set, val_set, collate_batch, compute_stats(train_set))
+    return DataBundle(train_set, val_set, collate_batch, compute_stats(train_set),
+                      sim_scene_of(train_set.episode_meta))
+
+
+def sim_scene_of(metas: list[dict]) -> dict | None:
+    """The scene fields gem_collect_sim recorded, if every episode came from the same embedded-sim scene."""
+    from gem_ros.sim.scene import SCENE_FIELDS
+
+    scenes = [{k: m[k] for k in SCENE_FIELDS if k in m} for m in metas]
+    if not scenes or any(not scene or scene != scenes[0] for scene in scenes):
+        return None
+    return scenes[0]
 
 
 def load_model(config: TrainConfig, stats: dict, resume_from: Path | None, device: torch.device):

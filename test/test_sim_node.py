@@ -52,3 +52,10 @@ def test_sim_publishes_sensors_and_follows_joint_trajectories(ros):
     pub.publish(bad)
     ros.wait_for(lambda: sim.trajectory_errors == 1, 10, "the bad trajectory to be rejected")
     assert np.isclose(sim.follower.target(sim.time_s)[0], 0.3)
+
+
+def test_scene_parameters_choose_the_cubes(ros):
+    sim = ros.add(SimNode(context=ros.context, parameter_overrides=[
+        rclpy.parameter.Parameter("object_colors", value=["blue"]), rclpy.parameter.Parameter("seed", value=4)]))
+    assert sim.sim.object_names == ["blue_cube"] and "blue" in sim.instruction
+    assert "blue" in sim.reset_episode(5)

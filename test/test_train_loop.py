@@ -303,3 +303,16 @@ def test_init_from_keeps_the_checkpoint_normalizer(workdir, data, trained_run):
     after = GemVLAPolicy.from_pretrained(result.checkpoint, device="cpu", for_training=True)
     np.testing.assert_array_equal(before.action_normalizer.maximum, after.action_normalizer.maximum)
     assert not (Path(config.run_dir) / "tiny_backbone").exists()
+
+
+def test_the_checkpoint_records_the_sim_scene_its_episodes_share():
+    from gem_ros.sim.scene import scene_overrides
+    from gem_train.train import sim_scene_of
+
+    red = {"object_colors": ["red"], "coarse_robot_meshes": False, "source": "a.hdf5"}
+    assert sim_scene_of([red, {**red, "source": "b.hdf5"}]) == {"object_colors": ["red"], "coarse_robot_meshes": False}
+    assert sim_scene_of([red, {**red, "object_colors": ["red", "blue"]}]) is None     # mixed scenes: no claim
+    assert sim_scene_of([red, {"source": "recorded on a real arm"}]) is None
+    assert scene_overrides(None) == {} and scene_overrides({"object_colors": ["red"]}) == {"object_colors": ["red"]}
+    with pytest.raises(ValueError, match="unknown fields"):
+        scene_overrides({"gravity": -9.81})

@@ -35,8 +35,12 @@ class SimNode(Node):
         p("camera_rate_hz", 10.0)
         p("publish_depth", False)
         p("gui", False)                   # pybullet's OpenGL window, for people with a screen
+        p("object_colors", [""])          # cubes on the table; [""] = the sim's default (red, green, blue)
+        p("coarse_robot_meshes", False)   # draw the Panda with its collision meshes (as some datasets were)
         get = lambda name: self.get_parameter(name).value  # noqa: E731
-        self.sim = TabletopSim(sim_config or SimConfig(seed=get("seed"), gui=bool(get("gui"))))
+        colors = [c for c in get("object_colors") if c]
+        scene = {"coarse_robot_meshes": bool(get("coarse_robot_meshes")), **({"object_colors": colors} if colors else {})}
+        self.sim = TabletopSim(sim_config or SimConfig(seed=get("seed"), gui=bool(get("gui")), **scene))
         self.step_s = float(get("step_s"))
         self._lock = threading.Lock()    # physics, rendering and trajectory updates never interleave
         self.instruction = self.sim.reset(get("seed"))

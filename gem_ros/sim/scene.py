@@ -56,6 +56,19 @@ def default_cameras() -> list[CameraConfig]:
     ]
 
 
+# The SimConfig fields a dataset (and so a trained checkpoint) records as its scene: a policy is evaluated in
+# the scene it learned, e.g. one cube instead of three.
+SCENE_FIELDS = ("object_colors", "coarse_robot_meshes")
+
+
+def scene_overrides(sim_scene: dict | None) -> dict:
+    """SimConfig keyword arguments from a checkpoint's `sim_scene` (None or {} -> the sim's defaults)."""
+    sim_scene = dict(sim_scene or {})
+    unknown = sorted(set(sim_scene) - set(SCENE_FIELDS))
+    _require(not unknown, f"sim_scene has unknown fields {unknown}; known: {list(SCENE_FIELDS)}")
+    return sim_scene
+
+
 @dataclass
 class SimConfig:
     seed: int = 0                               # seeds the sequence of episodes when reset() gets no seed

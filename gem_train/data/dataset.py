@@ -117,6 +117,7 @@ class ChunkDataset(Dataset):
         self._actions: list[np.ndarray] = []
         self._states: list[np.ndarray] = []
         self._instructions: list[list[str]] = []
+        self.episode_meta: list[dict] = []         # per episode, as its reader gives it (source, recording extras)
         for item in episodes:
             if isinstance(item, EpisodeData):
                 self._add(item, item)
@@ -143,6 +144,7 @@ class ChunkDataset(Dataset):
         self._actions.append(episode.actions)
         self._states.append(episode.states)
         self._instructions.append(list(episode.instructions))
+        self.episode_meta.append(dict(episode.meta))
 
     # ------------------------------------------------------------------ per-process state (workers)
     def _reset_process_state(self) -> None:

@@ -144,6 +144,9 @@ class GemVLAConfig:
     depth_expert: dict | None = None      # DepthExpertConfig.to_dict(), or None without a depth expert
     depth_loss_weight: float = 0.1
     max_pixels_per_image: int | None = None  # optional cap handed to the image processor
+    # Embedded-sim scene the policy was trained in (e.g. {"object_colors": ["red"]}), from the episodes
+    # gem_collect_sim wrote; gem_demo / gem_eval build the same scene. None: not trained in the sim, or defaults.
+    sim_scene: dict | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.io, dict):
