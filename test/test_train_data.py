@@ -305,6 +305,29 @@ def test_random_shift_translates_with_replicated_edges():
         ChunkDatasetConfig(["scene"], random_shift_px=-1)
 
 
+def test_random_shift_moves_the_depth_target_with_the_image():
+    n, size = 6, 32
+    images = np.zeros((n, size, size, 3), np.uint8)
+    images[:, 10:15, 12:17] = 255
+    depth = np.full((n, size, size), 1.5, np.float32)
+    depth[:, 10:15, 12:17] = 0.5
+    episode = EpisodeData(actions=np.zeros((n, 8), np.float32), states=np.zeros((n, 9), np.float32),
+                          images={"scene": images}, instructions=["x"], depth={"scene": depth}, meta={})
+    ds = ChunkDataset([episode], ChunkDatasetConfig(["scene"], chunk_len=2, image_size=(size, size),
+                                                    depth_size=size, random_shift_px=4, seed=3))
+    moved = set()
+    for t in range(n):
+        sample = ds[t]
+        bright = np.argwhere(sample["images"][0][..., 0] == 255).mean(0)
+        target = sample["depth"][0]
+        near = np.argwhere(np.abs(target - target[:, :1, :1]).sum(0) > 0.1).mean(0)
+        np.testing.assert_allclose(near, bright, atol=0.5)          # same place in both
+        moved.add(tuple(np.round(bright).astype(int)))
+    assert len(moved) > 1                                            # and it did move
+    from gem_train.data.augment import scale_offset
+    assert scale_offset((4, -2), (128, 128), (64, 32)) == (2, 0)     # a depth map stored at another size
+
+
 def test_depth_target_recipe():
     depth = np.full((20, 30), 2.0, np.float32)
     depth[5:10, 5:10] = 0.5                           # near block

@@ -31,7 +31,27 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def random_shift(image: np.ndarray, max_px: int, rng: np.random.Generator) -> np.ndarray:
     """Translate by a random (dy, dx) in [-max_px, max_px]^2, replicating the edges (same shape, same dtype)."""
+    return shift(image, random_shift_offset(max_px, rng))
+
+
+def random_shift_offset(max_px: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(dy, dx), each uniform in [-max_px, max_px]."""
+    dy, dx = (int(v) - max_px for v in rng.integers(0, 2 * max_px + 1, size=2))
+    return dy, dx
+
+
+def shift(image: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    """Content moves by -offset (crop window moves by +offset); edges replicated; same shape and dtype."""
+    dy, dx = offset
+    pad = max(abs(dy), abs(dx))
+    if pad == 0:
+        return image
     h, w = image.shape[:2]
-    padded = cv2.copyMakeBorder(image, max_px, max_px, max_px, max_px, cv2.BORDER_REPLICATE)
-    y, x = (int(v) for v in rng.integers(0, 2 * max_px + 1, size=2))
-    return np.ascontiguousarray(padded[y:y + h, x:x + w])
+    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(padded[pad + dy:pad + dy + h, pad + dx:pad + dx + w])
+
+
+def scale_offset(offset: tuple[int, int], image_shape, other_shape) -> tuple[int, int]:
+    """The same translation in a frame of another size (e.g. a depth map stored at another resolution)."""
+    return (int(round(offset[0] * other_shape[0] / image_shape[0])),
+            int(round(offset[1] * other_shape[1] / image_shape[1])))

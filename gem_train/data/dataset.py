@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gem_train.data.augment import color_jitter, random_shift
+from gem_train.data.augment import color_jitter, random_shift_offset, scale_offset, shift
 from gem_train.data.depth import depth_target
 from gem_train.data.episodes import EpisodeData, read_episode
 
@@ -206,23 +206,26 @@ class ChunkDataset(Dataset):
         if chunk.shape[0] < cfg.chunk_len:       # past the end the robot holds the last target
             chunk = np.concatenate([chunk, np.repeat(actions[-1:], cfg.chunk_len - chunk.shape[0], axis=0)])
         episode = self._episode(k)
-        images, dropped = [], []
+        images, dropped, shifts = [], [], []
         for cam in cfg.camera_names:
             h, w = cfg.image_size[cam]
             image = self._frame(episode, k, cam, t)
             if image.shape[:2] != (h, w):
                 image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
             drop = cfg.image_drop_prob > 0 and rng.random() < cfg.image_drop_prob
+            offset = (0, 0)
             # A blanked image keeps the prompt layout (one image span per camera), so depth targets stay aligned.
             if drop:
                 image = np.zeros_like(image)
             else:
                 if cfg.random_shift_px:
-                    image = random_shift(image, cfg.random_shift_px, rng)
+                    offset = random_shift_offset(cfg.random_shift_px, rng)
+                    image = shift(image, offset)
                 if cfg.color_jitter and rng.random() < 0.5:
                     image = color_jitter(image, rng)
             images.append(np.ascontiguousarray(image))
             dropped.append(drop)
+            shifts.append((offset, (h, w)))
         instructions = self._instructions[k]
         instruction = instructions[int(rng.integers(len(instructions)))]
         if cfg.instruction_drop_prob > 0 and rng.random() < cfg.instruction_drop_prob:
@@ -234,13 +237,16 @@ class ChunkDataset(Dataset):
                   "instruction": instruction, "episode": k, "step": t}
         if cfg.depth_size:
             targets, valid = [], []
-            for cam, drop in zip(cfg.camera_names, dropped):
+            for cam, drop, (offset, image_shape) in zip(cfg.camera_names, dropped, shifts):
                 frames = (episode.depth or {}).get(cam)
                 if frames is None or drop:
                     targets.append(np.zeros((3, cfg.depth_size, cfg.depth_size), np.float32))
                     valid.append(False)
                     continue
-                target, ok = depth_target(frames[t], cfg.depth_size, cfg.max_depth_m,
+                frame = np.asarray(frames[t])
+                # The depth the policy must generate is of the image it saw: the same random shift.
+                frame = shift(frame, scale_offset(offset, image_shape, frame.shape[:2]))
+                target, ok = depth_target(frame, cfg.depth_size, cfg.max_depth_m,
                                           episode.depth_kind.get(cam, "metric"))
                 targets.append(target)
                 valid.append(ok)
