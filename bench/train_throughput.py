@@ -4,6 +4,7 @@
     python bench/train_throughput.py --quick                      # tiny recipe on CPU, a few steps (self-check)
     python bench/train_throughput.py                              # tiny recipe (sim_pick_tiny.yaml) on CPU
     python bench/train_throughput.py --data data/sim_pick         # recorded episodes instead of synthetic ones
+    python bench/train_throughput.py --data data/sim_pick --cache-frames   # + loader with decoded frames in RAM
     python bench/train_throughput.py --device cuda --full-size [--image-size 384] [--depth]
                                       # gem2b_full.yaml: Qwen3-VL-2B-sized VLM + 1024x14 RDT, bf16, batch 16
 
@@ -195,6 +196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed training steps (default 20; 3 with --quick)")
     parser.add_argument("--warmup", type=int, help="untimed first steps (default 3; 1 with --quick)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--cache-frames", action="store_true",
+                        help="data.cache_frames=true for training; adds a loader row with the RAM cache warm")
     return parser.parse_args(argv)
 
 
@@ -227,16 +230,26 @@ def main(argv: list[str] | None = None) -> None:
             if value is not None:
                 overrides.append(f"{key}={value}")
         recipe = load_config(recipe_path, overrides)
+        config_overrides = overrides
         if args.data is None:
             synthesize_episodes(data_dir, recipe, episodes=2 if args.quick else 4, steps=12 if args.quick else 60)
             source = "synthetic"
         else:
-            recipe = load_config(recipe_path, overrides + data_overrides(args.data, recipe))
+            config_overrides = overrides + data_overrides(args.data, recipe)
+            recipe = load_config(recipe_path, config_overrides)
             source = str(args.data)
         config, tc = recipe, recipe.train
 
         data = load_data(config)
-        loader_s = time_loader(data, tc, batches=4 if args.quick else 20, warmup=1 if args.quick else 3)
+        loader_batches, loader_warmup = (4, 1) if args.quick else (20, 3)
+        loader_s = time_loader(data, tc, loader_batches, loader_warmup)
+        cached_s = None
+        if args.cache_frames:
+            config = load_config(recipe_path, [*config_overrides, "data.cache_frames=true"])
+            data = load_data(config)
+            for k in range(data.train_set.num_episodes):     # the steady state: every episode decoded once
+                data.train_set[data.train_set.episode_span(k)[0]]
+            cached_s = time_loader(data, tc, loader_batches, loader_warmup)
         loader_peak, _ = peak_mib(torch.device("cpu"))
 
         t0 = time.perf_counter()
@@ -251,11 +264,11 @@ def main(argv: list[str] | None = None) -> None:
         train = time_training(config, data, accelerator, policy, steps, warmup)
         train_peak, peak_kind = peak_mib(accelerator.device)
         report(args, config, source, len(data.train_set), data.train_set.num_episodes, policy, build_s, loader_s,
-               loader_peak, prompt_s, train, warmup, train_peak, peak_kind, accelerator)
+               loader_peak, prompt_s, train, warmup, train_peak, peak_kind, accelerator, cached_s)
 
 
 def report(args, config, source, samples, episodes, policy, build_s, loader_s, loader_peak, prompt_s, train, warmup,
-           train_peak, peak_kind, accelerator) -> None:
+           train_peak, peak_kind, accelerator, cached_s=None) -> None:
     tc, d, bs = config.train, config.data, config.train.batch_size
     n = {name: sum(p.numel() for p in module.parameters()) / 1e6 if module is not None else 0.0
          for name, module in (("VLM", policy.backbone), ("action expert", policy.action_expert),
@@ -272,6 +285,7 @@ def report(args, config, source, samples, episodes, policy, build_s, loader_s, l
           f"build {build_s:.1f} s; {len(train['step_s'])} timed steps after {warmup} warm-up")
     step, wait = sum(train["step_s"]), sum(train["wait_s"])
     rows = [("loader only (sampler+dataset+collate)", sum(loader_s), len(loader_s), f"{loader_peak:.0f} MiB RSS"),
+            *([("loader only, frames cached in RAM", sum(cached_s), len(cached_s), "")] if cached_s else []),
             ("VLM prompt build (in forward)", sum(prompt_s), len(prompt_s), ""),
             ("train step (data + fwd/bwd + AdamW)", step, len(train["step_s"]), f"{train_peak:.0f} MiB {peak_kind}"),
             ("train step minus data wait", step - wait, len(train["step_s"]), "")]
@@ -279,7 +293,8 @@ def report(args, config, source, samples, episodes, policy, build_s, loader_s, l
     print(header + "\n" + "-" * len(header))
     for name, seconds, count, memory in rows:
         print(f"{name:<40}{count * bs / seconds:>12.1f}{1000 * seconds / count:>12.1f}{memory:>24}")
-    loader_rate, train_rate = len(loader_s) * bs / sum(loader_s), len(train["step_s"]) * bs / step
+    used = cached_s or loader_s   # the loader the timed training steps drew from
+    loader_rate, train_rate = len(used) * bs / sum(used), len(train["step_s"]) * bs / step
     print(f"loader / train-step throughput ratio: {loader_rate / train_rate:.1f}x  (data wait "
           f"{100 * wait / step:.1f} % of step time; median step {1000 * statistics.median(train['step_s']):.1f} ms; "
           f"loss {train['loss'][0]:.3f} -> {train['loss'][-1]:.3f})")
