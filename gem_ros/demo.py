@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         policy.worker and policy.worker.shutdown()
         executor.shutdown()
+        spin.join(timeout=10.0)   # a sim tick still running would publish on a destroyed publisher
         for node in (sim, policy, executor_node, tools):
             node.destroy_node()
         rclpy.try_shutdown()
