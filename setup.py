@@ -64,6 +64,7 @@ setup(
             "gem_executor = gem_ros.nodes.executor_node:main",
             "gem_sim = gem_ros.nodes.sim_node:main",
             "gem_collect_sim = gem_train.collect_sim:main",
+            "gem_pretrain_sim = gem_train.pretrain_sim:main",
             "gem_train = gem_train.train:main",
             "gem_export = gem_train.export:main",
             "gem_eval = gem_train.evaluate:main",

@@ -1,0 +1,158 @@
+"""gem_pretrain_sim: pretrain a tiny Qwen3-VL backbone to ground the instructed cube in rendered sim scenes.
+
+    gem_pretrain_sim --out runs/tiny_grounded_backbone --scenes 3000 --steps 2500 [--colors red]
+    gem_train --config gem_train/configs/sim_pick_tiny.yaml model.backbone=runs/tiny_grounded_backbone
+
+GEM-2B arrives pretrained; the tiny stand-in a CPU can train does not, and a from-scratch ViT does not learn
+where a cube is from a few hundred demonstrations: the action loss only carries the cube's position weakly
+(`gem_eval sensitivity`: the step-0 chunk ignores the images). This stage gives the tiny backbone what a
+pretrained VLM brings, grounding, cheaply: it renders random scenes (one frame each, ~40 ms, no expert), and
+trains the backbone with a small attention-pooling head to regress the instructed cube's table position
+(x, y, m) from the scene image and the instruction. The head is dropped; the backbone folder is written
+(then renamed) so `model.backbone` can point at it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+
+@dataclass
+class PretrainConfig:
+    out: Path
+    scenes: int = 3000               # rendered training scenes (+ 10 % held out)
+    steps: int = 2500
+    batch_size: int = 16
+    lr: float = 1e-3
+    image_size: int = 128            # square, as the policy's data.image_size
+    camera: str = "scene"
+    colors: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
+    random_shift_px: int = 4
+    hidden: int = 64                 # tiny backbone sizes, as gem_train's model.tiny_hidden / tiny_text_layers
+    text_layers: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for key in ("scenes", "steps", "batch_size", "image_size", "hidden", "text_layers"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def render_scenes(cfg: PretrainConfig, count: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(images (N, S, S, 3) uint8, instructions, target cube xy (N, 2) m) of `count` seeded random scenes."""
+    from gem_ros.sim import SimConfig, TabletopSim
+
+    images, instructions, targets = [], [], []
+    size = (cfg.image_size, cfg.image_size)
+    with TabletopSim(SimConfig(object_colors=list(cfg.colors))) as sim:
+        for k in tqdm(range(count), desc="render", unit="scene"):
+            instructions.append(sim.reset(seed + k))
+            rgb, _ = sim.render(cfg.camera)
+            images.append(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if rgb.shape[:2] != size else rgb)
+            targets.append(sim.object_position(sim.target_object)[:2])
+    return np.stack(images), instructions, np.asarray(targets, np.float32)
+
+
+class GroundingHead(nn.Module):
+    """Learned queries attend over the backbone's token states (embeddings + last layer) -> (x, y)."""
+
+    def __init__(self, width: int, queries: int = 4):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(queries, width) * 0.1)
+        self.mlp = nn.Sequential(nn.Linear(queries * width, 256), nn.GELU(), nn.Linear(256, 2))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = torch.einsum("qd,bld->bql", self.queries, hidden) / hidden.shape[-1] ** 0.5
+        scores = scores.masked_fill(~mask.bool()[:, None, :], float("-inf"))
+        pooled = torch.einsum("bql,bld->bqd", scores.softmax(-1), hidden)
+        return self.mlp(pooled.flatten(1))
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    from gem_ros.core.policy import backbone as bb
+    from gem_ros.core.policy.checkpoint import atomic_directory
+    from gem_ros.core.policy.tiny import write_tiny_backbone
+    from gem_train.data.augment import random_shift
+
+    torch.manual_seed(cfg.seed)
+    held_out = max(1, cfg.scenes // 10)
+    images, instructions, targets = render_scenes(cfg, cfg.scenes, cfg.seed)
+    val_images, val_instructions, val_targets = render_scenes(cfg, held_out, 10_000_000 + cfg.seed)
+    mean, std = targets.mean(0), targets.std(0) + 1e-6
+    with atomic_directory(cfg.out) as scratch:
+        write_tiny_backbone(scratch, cfg.hidden, cfg.text_layers, seed=cfg.seed)
+        model = bb.load_backbone(scratch, torch.float32, torch.device("cpu")).train()
+        processor = bb.load_processor(scratch)
+        head = GroundingHead(cfg.hidden)
+        optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=cfg.lr, weight_decay=0.01)
+        layers = [0, cfg.text_layers]
+
+        def predict(batch_images, batch_instructions) -> torch.Tensor:
+            prompt = bb.build_prompts(processor, [[im] for im in batch_images], batch_instructions, "cpu")
+            stack, _ = bb.hidden_state_stack(model, prompt, layers)
+            return head(stack[:, 0] + stack[:, 1], prompt.attention_mask) * torch.from_numpy(std) + \
+                torch.from_numpy(mean)
+
+        def held_out_error_m() -> float:
+            with torch.no_grad():
+                errors = [np.linalg.norm(predict(list(val_images[i:i + 64]), val_instructions[i:i + 64]).numpy()
+                                         - val_targets[i:i + 64], axis=1) for i in range(0, held_out, 64)]
+            return float(np.median(np.concatenate(errors)))
+
+        rng = np.random.default_rng(cfg.seed)
+        history = [{"step": 0, "held_out_median_error_m": held_out_error_m()}]
+        bar = tqdm(range(1, cfg.steps + 1), desc="pretrain", unit="step")
+        for step in bar:
+            idx = rng.integers(0, cfg.scenes, cfg.batch_size)
+            batch = [random_shift(images[i], cfg.random_shift_px, rng) if cfg.random_shift_px else images[i]
+                     for i in idx]
+            loss = ((predict(batch, [instructions[i] for i in idx]) - torch.from_numpy(targets[idx])) /
+                    torch.from_numpy(std)).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % 500 == 0 or step == cfg.steps:
+                history.append({"step": step, "held_out_median_error_m": held_out_error_m()})
+                bar.write(f"step {step}: held-out median error {100 * history[-1]['held_out_median_error_m']:.1f} cm")
+        model.save_pretrained(scratch)
+    spread = float(np.median(np.linalg.norm(val_targets - mean, axis=1)))
+    return {"out": str(cfg.out), "history": history, "mean_predictor_median_error_m": spread}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gem_pretrain_sim", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="backbone folder to write (model.backbone)")
+    parser.add_argument("--scenes", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--colors", nargs="+", default=["red", "green", "blue"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        cfg = PretrainConfig(out=args.out, scenes=args.scenes, steps=args.steps, batch_size=args.batch_size,
+                             image_size=args.image_size, colors=args.colors, seed=args.seed)
+        report = pretrain(cfg)
+    except ValueError as error:
+        print(f"gem_pretrain_sim: {error}", file=sys.stderr)
+        return 2
+    last = report["history"][-1]["held_out_median_error_m"]
+    print(f"gem_pretrain_sim: wrote {report['out']}; held-out median error {100 * last:.1f} cm "
+          f"(predicting the mean: {100 * report['mean_predictor_median_error_m']:.1f} cm)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
