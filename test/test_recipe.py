@@ -1,8 +1,8 @@
-"""The sim recipe still runs: collect -> train -> export, scaled down to seconds.
+"""The sim recipe still runs: collect -> pretrain -> train -> export, scaled down to seconds.
 
-`gem_train/configs/sim_pick_tiny.recipe.json` holds the exact command lines of the sim recipe (and, once a
-checkpoint is shipped, the ones that produced `checkpoints/sim_pick_tiny`). This test runs the same commands with
-smaller numbers (2 episodes, 32 px, a few steps) and checks that the exported checkpoint has the I/O schema the
+`gem_train/configs/sim_pick_tiny.recipe.json` holds the exact command lines of the sim recipe (collect ->
+pretrain -> train -> export). This test runs the same commands with smaller numbers (2 episodes, 4 scenes,
+32 px, a few steps) and checks that the exported checkpoint has the I/O schema the
 recipe's config describes (and the shipped checkpoint's, when there is one), loads, and acts.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from gem_ros.core.policy.config import CameraSpec
 from gem_ros.core.policy.gem_vla import GemVLAPolicy
 from gem_ros.core.policy.observation import Observation
 from gem_ros.demo import SHIPPED_CHECKPOINT
-from gem_train import collect_sim, export, train
+from gem_train import collect_sim, export, pretrain_sim, train
 from gem_train.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +27,7 @@ RECIPE = REPO / "gem_train" / "configs" / "sim_pick_tiny.recipe.json"
 SIZE = 32
 # Scale-down of the recipe: what changes (sizes and counts), never what the policy is.
 SCALE = {"collect": {"--episodes": "2", "--image-size": str(SIZE), "--workers": "1"},
+         "pretrain": {"--scenes": "4", "--steps": "2", "--image-size": str(SIZE)},
          "train": {"data.image_size": str(SIZE), "train.max_steps": "3", "train.checkpoint_every": "3",
                    "train.eval_every": "3", "train.eval_batches": "1", "train.batch_size": "4",
                    "data.val_fraction": "0.5"}}
@@ -64,8 +65,12 @@ def test_shipped_recipe_reruns_small(tmp_path, capsys):
     data_dir = tmp_path / Path(recipe["collect"][recipe["collect"].index("--out") + 1]).name
     collect_argv = scaled(recipe["collect"][1:], SCALE["collect"], tmp_path) + ["--coarse-meshes"]
     assert collect_sim.main(collect_argv) == 0
+    pretrain_argv = scaled(recipe["pretrain"][1:], SCALE["pretrain"], tmp_path)
+    assert pretrain_sim.main(pretrain_argv) == 0
+    backbone = pretrain_argv[pretrain_argv.index("--out") + 1]
 
-    train_argv = scaled(recipe["train"][1:], {**SCALE["train"], "data.dataset_dirs": f"[{data_dir}]"}, tmp_path)
+    train_argv = scaled(recipe["train"][1:], {**SCALE["train"], "data.dataset_dirs": f"[{data_dir}]",
+                                              "model.backbone": backbone}, tmp_path)
     assert train.main(train_argv) == 0
     run_dir = Path(train_argv[train_argv.index("--run-dir") + 1])
     out = tmp_path / "exported"
@@ -73,13 +78,17 @@ def test_shipped_recipe_reruns_small(tmp_path, capsys):
 
     made = read_config(out).io
     config_index = recipe["train"].index("--config") + 1
-    overrides = [a for a in recipe["train"] if "=" in a and not a.startswith("data.dataset_dirs")]
+    overrides = [a for a in recipe["train"] if a.startswith("data.") and not a.startswith("data.dataset_dirs")]
     intended = load_config(REPO / recipe["train"][config_index],
                            overrides + [f"data.dataset_dirs=[{data_dir}]"]).data.io_schema()
     small = lambda io: replace(io, cameras=[CameraSpec(c.name, SIZE, SIZE) for c in io.cameras])  # noqa: E731
     assert made == small(intended)
+    # The recipe's scene (one red cube) travels with the checkpoint, so gem_demo / gem_eval rebuild it.
+    assert read_config(out).sim_scene == {"object_colors": ["red"], "coarse_robot_meshes": True}
     if (SHIPPED_CHECKPOINT / "config.json").exists():
-        assert made == small(read_config(SHIPPED_CHECKPOINT).io)
+        shipped = read_config(SHIPPED_CHECKPOINT)
+        assert made == small(shipped.io)
+        assert shipped.sim_scene == {"object_colors": ["red"], "coarse_robot_meshes": False}
     policy = GemVLAPolicy.from_pretrained(out, device="cpu")
     rng = np.random.default_rng(0)
     obs = Observation({c.name: rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for c in made.cameras},
@@ -95,7 +104,8 @@ def test_scaled_rewrites_counts_and_paths(tmp_path):
         "train.seed=1"]
 
 
-@pytest.mark.parametrize("key, program", [("collect", "gem_collect_sim"), ("train", "gem_train"),
+@pytest.mark.parametrize("key, program", [("collect", "gem_collect_sim"), ("pretrain", "gem_pretrain_sim"),
+                                          ("train", "gem_train"),
                                           ("export", "gem_export"), ("evaluate", "gem_eval")])
 def test_recipe_names_every_step_with_an_installed_program(key, program):
     from importlib.metadata import entry_points
