@@ -105,7 +105,7 @@ def test_scaled_rewrites_counts_and_paths(tmp_path):
 
 
 @pytest.mark.parametrize("key, program", [("collect", "gem_collect_sim"), ("pretrain", "gem_pretrain_sim"),
-                                          ("train", "gem_train"),
+                                          ("train", "gem_train"), ("train_more", "gem_train"),
                                           ("export", "gem_export"), ("evaluate", "gem_eval")])
 def test_recipe_names_every_step_with_an_installed_program(key, program):
     from importlib.metadata import entry_points
