@@ -78,7 +78,8 @@ def assert_within_limits(command: Command):
 # ---- configuration ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value", [
     ("control_rate_hz", 0.0), ("control_rate_hz", math.nan), ("lookahead_s", -0.1), ("lookahead_s", 0.001),
-    ("joint_state_timeout_s", math.inf), ("chunk_timeout_s", 0), ("joint_names", ()), ("joint_names", "panda_joint1"),
+    ("joint_state_timeout_s", math.inf), ("chunk_timeout_s", 0), ("tracking_tolerance_rad", 0.0),
+    ("tracking_tolerance_m", math.nan), ("joint_names", ()), ("joint_names", "panda_joint1"),
     ("joint_names", ("a", "a")),
 ])
 def test_config_refuses_bad_values_naming_the_field(field, value):
@@ -177,6 +178,56 @@ def test_a_plan_from_rest_approaches_its_first_point_instead_of_jumping_to_it():
     assert command.kind == "trajectory"
     np.testing.assert_allclose(command.trajectory.positions[:5, 0], 0.06 * np.arange(1, 6) / 5)
     np.testing.assert_allclose(command.trajectory.positions[5:, 0], 0.06)
+
+
+def lagging_run(ctrl, lag_s: float, t1: float):
+    """A position-controlled arm that trails its setpoint by `lag_s` (first-order, like a PD loop at speed)."""
+    commands, t, q = [], 0.0, HOME.copy()
+    while t <= t1 + 1e-9:
+        command = ctrl.tick(t)
+        commands.append(command)
+        if command.kind == "trajectory":
+            traj = command.trajectory
+            q = q + (traj.positions[0] - q) * (TICK / (lag_s + TICK))
+        t = round(t + TICK, 9)
+        feed_state(ctrl, t, q)
+    return commands, q
+
+
+def test_a_lagging_arm_is_not_slowed_by_limits_charged_with_its_own_tracking_lag():
+    """A feasible 1.25 rad/s ramp (0.025 rad per tick, under the 0.05 step limit) must be commanded as planned
+    while the measured arm trails it by ~0.04 rad: the limits bound the setpoint path, not setpoint minus lag."""
+    ctrl = make_controller(safety_kw={"on_violation": "clamp"})   # as gem.yaml: clamp would hide a slowed arm
+    feed_state(ctrl, 0.0)
+    offset = np.array([0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0])     # joint 2: 1.0 rad in 0.8 s
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(offset, points=8), "absolute_joint", 0.0, 0.0) is None
+    commands, q = lagging_run(ctrl, lag_s=0.04, t1=0.8)
+    trajectories = [c for c in commands if c.kind == "trajectory"]
+    assert all(not c.trajectory.interventions for c in trajectories), trajectories[-1].trajectory.interventions
+    assert trajectories[-1].trajectory.positions[-1, 1] == pytest.approx(HOME[1] + 1.0)
+    # Anchored at the measurement instead, every tick was clamped and the arm fell ever further behind.
+    ctrl = make_controller(exec_kw={"tracking_tolerance_rad": 1e-6}, safety_kw={"on_violation": "clamp"})
+    feed_state(ctrl, 0.0)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(offset, points=8), "absolute_joint", 0.0, 0.0) is None
+    commands, q_measured_anchor = lagging_run(ctrl, lag_s=0.04, t1=0.8)
+    assert sum(bool(c.trajectory.interventions) for c in commands if c.kind == "trajectory") > 10
+    assert q_measured_anchor[1] < q[1] - 0.05
+
+
+def test_a_joint_off_its_setpoint_beyond_tolerance_is_limited_from_where_it_is():
+    """Blocked (or a gripper closed on an object): the next step is checked from the measured position."""
+    ctrl = make_controller(safety_kw={"on_violation": "clamp"})
+    feed_state(ctrl, 0.0)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.zeros(7), points=10), "absolute_joint", 0.0, 0.0) is None
+    assert ctrl.tick(0.0).kind == "trajectory"
+    stuck = HOME.copy()
+    stuck[0] -= 0.3                                   # joint 1 pushed 0.3 rad off its setpoint
+    feed_state(ctrl, 0.02, stuck)
+    command = ctrl.tick(0.02)
+    assert command.kind == "trajectory"
+    first = command.trajectory.positions[0]
+    assert abs(first[0] - stuck[0]) <= 0.05 + 1e-9   # one step from the measurement, not a jump to the plan
+    assert any("panda_joint1" in m for m in command.trajectory.interventions)
 
 
 def test_joints_the_policy_does_not_drive_are_kept_where_they_were():

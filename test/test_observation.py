@@ -170,19 +170,53 @@ def test_config_for_schema_takes_cameras_and_sizes():
 
 def test_alignment_picks_nearest_frame_and_drops_stale_ones():
     buf = make_buffer(max_age_s=0.2, max_skew_s=0.05)
-    # wrist: 0.79 is nearest to the joint state (0.81) but 0.21 s old at now=1.0, so 0.84 is used
+    # The instant is the newest one every camera covers: min(wrist 0.95, front 0.99) = 0.95; wrist 0.79 is stale.
     for stamp, value in [(0.79, 1), (0.84, 2), (0.95, 3)]:
         buf.add_image("wrist", stamp, frame(value))
     for stamp, value in [(0.70, 10), (0.80, 11), (0.83, 12), (0.99, 13)]:
         buf.add_image("front", stamp, frame(value))
-    buf.add_joint_state(0.81, JOINTS, [0.1, 0.2, 0.3])
+    buf.add_joint_state(0.91, JOINTS, [0.1, 0.2, 0.3])
+    buf.add_joint_state(0.96, JOINTS, [0.6, 0.7, 0.8])
     timed = buf.assemble(1.0, "pick")
-    assert timed.stamp_s == 0.81
-    assert timed.image_stamps == {"front": 0.80, "wrist": 0.84}
-    assert timed.observation.images["wrist"][0, 0, 0] == 2 and timed.observation.images["front"][0, 0, 0] == 11
-    assert timed.skew_s == pytest.approx(0.03)
-    np.testing.assert_array_equal(timed.observation.state, [0.1, 0.2, 0.3])
+    assert timed.stamp_s == 0.95
+    assert timed.image_stamps == {"front": 0.99, "wrist": 0.95}
+    assert timed.observation.images["wrist"][0, 0, 0] == 3 and timed.observation.images["front"][0, 0, 0] == 13
+    assert timed.skew_s == pytest.approx(0.04)
+    # joints interpolated at the instant (0.8 of the way from 0.91 to 0.96), not the newest sample
+    np.testing.assert_allclose(timed.observation.state, [0.5, 0.6, 0.7])
     assert timed.observation.instruction == "pick"
+
+
+def test_slow_camera_gets_the_joint_state_of_its_frame_not_the_newest():
+    """A 10 Hz camera and 50 Hz joint states: the state must describe the arm when the frame was taken."""
+    buf = make_buffer(max_age_s=0.3, max_skew_s=0.05)
+    buf.add_image("wrist", 1.00, frame(1))
+    buf.add_image("front", 1.00, frame(2))
+    for k in range(5):   # the arm keeps moving after the frame: 1.00, 1.02, ... 1.08 s
+        buf.add_joint_state(1.00 + 0.02 * k, JOINTS, [k, 10 * k, 100 * k])
+    timed = buf.assemble(1.09, "pick")
+    assert timed.stamp_s == 1.00
+    np.testing.assert_allclose(timed.observation.state, [0.0, 0.0, 0.0])
+
+
+def test_joint_states_far_from_the_frames_are_refused():
+    buf = make_buffer(max_age_s=0.3, max_skew_s=0.05)
+    buf.add_image("wrist", 1.00, frame(1))
+    buf.add_image("front", 1.00, frame(2))
+    buf.add_joint_state(1.10, JOINTS, [0.1, 0.2, 0.3])   # fresh, but 0.1 s after the only frames
+    with pytest.raises(StaleObservation) as info:
+        buf.assemble(1.12, "pick")
+    assert "joint 'j1' nearest sample is 0.100 s from the camera frames (max skew 0.050 s)" in info.value.reasons
+
+
+def test_a_nan_sample_at_the_instant_is_refused_even_if_the_newest_is_finite():
+    buf = make_buffer(max_age_s=0.3, max_skew_s=0.05)
+    buf.add_image("wrist", 1.00, frame(1))
+    buf.add_image("front", 1.00, frame(2))
+    buf.add_joint_state(0.99, JOINTS, [0.1, float("nan"), 0.3])
+    buf.add_joint_state(1.01, JOINTS, [0.1, 0.2, 0.3])
+    with pytest.raises(StaleObservation, match="joint 'j2' position at the observation instant is nan"):
+        buf.assemble(1.02, "pick")
 
 
 def test_all_problems_are_listed():
@@ -194,7 +228,7 @@ def test_all_problems_are_listed():
         buf.assemble(1.0, "pick")
     reasons = info.value.reasons
     assert "camera 'wrist' last frame 0.35 s old (max 0.20 s)" in reasons
-    assert "camera 'front' nearest frame is 0.100 s from the joint state (max skew 0.050 s)" in reasons
+    assert "camera 'front' nearest frame is 0.100 s from the observation instant (max skew 0.050 s)" in reasons
     assert "joint 'j2' missing from joint states" in reasons
     assert any("['gripper']" in r for r in reasons)          # hint: names the publisher does send
     assert isinstance(info.value, ValueError) and "wrist" in str(info.value)
@@ -223,6 +257,8 @@ def test_joints_matched_by_name_in_any_order_and_extra_ignored():
     # split publishers (arm + gripper) and a late, older message that must not win
     buf.add_joint_state(1.01, ["j2"], [20.0])
     buf.add_joint_state(0.99, ["j2"], [-1.0])
+    for cam in ("front", "wrist"):
+        buf.add_image(cam, 1.01, frame(0))
     np.testing.assert_array_equal(buf.assemble(1.01, "x").observation.state, [1.0, 20.0, 3.0])
 
 

@@ -13,6 +13,12 @@ Times are seconds on one clock (the node's, sim time included); joints are match
 A chunk that starts a plan from rest gets an approach: from the measured position at arrival, linearly to the
 chunk's first point, instead of the scheduler's hold of that first point (a jump of up to one chunk dt of
 motion within one tick, which the safety filter would rightly reject).
+Each trajectory is checked from the setpoint the controller is tracking (the previous trajectory at `now`), not
+from the measured position: a position controller always lags a moving setpoint, and charging that lag to the
+next step made the rate limits slow the arm below the speed it was commanded at, the lag grew, and every tick
+was clamped (what the executor commands is the setpoint path, so that is what the limits bound). A joint whose
+measured position is more than `tracking_tolerance_rad` / `_m` away from its setpoint (blocked, a gripper
+closed on an object, just after a hold) is checked from its measured position instead, as before.
 Joints of the controller that the action space does not drive (e.g. fingers of an arm-only policy) are kept at
 their measured position at chunk arrival: JTC rejects goals that omit joints unless allow_partial_joints_goal.
 """
@@ -52,6 +58,8 @@ class ExecutionConfig:
     lookahead_s: float = 0.2             # each trajectory covers this much of the plan
     joint_state_timeout_s: float = 0.1   # older /joint_states -> hold (we cannot validate blind)
     chunk_timeout_s: float = 2.0         # no accepted chunk for this long while running -> hold (dead policy)
+    tracking_tolerance_rad: float = 0.1  # |measured - setpoint| beyond this: check the next step from measured
+    tracking_tolerance_m: float = 0.01   # the same for prismatic joints (gripper fingers)
 
     def __post_init__(self) -> None:
         if isinstance(self.joint_names, str):   # a bare string would iterate into letters
@@ -61,7 +69,8 @@ class ExecutionConfig:
             raise ValueError(f"joint_names must be non-empty joint-name strings, got {self.joint_names!r}")
         if len(set(self.joint_names)) != len(self.joint_names):
             raise ValueError(f"joint_names must be unique, got {self.joint_names!r}")
-        for name in ("control_rate_hz", "lookahead_s", "joint_state_timeout_s", "chunk_timeout_s"):
+        for name in ("control_rate_hz", "lookahead_s", "joint_state_timeout_s", "chunk_timeout_s",
+                     "tracking_tolerance_rad", "tracking_tolerance_m"):
             setattr(self, name, _positive(name, getattr(self, name)))
         if self.lookahead_s * self.control_rate_hz < 1.0 - 1e-9:
             raise ValueError(f"lookahead_s {self.lookahead_s} must cover at least one tick (1 / control_rate_hz = "
@@ -106,6 +115,8 @@ class ExecutionController:
         self._columns = [cfg.joint_names.index(n) for n in action_mapper.output_joint_names]
         self._joint_set = frozenset(cfg.joint_names)
         self._lower, self._upper = self._position_bounds()
+        self._tracking_tolerance = np.array([cfg.tracking_tolerance_m if safety.limits[n].is_prismatic
+                                             else cfg.tracking_tolerance_rad for n in cfg.joint_names])
         self._history_s = max(_MIN_HISTORY_S, scheduler.cfg.max_latency_s + cfg.joint_state_timeout_s)
         self._lock = threading.RLock()
         self._positions: dict[str, float] = {}
@@ -117,6 +128,7 @@ class ExecutionController:
         self._pending_stop: str | None = None
         self._last_chunk_s: float | None = None
         self._approach: tuple[float, np.ndarray, float, np.ndarray] | None = None   # (t0, q0, t1, q1)
+        self._commanded: tuple[float, np.ndarray, SafeTrajectory] | None = None   # (sent at, anchor, trajectory)
         self._last_kind = "idle"
         self._counts = dict(chunks_accepted=0, chunks_refused=0, safety_interventions=0, safety_rejections=0,
                             holds=0, trajectories=0, ticks=0)
@@ -286,9 +298,10 @@ class ExecutionController:
                     self._running = False
                     return self._hold(current, "plan starved: no new chunk before the plan ran out")
                 return self._idle("no plan")
+            anchor, anchor_velocities = self._anchor(now_s, current)
             try:
                 trajectory = self.safety.filter_trajectory(
-                    self.cfg.joint_names, times, positions, current, self._current_velocities())
+                    self.cfg.joint_names, times, positions, anchor, anchor_velocities)
             except ChunkRejected as error:
                 self._counts["safety_rejections"] += 1
                 self._abandon_plan()
@@ -297,6 +310,7 @@ class ExecutionController:
                 self._counts["safety_interventions"] += 1
                 self._last_intervention = "; ".join(trajectory.interventions)
             self._running = True
+            self._commanded = (now_s, anchor, trajectory)
             self._counts["trajectories"] += 1
             self._last_kind = "trajectory"
             return Command("trajectory", trajectory, "executing plan")
@@ -352,6 +366,7 @@ class ExecutionController:
         """A hold at `current`; `problem` holds (all but a requested stop) make health() WARN."""
         if current is None:   # never saw the arm: there is no position to hold at, so command nothing
             return self._idle(f"{reason} (no joint state yet: nothing commanded)")
+        self._commanded = None
         new_episode = self._last_kind != "hold"
         if new_episode:
             self._counts["holds"] += 1
@@ -362,12 +377,35 @@ class ExecutionController:
         return Command("hold", trajectory, reason, new_episode)
 
     def _idle(self, reason: str) -> Command:
+        self._commanded = None
         self._last_kind = "idle"
         return Command("idle", None, reason)
 
     def _abandon_plan(self) -> None:
         self.scheduler.clear()
         self._running, self._pending_stop, self._last_chunk_s, self._approach = False, None, None, None
+
+    def _anchor(self, now_s: float, current: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Where each joint's next trajectory starts: its setpoint now (the last trajectory, linear between its
+        points, from its own anchor) when the measurement tracks it within tolerance, else the measurement."""
+        measured_velocities = self._current_velocities()
+        if self._commanded is None:
+            return current, measured_velocities
+        sent_s, start, sent = self._commanded
+        elapsed = now_s - sent_s
+        times = np.concatenate([[0.0], sent.times_s])
+        if not 0.0 <= elapsed <= times[-1]:
+            return current, measured_velocities
+        points = np.vstack([start, sent.positions])
+        k = min(int(np.searchsorted(times, elapsed, side="right")), len(times) - 1)   # segment k-1 -> k
+        alpha = (elapsed - times[k - 1]) / (times[k] - times[k - 1])
+        setpoint = mix(points[k - 1], points[k], alpha)
+        setpoint_velocity = (points[k] - points[k - 1]) / (times[k] - times[k - 1])
+        tracked = np.abs(current - setpoint) <= self._tracking_tolerance
+        anchor = np.where(tracked, setpoint, current)
+        if measured_velocities is None:
+            return anchor, None
+        return anchor, np.where(tracked, setpoint_velocity, measured_velocities)
 
     def _approach_positions(self, now_s: float, times: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Replace the plan before its first point by the line from the state at arrival to that point."""

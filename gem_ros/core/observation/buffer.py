@@ -1,5 +1,11 @@
 """Latest camera frames and joint states, time-aligned and freshness-checked into one policy `Observation`.
 
+One observation describes one instant: the newest time every camera has a frame for (cameras are the slow
+sensors, e.g. 10-30 Hz against 50-1000 Hz joint states). Each camera contributes its frame nearest that
+instant, and each joint its position interpolated there from a short history. Pairing a 10 Hz frame with the
+newest joint state instead put the images up to 0.1 s behind the state, and a policy whose delta actions are
+relative to the state then aimed from where the arm was not when it saw the scene.
+
 Subscription callbacks call `add_image` / `add_joint_state`; the inference worker calls `assemble`. They
 run on different threads, so every shared field is touched under one lock, and the lock is never held
 while resizing or copying pixels. Times are seconds on the clock of the message stamps (ROS time: wall or
@@ -84,9 +90,9 @@ class StaleObservation(ValueError):
 @dataclass
 class TimedObservation:
     observation: Observation
-    stamp_s: float                    # newest joint-state stamp = the time the observation describes, s
+    stamp_s: float                    # the instant the observation describes (see the module docstring), s
     image_stamps: dict[str, float]    # stamp of the frame used per camera, s
-    skew_s: float                     # max |image stamp - stamp_s| over cameras, s
+    skew_s: float                     # max |image stamp - stamp_s| over cameras, and the joints' nearest sample, s
 
 
 class ObservationBuffer:
@@ -97,6 +103,8 @@ class ObservationBuffer:
         self._joint_index = {name: i for i, name in enumerate(config.joint_names)}
         self._positions = np.full(len(config.joint_names), np.nan)     # rad or m, in joint_names order
         self._joint_stamps = np.full(len(config.joint_names), -np.inf)  # s; -inf = never received
+        # per joint (stamp, position), oldest first: covers max_age_s + max_skew_s behind the newest sample
+        self._joint_history = [deque() for _ in config.joint_names]
         self._joint_messages = 0
         self._unknown_joints: set[str] = set()   # names seen but not configured: a hint when one is missing
 
@@ -132,6 +140,10 @@ class ObservationBuffer:
                         self._unknown_joints.add(name)
                 elif stamp_s >= self._joint_stamps[index]:   # a late, older message never overwrites a newer one
                     self._positions[index], self._joint_stamps[index] = value, stamp_s
+                    history = self._joint_history[index]
+                    history.append((float(stamp_s), value))
+                    while history[0][0] < stamp_s - self.config.max_age_s - self.config.max_skew_s:
+                        history.popleft()
 
     def clear(self) -> None:
         """Forget all inputs (episode reset, time jump after a sim restart)."""
@@ -139,6 +151,8 @@ class ObservationBuffer:
             for frames in self._frames.values():
                 frames.clear()
             self._positions[:], self._joint_stamps[:] = np.nan, -np.inf
+            for history in self._joint_history:
+                history.clear()
             self._joint_messages = 0
             self._unknown_joints.clear()
 
@@ -151,7 +165,7 @@ class ObservationBuffer:
 
     def assemble(self, now_s: float, instruction: str,
                  camera_sizes: dict[str, tuple[int, int]] | None = None) -> TimedObservation:
-        """The observation at the newest joint state, with each camera's nearest frame; raises StaleObservation.
+        """The observation at the newest instant all cameras cover (module docstring); raises StaleObservation.
 
         `camera_sizes` ((height, width) per camera) overrides `config.camera_sizes` for this call.
         """
@@ -159,14 +173,14 @@ class ObservationBuffer:
         unknown = sorted(set(sizes) - set(self._frames))
         if unknown:
             raise ValueError(f"camera_sizes names unknown cameras {unknown}; configured: {self.config.camera_names}")
-        stamp_s, positions, chosen = self._select(now_s)
+        stamp_s, positions, chosen, joint_skew = self._select(now_s)
         images = {}
         for name, (_, image) in chosen.items():
             resized = resize_to(image, *sizes[name]) if name in sizes else image
             # the policy gets its own contiguous array: a consumer writing into it cannot corrupt the buffer
             images[name] = resized.copy() if resized is image else np.ascontiguousarray(resized)
         image_stamps = {name: s for name, (s, _) in chosen.items()}
-        skew = max(abs(s - stamp_s) for s in image_stamps.values())
+        skew = max([abs(s - stamp_s) for s in image_stamps.values()] + [joint_skew])
         return TimedObservation(Observation(images=images, state=positions, instruction=instruction),
                                 stamp_s, image_stamps, skew)
 
@@ -175,17 +189,53 @@ class ObservationBuffer:
         self._select(now_s)
 
     def _select(self, now_s: float):
-        """(joint stamp, positions, {camera: (stamp, frame)}) of the observation at now_s, or StaleObservation."""
+        """(instant, positions there, {camera: (stamp, frame)}, joint skew) at now_s, or StaleObservation."""
         with self._lock:
             frames = {name: list(f) for name, f in self._frames.items()}
             positions, joint_stamps = self._positions.copy(), self._joint_stamps.copy()
+            histories = [list(h) for h in self._joint_history]
             joint_messages, unknown_joints = self._joint_messages, sorted(self._unknown_joints)
         reasons: list[str] = []
-        stamp_s = self._check_joints(now_s, positions, joint_stamps, joint_messages, unknown_joints, reasons)
-        chosen = {name: self._pick_frame(name, frames[name], now_s, stamp_s, reasons) for name in frames}
+        newest_joint_s = self._check_joints(now_s, positions, joint_stamps, joint_messages, unknown_joints, reasons)
+        if reasons:   # the frame checks below still run, so that every problem is reported at once
+            for name in frames:
+                self._pick_frame(name, frames[name], now_s, newest_joint_s, reasons)
+            raise StaleObservation(reasons)
+        fresh_newest = [max((s for s, _ in f if -self.config.max_skew_s <= now_s - s <= self.config.max_age_s),
+                            default=math.nan) for f in frames.values()]
+        # the newest instant every camera covers; a camera without a fresh frame is reported by _pick_frame
+        instant = min((s for s in fresh_newest if math.isfinite(s)), default=newest_joint_s)
+        chosen = {name: self._pick_frame(name, frames[name], now_s, instant, reasons) for name in frames}
+        positions, joint_skew = self._joints_at(instant, histories, reasons)
         if reasons:
             raise StaleObservation(reasons)
-        return stamp_s, positions, chosen
+        return instant, positions, chosen, joint_skew
+
+    def _joints_at(self, instant: float, histories, reasons) -> tuple[np.ndarray, float]:
+        """Each joint's position at `instant`: linear between the samples around it, else the nearest sample
+        (within max_skew_s); and the largest distance from `instant` to a sample used."""
+        positions = np.empty(len(histories))
+        skew = 0.0
+        for i, history in enumerate(histories):
+            stamps = np.array([s for s, _ in history])
+            values = np.array([v for _, v in history])
+            k = int(np.searchsorted(stamps, instant))
+            if 0 < k < len(stamps):   # bracketed: the samples around it are as close as the joint rate allows
+                before, after = k - 1, k
+                w = (instant - stamps[before]) / (stamps[after] - stamps[before]) if stamps[after] > stamps[before] else 1.0
+                positions[i] = values[before] + w * (values[after] - values[before])
+                skew = max(skew, min(instant - stamps[before], stamps[after] - instant))
+                continue
+            nearest = min(range(len(stamps)), key=lambda j: abs(stamps[j] - instant))
+            gap = abs(stamps[nearest] - instant)
+            if gap > self.config.max_skew_s:
+                reasons.append(f"joint '{self.config.joint_names[i]}' nearest sample is {gap:.3f} s from the camera "
+                               f"frames (max skew {self.config.max_skew_s:.3f} s)")
+            positions[i], skew = values[nearest], max(skew, gap)
+        for i in np.flatnonzero(~np.isfinite(positions)):
+            reasons.append(f"joint '{self.config.joint_names[i]}' position at the observation instant is "
+                           f"{positions[i]} (not finite)")
+        return positions, skew
 
     def _check_joints(self, now_s, positions, stamps, joint_messages, unknown_joints, reasons) -> float:
         """Append joint problems to `reasons`; return the newest configured joint stamp (nan if none)."""
@@ -232,6 +282,6 @@ class ObservationBuffer:
         best = min(fresh, key=lambda f: abs(f[0] - stamp_s))
         skew = abs(best[0] - stamp_s)
         if skew > max_skew:
-            reasons.append(f"camera '{camera}' nearest frame is {skew:.3f} s from the joint state "
+            reasons.append(f"camera '{camera}' nearest frame is {skew:.3f} s from the observation instant "
                            f"(max skew {max_skew:.3f} s)")
         return best
