@@ -25,8 +25,9 @@ ARM_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
 FINGERS = ["panda_finger_joint1", "panda_finger_joint2"]
 
 
-def make_random_sim_checkpoint(path: Path) -> Path:
-    """A tiny, randomly initialised GEM-VLA with the sim's I/O schema (what runs when nothing is trained yet)."""
+def make_random_sim_checkpoint(path: Path, sim_scene: dict | None = None) -> Path:
+    """A tiny, randomly initialised GEM-VLA with the sim's I/O schema (what runs when nothing is trained yet);
+    `sim_scene` gives it a trained checkpoint's scene, for an untrained baseline on the same task."""
     import torch
 
     from gem_ros.core.policy.gem_vla import GemVLAPolicy
@@ -38,6 +39,7 @@ def make_random_sim_checkpoint(path: Path) -> Path:
     config = tiny_policy_config(image_size=96, state_dim=9, action_dim=8, chunk_len=8,
                                 state_names=ARM_JOINTS + FINGERS, action_names=ARM_JOINTS + ["gripper"],
                                 gripper_channels=[7], control_rate_hz=10.0)
+    config.sim_scene = sim_scene
     home = np.array(HOME_ARM_RAD)
     # Actions span home +- 0.15 rad and the middle of the gripper range: an untrained policy wiggles near home
     # (its samples can still leave the range; the executor's safety filter then refuses them, as it should).
@@ -152,6 +154,9 @@ def control_rate_hz(times: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None, help="GEM-VLA checkpoint folder")
+    parser.add_argument("--random-policy", action="store_true",
+                        help="the untrained baseline: a tiny randomly initialised GEM-VLA, in the scene of "
+                             "--checkpoint (or of the shipped one)")
     parser.add_argument("--episodes", type=int, default=3)
     parser.add_argument("--episode-timeout", type=float, default=12.0, help="sim seconds per episode")
     parser.add_argument("--seed", type=int, default=0)
@@ -178,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoint = args.checkpoint
     scratch = tempfile.TemporaryDirectory(prefix="gem_demo_")
-    if checkpoint is None and SHIPPED_CHECKPOINT.exists():
+    if args.random_policy:
+        scene_of = checkpoint or (SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.exists() else None)
+        from gem_ros.core.policy.checkpoint import read_config
+
+        print("policy: a tiny RANDOMLY INITIALISED GEM-VLA (--random-policy: the untrained baseline)")
+        checkpoint = make_random_sim_checkpoint(Path(scratch.name), read_config(scene_of).sim_scene if scene_of else None)
+    elif checkpoint is None and SHIPPED_CHECKPOINT.exists():
         checkpoint = SHIPPED_CHECKPOINT
         print(f"policy: shipped checkpoint {checkpoint}")
     elif checkpoint is None:

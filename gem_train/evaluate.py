@@ -2,6 +2,7 @@
 
     gem_eval offline --checkpoint CKPT --data data/sim_pick [--out outputs/eval]   # held-out action error + plots
     gem_eval sim --checkpoint CKPT --episodes 10 [--seed 0] [--out outputs/eval_sim] # closed-loop success rate
+    gem_eval sim --checkpoint CKPT --random-policy ...    # the untrained baseline in the same scene
     gem_eval rollout --checkpoint CKPT --episodes 20      # the same sim without ROS: the policy alone, fast
     gem_eval sensitivity --checkpoint CKPT --data DIR     # does the policy use its images or copy its state?
 
@@ -91,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     off.add_argument("--stride", type=int, default=4)
     off.add_argument("--max-episodes", type=int, default=10)
     sim = sub.add_parser("sim", help="closed-loop success rate in the embedded simulator (real ROS nodes)")
-    sim.add_argument("--checkpoint", type=Path, required=True)
+    sim.add_argument("--checkpoint", type=Path, default=None)
+    sim.add_argument("--random-policy", action="store_true",
+                     help="the untrained baseline (a tiny random GEM-VLA) in the scene of --checkpoint")
     sim.add_argument("--episodes", type=int, default=10)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--episode-timeout", type=float, default=12.0)
@@ -124,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from gem_ros.demo import main as run_episodes
 
-    return run_episodes(["--checkpoint", str(args.checkpoint), "--episodes", str(args.episodes), "--seed",
-                         str(args.seed), "--episode-timeout", str(args.episode_timeout), "--out", str(args.out)])
+    if args.checkpoint is None and not args.random_policy:
+        parser.error("gem_eval sim needs --checkpoint (or --random-policy for the untrained baseline)")
+    return run_episodes((["--checkpoint", str(args.checkpoint)] if args.checkpoint else [])
+                        + (["--random-policy"] if args.random_policy else [])
+                        + ["--episodes", str(args.episodes), "--seed", str(args.seed),
+                           "--episode-timeout", str(args.episode_timeout), "--out", str(args.out)])
 
 
 if __name__ == "__main__":

@@ -22,3 +22,15 @@ def test_gem_demo_runs_one_episode_and_writes_outputs(tmp_path):
     gif = Image.open(tmp_path / "episode_00.gif")
     assert gif.n_frames >= 3
     assert Image.open(tmp_path / "episode_00.png").size[0] > 300
+
+
+def test_untrained_baseline_runs_in_the_trained_checkpoints_scene(tmp_path):
+    """`gem_eval sim --random-policy`: the number the trained policy is compared with, on the same task."""
+    shipped = REPO / "checkpoints" / "sim_pick_tiny"
+    cmd = [sys.executable, "-m", "gem_train.evaluate", "sim", "--random-policy", "--checkpoint", str(shipped),
+           "--episodes", "1", "--episode-timeout", "1.5", "--out", str(tmp_path)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "RANDOMLY INITIALISED" in run.stdout
+    assert "'object_colors': ['red']" in run.stdout     # the shipped checkpoint's one-red-cube scene
+    assert json.loads((tmp_path / "summary.json").read_text())["checkpoint"] != str(shipped)
