@@ -36,7 +36,7 @@ from transformers.utils import logging as transformers_logging
 from gem_ros.core.policy import backbone as bb
 from gem_ros.core.policy import checkpoint as ckpt
 from gem_ros.core.policy.action_expert import ActionExpert, distillation_loss
-from gem_ros.core.policy.config import GemVLAConfig
+from gem_ros.core.policy.config import SIM_SCENE_FIELDS, GemVLAConfig
 from gem_ros.core.policy.gem_vla import GemVLAPolicy
 from gem_ros.core.policy.normalizer import MinMaxNormalizer
 from gem_train.checkpointing import (EpochBatchSampler, TrainerState, capture_rng, checkpoint_dir, endless_batches,
@@ -213,9 +213,7 @@ def load_data(config: TrainConfig) -> DataBundle:
 
 def sim_scene_of(metas: list[dict]) -> dict | None:
     """The scene fields gem_collect_sim recorded, if every episode came from the same embedded-sim scene."""
-    from gem_ros.sim.scene import SCENE_FIELDS
-
-    scenes = [{k: m[k] for k in SCENE_FIELDS if k in m} for m in metas]
+    scenes = [{k: m[k] for k in SIM_SCENE_FIELDS if k in m} for m in metas]
     if not scenes or any(not scene or scene != scenes[0] for scene in scenes):
         return None
     return scenes[0]

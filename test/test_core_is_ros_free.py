@@ -34,3 +34,12 @@ def test_core_imports_without_loading_rclpy():
             "assert not loaded, loaded\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_training_data_path_does_not_need_the_simulator():
+    """gem_train on a GPU box without pybullet: loading data (scene fields included) must not import it."""
+    code = ("import sys, gem_train.train as t\n"
+            "assert t.sim_scene_of([{'object_colors': ['red']}] * 2) == {'object_colors': ['red']}\n"
+            "assert 'pybullet' not in sys.modules, 'gem_train.train imported pybullet'\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -17,6 +17,7 @@ import numpy as np
 import pybullet as p
 import pybullet_data
 
+from gem_ros.core.policy.config import SIM_SCENE_FIELDS
 from gem_ros.sim.camera import (CameraConfig, Intrinsics, intrinsics, optical_frame, projection_matrix,
                                 quat_from_matrix, world_eye_target_up, zbuffer_to_depth_m)
 
@@ -56,9 +57,7 @@ def default_cameras() -> list[CameraConfig]:
     ]
 
 
-# The SimConfig fields a dataset (and so a trained checkpoint) records as its scene: a policy is evaluated in
-# the scene it learned, e.g. one cube instead of three.
-SCENE_FIELDS = ("object_colors", "coarse_robot_meshes")
+SCENE_FIELDS = SIM_SCENE_FIELDS   # the SimConfig fields a checkpoint records: it is evaluated in the scene it learned
 
 
 def scene_overrides(sim_scene: dict | None) -> dict:

@@ -131,6 +131,11 @@ class RDTConfig:
         return self.ffn_multiple_of * math.ceil(width / self.ffn_multiple_of)
 
 
+# The embedded-sim fields a dataset (and so a trained checkpoint) records as its scene, e.g. one cube instead of
+# three. Defined here, not in gem_ros.sim, so that training and serving never need pybullet to read them.
+SIM_SCENE_FIELDS = ("object_colors", "coarse_robot_meshes")
+
+
 @dataclass
 class GemVLAConfig:
     """A whole GEM-VLA policy. `backbone_dir` is relative to the checkpoint folder."""
