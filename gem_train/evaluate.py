@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     roll.add_argument("--seed", type=int, default=0)
     roll.add_argument("--execute", type=int, default=0, help="actions executed per chunk (0: half the chunk)")
     roll.add_argument("--episode-timeout", type=float, default=12.0)
+    roll.add_argument("--executor", action="store_true",
+                      help="execute through the executor core and JTC follower as gem_demo does (no ROS)")
+    roll.add_argument("--latency", type=float, default=0.0, help="--executor: seconds from request to chunk")
     roll.add_argument("--out", type=Path, default=Path("outputs/eval_rollout"))
     sens = sub.add_parser("sensitivity", help="chunk change when images or state are swapped (copycat check)")
     sens.add_argument("--checkpoint", type=Path, required=True)
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         from gem_train import rollout
 
         report = rollout.rollout(args.checkpoint, args.episodes, args.seed, args.execute, args.episode_timeout,
-                                 args.out) if args.mode == "rollout" else \
+                                 args.out, executor=args.executor, latency_s=args.latency) \
+            if args.mode == "rollout" else \
             rollout.sensitivity(args.checkpoint, args.data, args.steps, args.episodes)
         print(json.dumps(report, indent=2))
         return 0

@@ -1,11 +1,17 @@
 """Fast checks of a sim checkpoint without ROS: direct closed-loop rollouts and an input-sensitivity probe.
 
     gem_eval rollout --checkpoint CKPT --episodes 20 [--execute 8]     # success rate in ~2 s per episode
+    gem_eval rollout --checkpoint CKPT --executor [--latency 0.1]      # + the executor core, as gem_demo runs it
     gem_eval sensitivity --checkpoint CKPT --data data/sim_pick        # does the policy look at its cameras?
 
 `rollout` drives `TabletopSim` at the checkpoint's control rate: render, predict a chunk, execute its first
 `--execute` actions (mapped to joints by the executor's `ActionMapper`), repeat. No scheduler blending, latency or
 safety filter: it measures the policy, while `gem_eval sim` measures the whole ROS pipeline (~10x slower).
+`--executor` puts the execution layer back without ROS: the ExecutionController built from the robot YAML's
+gem_executor parameters (chunk alignment, blending, safety filter, setpoint anchoring) ticking at its control
+rate, the JTC-semantics TrajectoryFollower of gem_sim, cameras at gem_sim's camera_rate_hz, the next chunk
+requested as gem_policy's request_threshold_s says and delivered `--latency` seconds later. A gap between the two
+modes is the execution layer's; a gap between `--executor` and `gem_eval sim` is ROS transport and timing.
 
 `sensitivity` answers the usual reason a small imitation policy fails in closed loop while its offline error is
 low: it copies the proprioceptive trajectory and ignores the images ("copycat"). For held-out frames at a few
@@ -32,9 +38,74 @@ def _mapper(io):
     return ActionMapper(cfg)
 
 
+def _bringup_parameters(arm: str) -> dict:
+    """{node name: ros__parameters} of gem_bringup/config/<arm>/gem.yaml in the source tree (no rclpy needed)."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "gem_bringup" / "config" / arm / "gem.yaml"
+    if not path.exists():
+        raise ValueError(f"no bringup config for arm '{arm}': {path} does not exist")
+    return {node: body.get("ros__parameters", {}) for node, body in yaml.safe_load(path.read_text()).items()}
+
+
+class _ExecutorLoop:
+    """One episode's execution path as gem_demo wires it, minus ROS (module docstring)."""
+
+    def __init__(self, checkpoint: Path, io, arm: str, latency_s: float):
+        from gem_ros.core.executor_setup import PARAMETERS, build_controller
+        from gem_ros.demo import executor_overrides
+
+        nodes = _bringup_parameters(arm)
+        values = {**PARAMETERS, **nodes["gem_executor"], **executor_overrides(checkpoint),
+                  "urdf_path": str(Path(__file__).resolve().parents[1] / "urdf" / arm / f"{arm}.urdf")}
+        self.values, self.latency_s = values, latency_s
+        self.request_threshold_s = float(nodes["gem_policy"].get("request_threshold_s", 0.3))
+        self.camera_period_s = 1.0 / float(nodes["gem_sim"].get("camera_rate_hz", 10.0))
+        self.tick_s = 1.0 / float(values["control_rate_hz"])
+        self.horizon_s = io.chunk_len / io.control_rate_hz
+        self.controller = build_controller(values)
+
+    def run(self, sim, policy, io, instruction: str, max_s: float, observe) -> dict:
+        from gem_ros.core.policy.observation import Observation
+        from gem_ros.sim.follower import TrajectoryFollower
+
+        names, q, _ = sim.joint_state()
+        follower = TrajectoryFollower(names, q)
+        controller, t0 = self.controller, sim.time_s
+        frame, pending, last_obs_s = None, None, -np.inf   # frame: (stamp, images, q); pending: (due, chunk, stamp)
+        counts = {"trajectory": 0, "hold": 0, "idle": 0, "interventions": 0, "chunks": 0}
+        while sim.time_s - t0 < max_s and not sim.task_success():
+            t = sim.time_s
+            names, q, v = sim.joint_state()
+            controller.on_joint_state(names, q, v, t, t)
+            if frame is None or t - frame[0] >= self.camera_period_s - 1e-9:
+                frame = (t, observe(), q.copy())
+            if pending is not None and t >= pending[0]:
+                controller.on_chunk(list(controller.expected_channels), 1.0 / io.control_rate_hz, pending[1],
+                                    io.action_space, pending[2], t)
+                pending = None
+            if pending is None and last_obs_s + self.horizon_s - t <= self.request_threshold_s + self.latency_s:
+                stamp, images, q_obs = frame
+                chunk = policy.predict_action_chunk(Observation(images, q_obs.astype(np.float32), instruction),
+                                                    seed=counts["chunks"])
+                pending, last_obs_s = (t + self.latency_s, chunk, stamp), stamp
+                counts["chunks"] += 1
+            command = controller.tick(t)
+            counts[command.kind] += 1
+            if command.kind != "idle":
+                traj = command.trajectory
+                follower.set_trajectory(list(traj.joint_names), t, traj.times_s, traj.positions, t)
+                counts["interventions"] += bool(traj.interventions)
+            sim.set_joint_targets(follower.joint_names, follower.target(t))
+            sim.step(self.tick_s)
+        return counts
+
+
 def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, max_s: float = 12.0,
-            out: Path | None = None, device: str = "cpu") -> dict:
-    """Success rate of `episodes` seeded sim episodes; `execute` actions per chunk (0: half the chunk)."""
+            out: Path | None = None, device: str = "cpu", executor: bool = False, latency_s: float = 0.0,
+            arm: str = "panda") -> dict:
+    """Success rate of `episodes` seeded sim episodes; `execute` actions per chunk (0: half the chunk), or through
+    the executor core (`executor`, chunks delivered `latency_s` after their request)."""
     from gem_ros.core.policy.gem_vla import GemVLAPolicy
     from gem_ros.core.policy.observation import Observation
     from gem_ros.sim import SimConfig, TabletopSim
@@ -49,13 +120,14 @@ def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, ma
     with TabletopSim(SimConfig(seed=seed, **scene_overrides(policy.config.sim_scene))) as sim:
         for episode in tqdm(range(episodes), desc="rollout", unit="episode"):
             instruction = sim.reset(seed * 100_003 + episode)
-            steps, lowest = 0, None     # EE xy distance to every object when the hand was lowest (the grasp try)
-            while steps * dt < max_s and not sim.task_success():
-                images = {}
-                for cam in io.cameras:
-                    rgb, _ = sim.render(cam.name)
-                    images[cam.name] = rgb if rgb.shape[:2] == (cam.height, cam.width) else cv2.resize(
-                        rgb, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
+            steps, lowest, counts = 0, None, None   # lowest: EE xy distance to each object when the hand was lowest
+            if executor:
+                loop = _ExecutorLoop(checkpoint, io, arm, latency_s)
+                t0 = sim.time_s
+                counts = loop.run(sim, policy, io, instruction, max_s, lambda: observe(sim, io))
+                steps = int(round((sim.time_s - t0) / dt))
+            while not executor and steps * dt < max_s and not sim.task_success():
+                images = observe(sim, io)
                 names, q, _ = sim.joint_state()
                 chunk = policy.predict_action_chunk(Observation(images, q.astype(np.float32), instruction),
                                                     seed=steps)
@@ -75,15 +147,29 @@ def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, ma
                          "final_ee_to_target_xy_m": round(float(np.linalg.norm((ee - target)[:2])), 4),
                          # Which cube the grasp went for: tells a wrong-colour policy from an imprecise one.
                          "grasp_nearest_object": min(lowest[1], key=lowest[1].get) if lowest else None,
-                         "grasp_to_target_xy_m": round(lowest[1][sim.target_object], 4) if lowest else None})
-    report = {"checkpoint": str(checkpoint), "episodes": episodes, "execute_per_chunk": execute,
+                         "grasp_to_target_xy_m": round(lowest[1][sim.target_object], 4) if lowest else None,
+                         **({"executor": counts} if counts is not None else {})})
+    report = {"checkpoint": str(checkpoint), "episodes": episodes,
+              **({"executor": True, "latency_s": latency_s} if executor else {"execute_per_chunk": execute}),
               "success_rate": float(np.mean([r["success"] for r in rows])),
-              "grasp_went_for_target": float(np.mean([r["grasp_nearest_object"] == r["target"] for r in rows])),
+              # the executor loop does not track the grasp height
+              "grasp_went_for_target": None if executor else float(np.mean([r["grasp_nearest_object"] == r["target"]
+                                                                             for r in rows])),
               "rows": rows}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "rollout.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def observe(sim, io) -> dict:
+    """Each camera of the schema rendered and resized (INTER_AREA) as the policy node's buffer would."""
+    images = {}
+    for cam in io.cameras:
+        rgb, _ = sim.render(cam.name)
+        images[cam.name] = rgb if rgb.shape[:2] == (cam.height, cam.width) else cv2.resize(
+            rgb, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
+    return images
 
 
 def sensitivity(checkpoint: Path, data_dir: Path, steps=(0, 15, 30), episodes: int = 10, val_fraction: float = 0.1,

@@ -28,7 +28,8 @@ from gem_msgs.msg import ActionChunk  # noqa: E402
 from gem_ros.core.kinematics import load_urdf_limits  # noqa: E402
 from gem_ros.nodes.backends import BackendUnavailable  # noqa: E402
 from gem_ros.nodes.conversions import s_to_stamp, stamp_to_s  # noqa: E402
-from gem_ros.nodes.executor_node import PARAMETERS, build_controller, make_executor_node  # noqa: E402
+from gem_ros.core.executor_setup import PARAMETERS, build_controller  # noqa: E402
+from gem_ros.nodes.executor_node import make_executor_node  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

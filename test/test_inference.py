@@ -103,3 +103,33 @@ def test_config_and_instruction_validation():
     worker, *_ = make_worker(Clock())
     with pytest.raises(ValueError, match="empty"):
         worker.run_instruction("  ")
+
+
+def test_a_goal_never_plans_from_a_frame_taken_before_it_started():
+    """After an episode reset the buffer still holds the old scene; the first chunk must wait for a new frame."""
+    clock = Clock()
+    worker, buffer, chunks, holds = make_worker(clock)
+    feed(buffer, 99.95)                                # the previous episode's last frame, still fresh by age
+    clock.t = 100.0
+    worker.run_instruction("pick up the red cube")
+    assert worker.step() is None and worker.snapshot().holding
+    assert "no frame taken since 100.000 s (goal start)" in holds[0]
+    clock.t = 100.05
+    feed(buffer, 100.05)                               # first frame of the new episode
+    result = worker.step()
+    assert result is not None and result.obs_stamp_s == 100.05
+
+
+def test_latency_is_measured_on_the_worker_clock():
+    """`due` compares latency with sim-time horizons, so it must be measured on that clock, not wall time."""
+    clock = Clock()
+
+    def slow_predict(obs):
+        clock.t += 0.25                                # inference takes 0.25 s on the node's clock
+        return np.zeros((8, 1), np.float32), {"total": 1.0}
+
+    worker, buffer, chunks, holds = make_worker(clock, predict=slow_predict)
+    worker.run_instruction("go")
+    feed(buffer, clock.t)
+    worker.step()
+    assert worker.snapshot().last_latency_s == pytest.approx(0.25)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,7 +48,8 @@ class WorkerState:
     reason: str = "idle"
     chunks: int = 0
     last_chunk_obs_s: float = -math.inf
-    last_latency_s: float = 0.0
+    last_latency_s: float = 0.0        # inference time of the last chunk, on `clock` (sim time included)
+    goal_start_s: float = -math.inf    # observations must be taken after this (clock of the message stamps)
     stale_reasons: list[str] = field(default_factory=list)
     last_error: str = ""
 
@@ -88,6 +88,7 @@ class InferenceWorker:
         with self._lock:
             self.state.instruction, self.state.running, self.state.holding = instruction, True, False
             self.state.last_chunk_obs_s, self.state.reason = -math.inf, "running"
+            self.state.goal_start_s = self.clock()
         self._wake.set()
 
     def stop(self, reason: str) -> None:
@@ -111,16 +112,16 @@ class InferenceWorker:
         """One decision of the worker; public so tests can drive it without a thread."""
         now = self.clock()
         with self._lock:
-            running, instruction = self.state.running, self.state.instruction
+            running, instruction, not_before = self.state.running, self.state.instruction, self.state.goal_start_s
         if not running:
             return None
         with self._lock:
             due = self.state.holding or self.due(now)
         try:
             if not due:   # watch freshness on every poll, but resize images only for an inference
-                self.buffer.check_fresh(now)
+                self.buffer.check_fresh(now, not_before)
                 return None
-            timed = self.buffer.assemble(now, instruction, self.camera_sizes)
+            timed = self.buffer.assemble(now, instruction, self.camera_sizes, not_before)
         except StaleObservation as stale:
             self._hold_on_stale(list(stale.reasons))
             return None
@@ -128,7 +129,6 @@ class InferenceWorker:
             if self.state.holding:   # inputs are fresh again: resume with a new chunk right away
                 self.state.holding, self.state.stale_reasons, self.state.reason = False, [], "running"
                 self.state.last_chunk_obs_s = -math.inf
-        started = time.perf_counter()
         try:
             actions, timings = self.predict(timed.observation)
         except ValueError as error:   # bad input or a non-finite chunk: hold, report, keep the node alive
@@ -139,7 +139,7 @@ class InferenceWorker:
         with self._lock:
             if not self.state.running or self.state.instruction != instruction:
                 return None   # cancelled or pre-empted while we were thinking: drop the stale chunk
-            self.state.last_latency_s = time.perf_counter() - started
+            self.state.last_latency_s = max(0.0, self.clock() - now)   # on the clock `due` compares with
             self.state.last_chunk_obs_s = timed.stamp_s
             self.state.chunks += 1
             result = ChunkResult(actions, timed.stamp_s, dict(timings), self.state.chunks)

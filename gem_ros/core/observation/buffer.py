@@ -163,17 +163,19 @@ class ObservationBuffer:
             newest["joint_states"] = float(self._joint_stamps.max())
         return {source: now_s - stamp if math.isfinite(stamp) else math.inf for source, stamp in newest.items()}
 
-    def assemble(self, now_s: float, instruction: str,
-                 camera_sizes: dict[str, tuple[int, int]] | None = None) -> TimedObservation:
+    def assemble(self, now_s: float, instruction: str, camera_sizes: dict[str, tuple[int, int]] | None = None,
+                 not_before_s: float = -math.inf) -> TimedObservation:
         """The observation at the newest instant all cameras cover (module docstring); raises StaleObservation.
 
         `camera_sizes` ((height, width) per camera) overrides `config.camera_sizes` for this call.
+        `not_before_s`: frames older than this are not used (e.g. the start of a goal: a frame from before an
+        episode reset shows the old scene, and a chunk planned from it sends the arm back there).
         """
         sizes = dict(self.config.camera_sizes if camera_sizes is None else camera_sizes)
         unknown = sorted(set(sizes) - set(self._frames))
         if unknown:
             raise ValueError(f"camera_sizes names unknown cameras {unknown}; configured: {self.config.camera_names}")
-        stamp_s, positions, chosen, joint_skew = self._select(now_s)
+        stamp_s, positions, chosen, joint_skew = self._select(now_s, not_before_s)
         images = {}
         for name, (_, image) in chosen.items():
             resized = resize_to(image, *sizes[name]) if name in sizes else image
@@ -184,19 +186,24 @@ class ObservationBuffer:
         return TimedObservation(Observation(images=images, state=positions, instruction=instruction),
                                 stamp_s, image_stamps, skew)
 
-    def check_fresh(self, now_s: float) -> None:
+    def check_fresh(self, now_s: float, not_before_s: float = -math.inf) -> None:
         """The freshness and alignment checks of `assemble` without building images; raises StaleObservation."""
-        self._select(now_s)
+        self._select(now_s, not_before_s)
 
-    def _select(self, now_s: float):
+    def _select(self, now_s: float, not_before_s: float):
         """(instant, positions there, {camera: (stamp, frame)}, joint skew) at now_s, or StaleObservation."""
         with self._lock:
             frames = {name: list(f) for name, f in self._frames.items()}
+            older = {name: bool(f) and all(s < not_before_s for s, _ in f) for name, f in frames.items()}
+            frames = {name: [x for x in f if x[0] >= not_before_s] for name, f in frames.items()}
             positions, joint_stamps = self._positions.copy(), self._joint_stamps.copy()
             histories = [list(h) for h in self._joint_history]
             joint_messages, unknown_joints = self._joint_messages, sorted(self._unknown_joints)
         reasons: list[str] = []
         newest_joint_s = self._check_joints(now_s, positions, joint_stamps, joint_messages, unknown_joints, reasons)
+        for name in [n for n, only_older in older.items() if only_older]:
+            reasons.append(f"camera '{name}': no frame taken since {not_before_s:.3f} s (goal start) yet")
+            del frames[name]
         if reasons:   # the frame checks below still run, so that every problem is reported at once
             for name in frames:
                 self._pick_frame(name, frames[name], now_s, newest_joint_s, reasons)

@@ -1,0 +1,98 @@
+"""The executor's flat parameters (ROS parameters / YAML keys) and the ExecutionController they wire up.
+
+ROS-free, so that the executor node, `gem_eval rollout --executor` and tests build the same controller from the
+same keys. The defaults come from the core config dataclasses: there is no second copy to drift.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from gem_ros.core.chunking import ActionMapper, ActionSpaceConfig, ChunkScheduler, ChunkSchedulerConfig
+from gem_ros.core.execution import ExecutionConfig, ExecutionController
+from gem_ros.core.kinematics import RobotModel, load_urdf_limits
+from gem_ros.core.safety import SafetyConfig, SafetyFilter
+
+
+def _default(cls, name: str):
+    """A dataclass field's default: the parameter defaults below come from the configs, never a second copy."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+# Parameter name -> default (its type is the ROS parameter type). [""] is an empty string list: rclpy cannot
+# infer a type from [] (it would become a byte array).
+PARAMETERS: dict[str, Any] = {
+    "joint_names": [""],                        # controller joint order (required)
+    "controller_name": "arm_controller",
+    "backend": "topic",                         # "topic" | "follow_joint_trajectory"
+    "control_rate_hz": _default(ExecutionConfig, "control_rate_hz"),
+    "lookahead_s": _default(ExecutionConfig, "lookahead_s"),
+    "joint_state_timeout_s": _default(ExecutionConfig, "joint_state_timeout_s"),
+    "chunk_timeout_s": _default(ExecutionConfig, "chunk_timeout_s"),
+    "tracking_tolerance_rad": _default(ExecutionConfig, "tracking_tolerance_rad"),
+    "tracking_tolerance_m": _default(ExecutionConfig, "tracking_tolerance_m"),
+    "chunk_dt_s": 0.1,                          # must equal ActionChunk.dt (1 / the checkpoint's control rate)
+    "chunk_mode": _default(ChunkSchedulerConfig, "mode"),
+    "blend_duration_s": _default(ChunkSchedulerConfig, "blend_duration_s"),
+    "max_latency_s": _default(ChunkSchedulerConfig, "max_latency_s"),
+    "action_space": "absolute_joint",           # must equal ActionChunk.action_space
+    "action_joint_names": [""],                 # empty: joint_names minus gripper_joint_names
+    "gripper_joint_names": [""],
+    "gripper_scale": _default(ActionSpaceConfig, "gripper_scale"),
+    "gripper_offset": _default(ActionSpaceConfig, "gripper_offset"),
+    "delta_reference": _default(ActionSpaceConfig, "delta_reference"),
+    "ee_link": "",                              # required for action_space "ee_delta"
+    "ee_frame": _default(ActionSpaceConfig, "ee_frame"),
+    "action_channel_names": [""],               # ActionChunk.joint_names expected; empty: derived (see core)
+    "max_step_delta_rad": 0.05,                 # per trajectory point (1 / control_rate_hz apart)
+    "max_step_delta_m": _default(SafetyConfig, "max_step_delta_m"),
+    "velocity_scale": _default(SafetyConfig, "velocity_scale"),
+    "on_violation": _default(SafetyConfig, "on_violation"),
+    "position_margin_rad": _default(SafetyConfig, "position_margin_rad"),
+    "position_margin_m": _default(SafetyConfig, "position_margin_m"),
+    "max_acceleration": 0.0,                    # rad/s^2 (m/s^2) for every joint; 0 = off (URDF has none)
+    "urdf_path": "",                            # one of urdf_path / robot_description (XML) is required
+    "robot_description": "",
+}
+
+
+def _names(values) -> list[str]:
+    return [n for n in values if n]
+
+
+def build_controller(values: Mapping[str, Any]) -> ExecutionController:
+    """Parameter values (PARAMETERS keys) -> a wired ExecutionController; ValueError names the bad setting."""
+    urdf = values["robot_description"] or values["urdf_path"]
+    if not urdf:
+        raise ValueError("one of the parameters urdf_path or robot_description is required (joint limits come from it)")
+    joint_names, gripper = _names(values["joint_names"]), _names(values["gripper_joint_names"])
+    arm = _names(values["action_joint_names"]) or [n for n in joint_names if n not in gripper]
+    kind = values["action_space"]
+    action = ActionSpaceConfig(
+        kind=kind, joint_names=arm, gripper_joint_names=gripper,
+        action_dim=(6 if kind == "ee_delta" else len(arm)) + (1 if gripper else 0),
+        gripper_scale=values["gripper_scale"], gripper_offset=values["gripper_offset"],
+        delta_reference=values["delta_reference"], ee_link=values["ee_link"] or None, ee_frame=values["ee_frame"])
+    scheduler = ChunkSchedulerConfig(
+        control_rate_hz=values["control_rate_hz"], chunk_dt_s=values["chunk_dt_s"], mode=values["chunk_mode"],
+        blend_duration_s=values["blend_duration_s"], max_latency_s=values["max_latency_s"])
+    acceleration = values["max_acceleration"]
+    safety = SafetyConfig(
+        max_step_delta_rad=values["max_step_delta_rad"], max_step_delta_m=values["max_step_delta_m"],
+        velocity_scale=values["velocity_scale"], on_violation=values["on_violation"],
+        position_margin_rad=values["position_margin_rad"], position_margin_m=values["position_margin_m"],
+        max_acceleration=None if acceleration == 0.0 else acceleration)
+    execution = ExecutionConfig(
+        joint_names=joint_names, control_rate_hz=values["control_rate_hz"], lookahead_s=values["lookahead_s"],
+        joint_state_timeout_s=values["joint_state_timeout_s"], chunk_timeout_s=values["chunk_timeout_s"],
+        tracking_tolerance_rad=values["tracking_tolerance_rad"], tracking_tolerance_m=values["tracking_tolerance_m"])
+    model = RobotModel.from_urdf(urdf) if kind == "ee_delta" else None
+    limits = load_urdf_limits(urdf)
+    gripper_range = None
+    if gripper:   # the tightest travel shared by all gripper joints, inside the safety margin
+        margin = values["position_margin_m"]
+        gripper_range = (max(limits[n].lower for n in gripper) + margin, min(limits[n].upper for n in gripper) - margin)
+    return ExecutionController(execution, ActionMapper(action, model, gripper_range), ChunkScheduler(scheduler),
+                               SafetyFilter(limits, safety, model),
+                               _names(values["action_channel_names"]) or None)
