@@ -229,7 +229,8 @@ class ObservationBuffer:
             k = int(np.searchsorted(stamps, instant))
             if 0 < k < len(stamps):   # bracketed: the samples around it are as close as the joint rate allows
                 before, after = k - 1, k
-                w = (instant - stamps[before]) / (stamps[after] - stamps[before]) if stamps[after] > stamps[before] else 1.0
+                span = stamps[after] - stamps[before]
+                w = (instant - stamps[before]) / span if span > 0 else 1.0
                 positions[i] = values[before] + w * (values[after] - values[before])
                 skew = max(skew, min(instant - stamps[before], stamps[after] - instant))
                 continue
