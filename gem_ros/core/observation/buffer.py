@@ -47,7 +47,7 @@ class ObservationConfig:
     camera_names: list[str]
     joint_names: list[str]            # state vector order; matched BY NAME against incoming joint states
     max_age_s: float = 0.2            # refuse any input older than this relative to `now`, s
-    max_skew_s: float = 0.05          # max |camera stamp - joint-state stamp| used together, s
+    max_skew_s: float = 0.05          # max distance of a frame or joint sample from the observation instant, s
     history: int = 5                  # frames kept per camera for time alignment
     # (height, width) px the policy wants per camera; cameras not listed keep their native size
     camera_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
