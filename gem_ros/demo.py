@@ -185,10 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = tempfile.TemporaryDirectory(prefix="gem_demo_")
     if args.random_policy:
         scene_of = checkpoint or (SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.exists() else None)
-        from gem_ros.core.policy.checkpoint import read_config
-
         print("policy: a tiny RANDOMLY INITIALISED GEM-VLA (--random-policy: the untrained baseline)")
-        checkpoint = make_random_sim_checkpoint(Path(scratch.name), read_config(scene_of).sim_scene if scene_of else None)
+        checkpoint = make_random_sim_checkpoint(Path(scratch.name), sim_overrides(scene_of) if scene_of else None)
     elif checkpoint is None and SHIPPED_CHECKPOINT.exists():
         checkpoint = SHIPPED_CHECKPOINT
         print(f"policy: shipped checkpoint {checkpoint}")
