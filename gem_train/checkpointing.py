@@ -3,7 +3,8 @@
     <run_dir>/checkpoints/step_<N>/
         config.json, model.safetensors, normalizer.safetensors, [depth_expert.safetensors], backbone/
                                       the policy, `GemVLAPolicy.save_pretrained` (loadable as is, or via gem_export)
-        trainer_state.safetensors     optimizer state tensors + RNG states of every process
+        trainer_state.safetensors     optimizer state tensors + RNG states of every process (+ the raw training
+                                      weights when train.ema_decay > 0: the serving weights are then the EMA)
         trainer_state.json            step, epoch, data position, structure of the optimizer / RNG state, the
                                       training config, and a manifest {file: bytes}; written LAST
 
@@ -60,19 +61,22 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(run_dir: Path, policy, optimizer_state: dict | None, state: TrainerState,
-                    rng_states: list[dict], config: dict) -> Path:
+                    rng_states: list[dict], config: dict, ema_tensors: dict[str, torch.Tensor] | None = None,
+                    ema_meta: dict | None = None) -> Path:
     """Write step_<state.step>/ atomically. `optimizer_state` is `optimizer.state_dict()` (None: not saved);
-    `rng_states` holds `capture_rng()` of every process, in rank order. Call on the main process only."""
+    `rng_states` holds `capture_rng()` of every process, in rank order; `ema_tensors` / `ema_meta` come from
+    `gem_train.ema.training_state`. Call on the main process only."""
     final = checkpoint_dir(run_dir, state.step)
     with atomic_directory(final) as scratch:
         policy.save_pretrained(scratch)
         tensors: dict[str, torch.Tensor] = {}
         optimizer = None if optimizer_state is None else flatten_state(optimizer_state, "optimizer", tensors)
         rng = [flatten_state(r, f"rng.rank{i}", tensors) for i, r in enumerate(rng_states)]
+        tensors.update(ema_tensors or {})
         save_file(tensors, str(scratch / STATE_FILE), metadata={"format_version": str(STATE_FORMAT_VERSION)})
         files = {str(p.relative_to(scratch)): p.stat().st_size for p in sorted(scratch.rglob("*")) if p.is_file()}
         meta = {"format_version": STATE_FORMAT_VERSION, "position": asdict(state), "optimizer": optimizer,
-                "rng": rng, "config": config, "files": files}
+                "rng": rng, "ema": ema_meta or None, "config": config, "files": files}
         (scratch / STATE_JSON).write_text(json.dumps(meta, indent=1))
     return final
 
@@ -186,6 +190,12 @@ def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer | None, rank
         return TrainerState(state.step, state.epoch, 0, state.samples_seen, num_processes, batch_size)
     restore_rng(unflatten_state(meta["rng"][rank], tensors))
     return state
+
+
+def load_ema_state(path: Path) -> tuple[dict | None, dict[str, torch.Tensor]]:
+    """(EMA record or None, the trainer-state tensors) of a checkpoint, for `gem_train.ema.restore`."""
+    meta = json.loads((Path(path) / STATE_JSON).read_text()).get("ema")
+    return meta, (read_tensors(Path(path) / STATE_FILE) if meta else {})
 
 
 # --------------------------------------------------------------------------------------------- data order, noise

@@ -158,6 +158,8 @@ class OptimConfig:
     log_every: int = 10
     seed: int = 0
     num_workers: int = 4
+    ema_decay: float = 0.0                  # EMA of the weights, served and evaluated (gem_train/ema.py); 0 = off
+    ema_power: float = 0.75                 # EMA warm-up: decay = 1 - (1 + step)^-power, capped at ema_decay
 
     def __post_init__(self) -> None:
         if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` as false
@@ -182,6 +184,8 @@ class OptimConfig:
                  f"train.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         _require(self.num_workers >= 0, f"train.num_workers must be >= 0, got {self.num_workers}")
         _require(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
+        _require(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        _require(self.ema_power > 0, f"train.ema_power must be > 0, got {self.ema_power}")
 
 
 @dataclass

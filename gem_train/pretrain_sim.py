@@ -14,6 +14,7 @@ trains the backbone with a small attention-pooling head to regress the instructe
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +40,11 @@ class PretrainConfig:
     hidden: int = 64                 # tiny backbone sizes, as gem_train's model.tiny_hidden / tiny_text_layers
     text_layers: int = 3
     seed: int = 0
+    workers: int = 1                 # rendering processes (each its own pybullet); scenes do not depend on it
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        for key in ("scenes", "steps", "batch_size", "image_size", "hidden", "text_layers"):
+        for key in ("scenes", "steps", "batch_size", "image_size", "hidden", "text_layers", "workers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not self.lr > 0:
@@ -50,13 +52,27 @@ class PretrainConfig:
 
 
 def render_scenes(cfg: PretrainConfig, count: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(images (N, S, S, 3) uint8, instructions, target cube xy (N, 2) m) of `count` seeded random scenes."""
+    """(images (N, S, S, 3) uint8, instructions, target cube xy (N, 2) m) of `count` seeded random scenes
+    (scene k from seed + k), rendered in `cfg.workers` processes, each a contiguous block of seeds."""
+    workers = min(cfg.workers, count)
+    if workers == 1:
+        return _render_block(cfg, seed, count, True)
+    bounds = np.linspace(0, count, workers + 1).astype(int)
+    jobs = [(cfg, seed + int(a), int(b - a), i == 0) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        blocks = pool.starmap(_render_block, jobs)
+    return (np.concatenate([b[0] for b in blocks]), [i for b in blocks for i in b[1]],
+            np.concatenate([b[2] for b in blocks]))
+
+
+def _render_block(cfg: PretrainConfig, seed: int, count: int, show_progress: bool):
     from gem_ros.sim import SimConfig, TabletopSim
 
     images, instructions, targets = [], [], []
     size = (cfg.image_size, cfg.image_size)
+    desc = "render" if cfg.workers == 1 else f"render (1 of {min(cfg.workers, count)} workers)"
     with TabletopSim(SimConfig(object_colors=list(cfg.colors))) as sim:
-        for k in tqdm(range(count), desc="render", unit="scene"):
+        for k in tqdm(range(count), desc=desc, unit="scene", disable=not show_progress):
             instructions.append(sim.reset(seed + k))
             rgb, _ = sim.render(cfg.camera)
             images.append(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if rgb.shape[:2] != size else rgb)
@@ -140,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--colors", nargs="+", default=["red", "green", "blue"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="rendering processes (the scenes do not change)")
     args = parser.parse_args(argv)
     try:
         cfg = PretrainConfig(out=args.out, scenes=args.scenes, steps=args.steps, batch_size=args.batch_size,
-                             image_size=args.image_size, colors=args.colors, seed=args.seed)
+                             image_size=args.image_size, colors=args.colors, seed=args.seed,
+                             workers=args.workers)
         report = pretrain(cfg)
     except ValueError as error:
         print(f"gem_pretrain_sim: {error}", file=sys.stderr)

@@ -39,9 +39,10 @@ from gem_ros.core.policy.action_expert import ActionExpert, distillation_loss
 from gem_ros.core.policy.config import SIM_SCENE_FIELDS, GemVLAConfig
 from gem_ros.core.policy.gem_vla import GemVLAPolicy
 from gem_ros.core.policy.normalizer import MinMaxNormalizer
+from gem_train import ema as weight_average
 from gem_train.checkpointing import (EpochBatchSampler, TrainerState, capture_rng, checkpoint_dir, endless_batches,
-                                     find_resume_checkpoint, list_checkpoints, load_trainer_state, prune_checkpoints,
-                                     remove_scratch_dirs, save_checkpoint, step_generator)
+                                     find_resume_checkpoint, list_checkpoints, load_ema_state, load_trainer_state,
+                                     prune_checkpoints, remove_scratch_dirs, save_checkpoint, step_generator)
 from gem_train.config import TINY_BACKBONE, OptimConfig, TrainConfig, load_config, save_config
 
 logger = logging.getLogger("gem_train")
@@ -82,10 +83,12 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
     objective = policy if teacher is None else DistillationObjective(policy, teacher, teacher_steps)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, weight_decay=tc.weight_decay)
+    ema = weight_average.make_ema(params, tc.ema_decay, tc.ema_power)
     set_seed(tc.seed, device_specific=True)  # per-process streams for data augmentation
     state = TrainerState(num_processes=world, batch_size=tc.batch_size)
     if resume_from is not None:
         state = load_trainer_state(resume_from, optimizer, rank, world, tc.batch_size)
+        weight_average.restore(ema, params, *load_ema_state(resume_from), resume_from)
         logger.info("resumed from %s at step %d", resume_from, state.step)
     configure_deepspeed(accelerator, tc)
     model, optimizer = accelerator.prepare(objective, optimizer)
@@ -105,7 +108,7 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
     model.train()
     while True:
         if val_loader is not None and state.step % tc.eval_every == 0 and is_main:  # nanoGPT: step 0 too
-            with accelerator.autocast():
+            with accelerator.autocast(), weight_average.averaged_weights(ema, params):
                 scores = evaluate(accelerator.unwrap_model(model), val_loader, tc.eval_batches, tc.seed)
             accelerator.log(scores, step=state.step)
             history.append({"step": state.step, **scores})
@@ -126,6 +129,8 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
                     grad_norm = accelerator.clip_grad_norm_(params, tc.grad_clip or math.inf)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if ema is not None and accelerator.sync_gradients:
+                    ema.step(params)
             for key, value in micro_logs.items():
                 logs[key].append(value)
         state.step += 1
@@ -142,7 +147,7 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
             accelerator.log(record, step=state.step)
             history.append({"step": state.step, **record})
         if state.step % tc.checkpoint_every == 0 or state.step == total_steps:
-            last_saved = save(accelerator, run_dir, model, optimizer, state, config)
+            last_saved = save(accelerator, run_dir, model, optimizer, state, config, ema, params)
         if on_step is not None:
             on_step(state.step, record)
 
@@ -325,7 +330,8 @@ def evaluate(objective: nn.Module, loader: DataLoader, num_batches: int, seed: i
     return {key: float(np.mean(values)) for key, values in scores.items()}
 
 
-def save(accelerator: Accelerator, run_dir: Path, model, optimizer, state: TrainerState, config: TrainConfig) -> Path:
+def save(accelerator: Accelerator, run_dir: Path, model, optimizer, state: TrainerState, config: TrainConfig,
+         ema=None, params: list | None = None) -> Path:
     rng_states = gather_object([capture_rng()])  # every process's RNG, in rank order
     optimizer_state = None
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -337,7 +343,10 @@ def save(accelerator: Accelerator, run_dir: Path, model, optimizer, state: Train
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         policy = unwrapped.policy if isinstance(unwrapped, DistillationObjective) else unwrapped
-        save_checkpoint(run_dir, policy, optimizer_state, state, rng_states, config.to_dict())
+        ema_tensors, ema_meta = weight_average.training_state(ema, params)
+        with weight_average.averaged_weights(ema, params):   # the serving weights are the average
+            save_checkpoint(run_dir, policy, optimizer_state, state, rng_states, config.to_dict(), ema_tensors,
+                            ema_meta)
         for old in prune_checkpoints(run_dir, config.train.keep_last):
             logger.info("deleted old checkpoint %s (keep_last=%d)", old, config.train.keep_last)
     accelerator.wait_for_everyone()

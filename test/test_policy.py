@@ -241,3 +241,31 @@ def test_tiny_vision_positions_start_as_a_decodable_grid(tiny_backbone_dir):
     features = np.c_[table.detach().numpy(), np.ones(side * side)]
     fit, *_ = np.linalg.lstsq(features, cells, rcond=None)
     assert np.abs(features @ fit - cells).max() < 0.5
+
+
+def test_patch_projection_computes_what_the_conv3d_does_with_the_same_parameters(tiny_backbone_dir):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from gem_ros.core.policy import backbone as bb
+
+    library = Qwen3VLForConditionalGeneration.from_pretrained(str(tiny_backbone_dir), dtype=torch.float32).eval()
+    ours = bb.load_backbone(tiny_backbone_dir, torch.float32, torch.device("cpu")).eval()
+    assert isinstance(ours.model.visual.patch_embed.proj, bb.PatchProjection)
+    assert isinstance(library.model.visual.patch_embed.proj, torch.nn.Conv3d)
+    shapes = lambda model: {k: tuple(v.shape) for k, v in model.state_dict().items()}  # noqa: E731
+    assert shapes(ours) == shapes(library)   # checkpoints load and save unchanged
+    rng = np.random.default_rng(0)
+    images = [[rng.integers(0, 256, (64, 96, 3), np.uint8), rng.integers(0, 256, (64, 64, 3), np.uint8)]]
+    prompt = bb.build_prompts(bb.load_processor(tiny_backbone_dir), images, ["pick"], torch.device("cpu"))
+    with torch.no_grad():
+        expected, _ = bb.hidden_state_stack(library, prompt, [0, 1, 2])
+        got, _ = bb.hidden_state_stack(ours, prompt, [0, 1, 2])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(got[:, 1:], torch.zeros_like(got[:, 1:]))
+
+
+def test_patch_projection_refuses_a_conv_that_is_not_one_patch_per_kernel():
+    from gem_ros.core.policy.backbone import PatchProjection
+
+    with pytest.raises(ValueError, match="one patch per kernel"):
+        PatchProjection(torch.nn.Conv3d(3, 8, kernel_size=(2, 4, 4), stride=(2, 2, 2)))

@@ -18,6 +18,15 @@ def test_render_scenes_targets_the_instructed_cube(tmp_path):
     assert np.all((targets[:, 0] >= 0.39) & (targets[:, 0] <= 0.61) & (np.abs(targets[:, 1]) <= 0.16))
 
 
+def test_rendering_in_two_processes_gives_the_same_scenes_in_order(tmp_path):
+    one = render_scenes(PretrainConfig(out=tmp_path / "bb", image_size=32, colors=["red", "blue"]), 3, seed=7)
+    two = render_scenes(PretrainConfig(out=tmp_path / "bb", image_size=32, colors=["red", "blue"], workers=2), 3,
+                        seed=7)
+    np.testing.assert_array_equal(one[0], two[0])
+    assert one[1] == two[1]
+    np.testing.assert_array_equal(one[2], two[2])
+
+
 def test_pretrained_backbone_trains_and_loads(tmp_path):
     from gem_ros.core.policy import backbone as bb
     from gem_train.config import load_config

@@ -27,7 +27,7 @@ RECIPE = REPO / "gem_train" / "configs" / "sim_pick_tiny.recipe.json"
 SIZE = 32
 # Scale-down of the recipe: what changes (sizes and counts), never what the policy is.
 SCALE = {"collect": {"--episodes": "2", "--image-size": str(SIZE), "--workers": "1"},
-         "pretrain": {"--scenes": "4", "--steps": "2", "--image-size": str(SIZE)},
+         "pretrain": {"--scenes": "4", "--steps": "2", "--image-size": str(SIZE), "--workers": "1"},
          "train": {"data.image_size": str(SIZE), "train.max_steps": "3", "train.checkpoint_every": "3",
                    "train.eval_every": "3", "train.eval_batches": "1", "train.batch_size": "4",
                    "data.val_fraction": "0.5"}}

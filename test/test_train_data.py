@@ -275,6 +275,22 @@ def test_frame_cache_gives_the_same_samples_and_reads_each_episode_once(tmp_path
     np.testing.assert_array_equal(cached[8]["images"][1], plain[8]["images"][1])
 
 
+def test_cached_episodes_are_not_reopened_per_sample(tmp_path, monkeypatch):
+    # With more episodes than max_open_files, reopening the HDF5 file per sample cost more than the sample.
+    import gem_train.data.dataset as dataset_module
+
+    paths = [write_episode(tmp_path / f"episode_{k}.hdf5", make_episode(n=5, seed=k)) for k in range(3)]
+    cached = ChunkDataset(paths, ChunkDatasetConfig(["scene", "wrist"], chunk_len=3, image_size=(12, 16),
+                                                    cache_frames=True, max_open_files=1))
+    opened = []
+    real_read = dataset_module.read_episode
+    monkeypatch.setattr(dataset_module, "read_episode", lambda path: opened.append(path) or real_read(path))
+    for _ in range(3):
+        for index in range(len(cached)):
+            cached[index]
+    assert sorted(map(str, opened)) == sorted(map(str, paths))   # once each, to fill the cache
+
+
 def test_state_noise_perturbs_only_the_state_the_policy_sees():
     a = make_episode(n=40, seed=3)
     clean = ChunkDataset([a], ChunkDatasetConfig(["scene"], chunk_len=4, image_size=(12, 16)))

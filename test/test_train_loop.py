@@ -117,6 +117,7 @@ def all_tensors(step_dir: Path) -> dict[str, torch.Tensor]:
     ("train.batch_size=0", "train.batch_size must be > 0"),
     ("train.mixed_precision=fp8", "train.mixed_precision must be one of"),
     ("train.lr_schedule=linear", "train.lr_schedule must be one of"),
+    ("train.ema_decay=1.0", "train.ema_decay must be in"),
     ("model.selected_layers=[1, 2, 3]", "model.selected_layers must have 1 or model.rdt.depth=2"),
     ("model.rdt.num_heads=3", "model.rdt: rdt.hidden_size 32 must be divisible by num_heads 3"),
     ("data.gripper_channels=[8]", "gripper_channels"),
@@ -225,6 +226,32 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(workdir, data, str
     assert positions[0] == positions[1]
     moments = [read_tensors(r / STATE_FILE) for r in (straight_run.checkpoint, resumed.checkpoint)]
     assert all(torch.equal(moments[0][k], moments[1][k]) for k in moments[0] if k.startswith("optimizer."))
+
+
+def test_ema_serves_the_average_and_a_killed_ema_run_resumes_bit_exactly(workdir, data, straight_run):
+    common = ("train.max_steps=6", "train.checkpoint_every=2", "train.keep_last=2", "train.eval_every=1000",
+              "train.ema_decay=0.9")
+    ema_run = train(tiny_config(workdir, "ema_straight", *common), data=data)
+    # EMA does not change training: its raw weights are the plain run's weights; its serving weights are not.
+    plain = list(all_tensors(straight_run.checkpoint).values())
+    raw = {k: v for k, v in read_tensors(ema_run.checkpoint / STATE_FILE).items() if k.startswith("training_weights.")}
+    assert raw and all(any(torch.equal(w, p) for p in plain) for w in raw.values())
+    served = all_tensors(ema_run.checkpoint)
+    changed = [k for k, v in served.items() if not any(torch.equal(v, p) for p in plain)]
+    assert len(changed) >= len(raw) // 2
+    config = tiny_config(workdir, "ema_killed", *common)
+
+    def kill_at_step_5(step: int, logs: dict) -> None:
+        if step == 5:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data=data, on_step=kill_at_step_5)
+    resumed = train(config, resume=True, data=data)
+    got = all_tensors(resumed.checkpoint)
+    assert [k for k in served if not torch.equal(served[k], got[k])] == []
+    resumed_raw = read_tensors(resumed.checkpoint / STATE_FILE)
+    assert all(torch.equal(v, resumed_raw[k]) for k, v in raw.items())
 
 
 def test_corrupt_newest_checkpoint_is_named_and_skipped(workdir, data, straight_run, caplog):

@@ -205,11 +205,10 @@ class ChunkDataset(Dataset):
         chunk = actions[t:t + cfg.chunk_len]
         if chunk.shape[0] < cfg.chunk_len:       # past the end the robot holds the last target
             chunk = np.concatenate([chunk, np.repeat(actions[-1:], cfg.chunk_len - chunk.shape[0], axis=0)])
-        episode = self._episode(k)
         images, dropped, shifts = [], [], []
         for cam in cfg.camera_names:
             h, w = cfg.image_size[cam]
-            image = self._frame(episode, k, cam, t)
+            image = self._frame(k, cam, t)
             if image.shape[:2] != (h, w):
                 image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
             drop = cfg.image_drop_prob > 0 and rng.random() < cfg.image_drop_prob
@@ -236,6 +235,7 @@ class ChunkDataset(Dataset):
         sample = {"images": images, "state": state, "actions": self._relative(chunk, k, t),
                   "instruction": instruction, "episode": k, "step": t}
         if cfg.depth_size:
+            episode = self._episode(k)
             targets, valid = [], []
             for cam, drop, (offset, image_shape) in zip(cfg.camera_names, dropped, shifts):
                 frames = (episode.depth or {}).get(cam)
@@ -253,12 +253,14 @@ class ChunkDataset(Dataset):
             sample["depth"], sample["depth_valid"] = np.stack(targets), np.array(valid)
         return sample
 
-    def _frame(self, episode: EpisodeData, k: int, cam: str, t: int) -> np.ndarray:
+    def _frame(self, k: int, cam: str, t: int) -> np.ndarray:
         if not self.cfg.cache_frames:
-            return np.asarray(episode.images[cam][t])
+            return np.asarray(self._episode(k).images[cam][t])
+        # A cached episode is not opened again: with more episodes than max_open_files, reopening the HDF5 file
+        # for every sample cost more than the rest of the sample (2.6 ms).
         frames = self._frames.get((k, cam))
         if frames is None:
-            frames = self._frames[(k, cam)] = np.asarray(episode.images[cam][:])
+            frames = self._frames[(k, cam)] = np.asarray(self._episode(k).images[cam][:])
         return frames[t]
 
     def _relative(self, chunk: np.ndarray, k: int, t: int) -> np.ndarray:

@@ -10,8 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from gem_ros.core.policy.image_processing import BatchedQwen2VLImageProcessor
 
 REQUIRED_BACKBONE_FILES = ("config.json", "tokenizer_config.json")
 
@@ -28,6 +32,8 @@ class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
 
 def load_processor(path: Path, max_pixels: int | None = None) -> ImageOnlyQwen3VLProcessor:
     image_processor = AutoImageProcessor.from_pretrained(str(path))
+    if type(image_processor) is Qwen2VLImageProcessorPil:   # no torchvision: the batched variant, same output
+        image_processor = BatchedQwen2VLImageProcessor.from_pretrained(str(path))
     if max_pixels is not None:
         image_processor.size = {**dict(image_processor.size), "longest_edge": int(max_pixels)}
     tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left")
@@ -54,7 +60,29 @@ def load_backbone(path: Path, dtype: torch.dtype, device: torch.device) -> Qwen3
     check_backbone_dir(path)
     attn = "sdpa"
     model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype, attn_implementation=attn)
+    patch_embed = model.model.visual.patch_embed
+    patch_embed.proj = PatchProjection(patch_embed.proj)
     return model.to(device)
+
+
+class PatchProjection(nn.Module):
+    """Qwen3-VL's patch-embedding Conv3d as the matrix product it is (its kernel is its stride: one whole patch).
+
+    On a CPU, conv3d and its weight gradient cost ~35 ms of an 80 ms tiny-model training step (2,048 patches of
+    16 x 16 x 2 x 3); the product costs a few ms. Same parameters under the same names and shapes, so checkpoints
+    are unchanged; outputs agree to float rounding (test_policy.py)."""
+
+    def __init__(self, conv: nn.Conv3d):
+        super().__init__()
+        if conv.kernel_size != conv.stride or any(conv.padding) or conv.groups != 1:
+            raise ValueError(f"patch embedding is not one patch per kernel: {conv}")
+        self.weight, self.bias = conv.weight, conv.bias
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, P, P) -> (N, hidden, 1, 1, 1), as the Conv3d returns it."""
+        flat = F.linear(patches.reshape(patches.shape[0], -1), self.weight.reshape(self.weight.shape[0], -1),
+                        self.bias)
+        return flat[:, :, None, None, None]
 
 
 def truncate_text_layers(model: Qwen3VLForConditionalGeneration, keep: int) -> bool:
@@ -92,8 +120,9 @@ def build_prompts(processor: ImageOnlyQwen3VLProcessor, images: list[list[np.nda
         content = [{"type": "image"} for _ in sample_images] + [{"type": "text", "text": instruction}]
         messages = [{"role": "user", "content": content}]
         texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
-        flat_images.extend(Image.fromarray(img) for img in sample_images)
-    inputs = processor(text=texts, images=flat_images, return_tensors="pt", padding=True)
+        flat_images.extend(sample_images)   # (H, W, 3) uint8 arrays: no PIL round trip
+    inputs = processor(text=texts, images=flat_images, return_tensors="pt", padding=True,
+                       input_data_format="channels_last")
     return PromptBatch({k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)})
 
 
