@@ -98,6 +98,7 @@ class ModelConfig:
     rdt: RDTConfig = field(default_factory=RDTConfig)   # rdt.cond_hidden_size is always taken from the backbone
     selected_layers: list[int] = field(default_factory=lambda: list(range(14)))
     num_inference_steps: int = 5
+    noise_scale: float = 1.0                # serving: std of the sampler's starting noise (GemVLAConfig.noise_scale)
     depth_expert: bool = False              # auxiliary depth loss (needs depth targets in the episodes)
     depth_image_size: int = 256             # px, side of the depth targets (multiple of the VAE's 32)
     max_pixels_per_image: int | None = None
@@ -121,6 +122,7 @@ class ModelConfig:
                      f"model.selected_layers {self.selected_layers} exceed the tiny backbone's "
                      f"{self.tiny_text_layers + 1} hidden states")
         _require(self.num_inference_steps > 0, "model.num_inference_steps must be > 0")
+        _require(0 <= self.noise_scale <= 1, f"model.noise_scale must be in [0, 1], got {self.noise_scale}")
         _require(self.depth_image_size > 0 and self.depth_image_size % 32 == 0,
                  f"model.depth_image_size must be a positive multiple of 32, got {self.depth_image_size}")
         _require(self.max_pixels_per_image is None or self.max_pixels_per_image > 0,

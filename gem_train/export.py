@@ -2,6 +2,7 @@
 
     gem_export --checkpoint runs/sim_pick_tiny/checkpoints/step_3000 --out checkpoints/sim_pick_tiny
     gem_export --checkpoint runs/sim_pick_tiny --out checkpoints/sim_pick_tiny     # newest complete checkpoint
+    gem_export --checkpoint ... --out ... --noise-scale 0.5     # serve with a narrower starting noise (config.json)
 
 Only the serving files are copied (config.json, model.safetensors, normalizer.safetensors, optional
 depth_expert.safetensors, backbone/); trainer state stays behind. The copy is loaded once and asked for one
@@ -42,7 +43,8 @@ def serving_files(path: Path) -> list[str]:
     return names + ([ckpt.DEPTH_FILE] if config.depth_expert is not None else [])
 
 
-def export_checkpoint(checkpoint: Path, out: Path, device: str = "cpu", verify: bool = True) -> Path:
+def export_checkpoint(checkpoint: Path, out: Path, device: str = "cpu", verify: bool = True,
+                      noise_scale: float | None = None) -> Path:
     source = resolve_checkpoint(checkpoint)
     out = Path(out)
     if out.resolve() == source.resolve():
@@ -53,6 +55,9 @@ def export_checkpoint(checkpoint: Path, out: Path, device: str = "cpu", verify: 
                 shutil.copytree(source / name, scratch / name)
             else:
                 shutil.copy2(source / name, scratch / name)
+        if noise_scale is not None:   # a serving setting: validated by GemVLAConfig like every other field
+            config = ckpt.read_config(scratch)
+            ckpt.write_config(scratch, type(config).from_dict({**config.to_dict(), "noise_scale": noise_scale}))
         if verify:
             check_loads(scratch, device)
     return out
@@ -76,10 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="serving checkpoint folder to (re)write")
     parser.add_argument("--device", default="cpu", help="device for the verification load (cpu, cuda, auto)")
     parser.add_argument("--skip-verify", action="store_true", help="do not load the exported checkpoint once")
+    parser.add_argument("--noise-scale", type=float, help="std of the sampler's starting noise, in [0, 1] "
+                                                          "(default: the checkpoint's)")
     args = parser.parse_args(argv)
     transformers_logging.disable_progress_bar()
     try:
-        out = export_checkpoint(args.checkpoint, args.out, args.device, verify=not args.skip_verify)
+        out = export_checkpoint(args.checkpoint, args.out, args.device, verify=not args.skip_verify,
+                                noise_scale=args.noise_scale)
     except ValueError as error:
         print(f"gem_export: {error}", file=sys.stderr)
         return 2

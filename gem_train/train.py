@@ -234,6 +234,7 @@ def load_model(config: TrainConfig, stats: dict, resume_from: Path | None, devic
     else:
         policy = build_policy(config, stats, device)
     if not config.distilling:
+        policy.config.noise_scale = config.model.noise_scale   # a serving setting: the recipe's, also on init_from
         # total = action_w * (action + depth_w / action_w * depth): the policy applies the ratio, the loop action_w.
         policy.config.depth_loss_weight = tc.depth_loss_weight / tc.action_loss_weight
         set_trainable(policy, tc)
@@ -258,6 +259,7 @@ def build_policy(config: TrainConfig, stats: dict, device: torch.device) -> GemV
                  else DepthExpertConfig(vlm_hidden_size=width, image_size=m.depth_image_size)).to_dict()
     policy_config = GemVLAConfig(io=config.data.io_schema(), rdt=dataclasses.replace(m.rdt, cond_hidden_size=width),
                                  selected_layers=list(m.selected_layers), num_inference_steps=m.num_inference_steps,
+                                 noise_scale=m.noise_scale,
                                  depth_expert=depth, max_pixels_per_image=m.max_pixels_per_image)
     state_normalizer = _normalizer(stats["state"]) if config.data.normalize_state else None
     return GemVLAPolicy.build(policy_config, backbone_dir, _normalizer(stats["action"]), state_normalizer,
@@ -322,7 +324,8 @@ def evaluate(objective: nn.Module, loader: DataLoader, num_batches: int, seed: i
         _, logs = objective(batch, rng)
         stack, state, mask = condition(policy, batch)
         steps = 1 if policy.config.sampler == "one_step" else policy.config.num_inference_steps
-        chunk = policy.action_normalizer.unnormalize(policy.action_expert.sample(stack, state, mask, steps, rng))
+        chunk = policy.action_normalizer.unnormalize(policy.action_expert.sample(
+            stack, state, mask, steps, rng, noise_scale=policy.config.noise_scale))
         logs["action_mse"] = float(((chunk - batch.actions.to(chunk.device)) ** 2).mean())
         for key, value in logs.items():
             scores[f"eval/{key.replace('/', '_')}"].append(value)

@@ -269,3 +269,27 @@ def test_patch_projection_refuses_a_conv_that_is_not_one_patch_per_kernel():
 
     with pytest.raises(ValueError, match="one patch per kernel"):
         PatchProjection(torch.nn.Conv3d(3, 8, kernel_size=(2, 4, 4), stride=(2, 2, 2)))
+
+
+def test_noise_scale_scales_the_samplers_starting_noise(policy, make_observation):
+    import dataclasses
+
+    obs = make_observation(policy.config)
+    base = policy.config
+    try:
+        policy.config = dataclasses.replace(base, noise_scale=0.5)
+        half = policy.predict_action_chunk(obs, seed=4)
+        original = policy.action_expert.sample
+
+        def explicit(stack, state, mask, steps, generator=None, noise=None, noise_scale=1.0):
+            drawn = torch.randn((stack.shape[0], policy.action_expert.horizon, policy.action_expert.action_dim),
+                                generator=generator)
+            return original(stack, state, mask, steps, noise=0.5 * drawn)
+
+        policy.action_expert.sample = explicit
+        np.testing.assert_allclose(policy.predict_action_chunk(obs, seed=4), half, rtol=1e-6, atol=1e-6)
+    finally:
+        policy.config = base
+        policy.action_expert.__dict__.pop("sample", None)
+    with pytest.raises(ValueError, match="noise_scale must be in"):
+        dataclasses.replace(base, noise_scale=2.0)

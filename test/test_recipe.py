@@ -79,15 +79,16 @@ def test_shipped_recipe_reruns_small(tmp_path, capsys):
     made = read_config(out).io
     config_index = recipe["train"].index("--config") + 1
     overrides = [a for a in recipe["train"] if a.startswith("data.") and not a.startswith("data.dataset_dirs")]
-    intended = load_config(REPO / recipe["train"][config_index],
-                           overrides + [f"data.dataset_dirs=[{data_dir}]"]).data.io_schema()
+    intended_config = load_config(REPO / recipe["train"][config_index], overrides + [f"data.dataset_dirs=[{data_dir}]"])
+    intended = intended_config.data.io_schema()
     small = lambda io: replace(io, cameras=[CameraSpec(c.name, SIZE, SIZE) for c in io.cameras])  # noqa: E731
     assert made == small(intended)
     # The recipe's scene (one red cube) travels with the checkpoint, so gem_demo / gem_eval rebuild it.
     assert read_config(out).sim_scene == {"object_colors": ["red"], "coarse_robot_meshes": True}
+    assert read_config(out).noise_scale == intended_config.model.noise_scale   # the recipe's serving noise
     if (SHIPPED_CHECKPOINT / "config.json").exists():
         shipped = read_config(SHIPPED_CHECKPOINT)
-        assert made == small(shipped.io)
+        assert made == small(shipped.io) and shipped.noise_scale == intended_config.model.noise_scale
         assert shipped.sim_scene == {"object_colors": ["red"], "coarse_robot_meshes": False}
     policy = GemVLAPolicy.from_pretrained(out, device="cpu")
     rng = np.random.default_rng(0)

@@ -118,6 +118,7 @@ def all_tensors(step_dir: Path) -> dict[str, torch.Tensor]:
     ("train.mixed_precision=fp8", "train.mixed_precision must be one of"),
     ("train.lr_schedule=linear", "train.lr_schedule must be one of"),
     ("train.ema_decay=1.0", "train.ema_decay must be in"),
+    ("model.noise_scale=-0.1", "model.noise_scale must be in"),
     ("model.selected_layers=[1, 2, 3]", "model.selected_layers must have 1 or model.rdt.depth=2"),
     ("model.rdt.num_heads=3", "model.rdt: rdt.hidden_size 32 must be divisible by num_heads 3"),
     ("data.gripper_channels=[8]", "gripper_channels"),
@@ -288,6 +289,22 @@ def test_export_loads_and_predicts(workdir, trained_run, make_observation):
     assert chunk.shape == (CHUNK, ACTION_DIM) and np.all(np.isfinite(chunk))
     np.testing.assert_array_equal(chunk, direct.predict_action_chunk(obs, seed=1))
     assert served.config.sampler == "euler"
+
+
+def test_export_noise_scale_narrows_the_sampler_and_is_validated(workdir, trained_run, make_observation):
+    out = workdir / "exported_narrow"
+    assert export.main(["--checkpoint", str(trained_run.checkpoint), "--out", str(out), "--noise-scale", "0"]) == 0
+    narrow = GemVLAPolicy.from_pretrained(out, device="cpu")
+    assert narrow.config.noise_scale == 0.0
+    obs = make_observation(narrow.config, seed=3)
+    # zero starting noise: the chunk no longer depends on the noise seed (the sampler's mode-seeking limit)
+    np.testing.assert_array_equal(narrow.predict_action_chunk(obs, seed=1), narrow.predict_action_chunk(obs, seed=2))
+    default = GemVLAPolicy.from_pretrained(trained_run.checkpoint, device="cpu")
+    assert default.config.noise_scale == 1.0
+    assert not np.array_equal(default.predict_action_chunk(obs, seed=1), default.predict_action_chunk(obs, seed=2))
+    assert export.main(["--checkpoint", str(trained_run.checkpoint), "--out", str(workdir / "bad"),
+                        "--noise-scale", "1.5"]) == 2
+    assert not (workdir / "bad").exists()
 
 
 def test_one_step_distillation_reduces_its_loss(workdir, data, trained_run, make_observation):

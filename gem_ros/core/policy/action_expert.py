@@ -88,13 +88,15 @@ class ActionExpert(nn.Module):
 
     @torch.no_grad()
     def sample(self, hidden_stack: torch.Tensor, state: torch.Tensor, lang_mask: torch.Tensor | None,
-               num_steps: int, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Euler sampler from noise at t=0 to actions at t=1; `num_steps=1` is the distilled one-step generator."""
+               num_steps: int, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+               noise_scale: float = 1.0) -> torch.Tensor:
+        """Euler sampler from noise at t=0 to actions at t=1; `num_steps=1` is the distilled one-step generator.
+        Without `noise`, it starts from N(0, noise_scale^2) (GemVLAConfig.noise_scale)."""
         b = hidden_stack.shape[0]
         lang, state_token = self.encode_condition(hidden_stack, state)
         if noise is None:
-            noise = torch.randn((b, self.horizon, self.action_dim), device=hidden_stack.device,
-                                generator=generator, dtype=torch.float32)
+            noise = noise_scale * torch.randn((b, self.horizon, self.action_dim), device=hidden_stack.device,
+                                              generator=generator, dtype=torch.float32)
         x0 = noise.to(self.dtype)
         return euler_integrate(lambda x, t: self.velocity(x, t, lang, state_token, lang_mask), x0, num_steps).float()
 

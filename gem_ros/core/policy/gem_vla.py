@@ -200,7 +200,8 @@ class GemVLAPolicy(nn.Module):
                 self.reset()
             rng = self._rng
         steps = 1 if self.config.sampler == "one_step" else self.config.num_inference_steps
-        normalized = self.action_expert.sample(stack, state, prompt.attention_mask, steps, generator=rng)
+        normalized = self.action_expert.sample(stack, state, prompt.attention_mask, steps, generator=rng,
+                                               noise_scale=self.config.noise_scale)
         sync()
         t3 = time.perf_counter()
         chunk = self.action_normalizer.unnormalize(normalized[0].float()).cpu().numpy().astype(np.float32)
