@@ -93,7 +93,9 @@ def make_policy(context, checkpoint: Path, standin_s: float, record: dict):
         bringup_config("panda"), "gem_policy", checkpoint=str(checkpoint), device="cpu", use_sim_time=False))
     node.trigger_configure()
     io = node.policy.config.io
-    chunk = np.tile(np.r_[HOME[:7], 0.04], (io.chunk_len, 1)).astype(np.float32)
+    # Hold the pose the fake robot reports: the gripper channel is the finger *width* (2 x 0.04 m). A width of 0.04
+    # (what this stand-in sent before) closes the fingers and every tick went through the rate limiter.
+    chunk = np.tile(np.r_[HOME[:7], HOME[7] + HOME[8]], (io.chunk_len, 1)).astype(np.float32)
     record.update(inference=[], published=[], image_callback=[])
 
     def standin(observation):
@@ -251,6 +253,38 @@ def run_one_process(standin_s, duration_s, checkpoint, width, height, names, thr
     return record
 
 
+def compute_floor(names: list[str], repeats: int = 2000) -> dict:
+    """The executor's own work per chunk with no ROS, no DDS and no other process: `on_chunk` (planning) and one
+    50 Hz `tick` (segment + safety filter) plus building the JointTrajectory message, in a quiet loop (p50, ms).
+    What the OVERHEAD row adds on top of this is scheduling, GIL and transport on a shared machine."""
+    from gem_ros.core.executor_setup import PARAMETERS, build_controller
+    from gem_ros.nodes.backends import to_joint_trajectory
+    from gem_ros.nodes.params import bringup_config, node_parameters
+
+    values = dict(PARAMETERS)
+    values.update({p.name: p.value for p in node_parameters(
+        bringup_config("panda"), "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"), use_sim_time=False)})
+    controller = build_controller(values)
+    chunk = np.tile(np.r_[HOME[:7], HOME[7] + HOME[8]], (16, 1))
+    planning, ticking, message = [], [], []
+    for i in range(repeats):
+        now = 100.0 + 0.02 * i
+        controller.on_joint_state(names, HOME, [0.0] * len(names), now, now)
+        if i % 10 == 0:   # a new chunk every 0.2 s, as a 50 ms policy with re-planning does
+            start = time.perf_counter()
+            controller.on_chunk(controller.expected_channels, 0.1, chunk, controller.mapper.cfg.kind, now - 0.01, now)
+            planning.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        command = controller.tick(now)
+        ticking.append(time.perf_counter() - start)
+        if command.kind == "trajectory":
+            start = time.perf_counter()
+            to_joint_trajectory(command.trajectory)
+            message.append(time.perf_counter() - start)
+    ms = lambda values: 1e3 * float(np.median(values[len(values) // 10:]))  # noqa: E731  (after warm-up)
+    return {"planning": ms(planning), "tick": ms(ticking), "message": ms(message)}
+
+
 # ------------------------------------------------------------------------------------------------ analysis
 def analyse(record: dict) -> dict:
     """Per chunk: match the policy's publish to the executor's planning of it (by arrival order after it)."""
@@ -348,6 +382,10 @@ def main(argv=None) -> None:
     print(f"{'':46}" + "".join(f"{f'{layout} {d:.0f} ms':>24}" for layout, d in keys))
     for label, fmt in ROWS:
         print(f"{label:46}" + "".join(f"{fmt(results[k]):>24}" for k in keys))
+    floor = compute_floor(names)
+    print(f"\nexecutor compute alone (no ROS, quiet loop) p50 ms: chunk planning {floor['planning']:.2f}, tick "
+          f"{floor['tick']:.2f}, JointTrajectory message {floor['message']:.2f}; sum "
+          f"{sum(floor.values()):.2f} (the rest of OVERHEAD is publishing, DDS, executor wake-ups and CPU sharing)")
 
 
 if __name__ == "__main__":
