@@ -259,7 +259,6 @@ def build_policy(config: TrainConfig, stats: dict, device: torch.device) -> GemV
                  else DepthExpertConfig(vlm_hidden_size=width, image_size=m.depth_image_size)).to_dict()
     policy_config = GemVLAConfig(io=config.data.io_schema(), rdt=dataclasses.replace(m.rdt, cond_hidden_size=width),
                                  selected_layers=list(m.selected_layers), num_inference_steps=m.num_inference_steps,
-                                 noise_scale=m.noise_scale,
                                  depth_expert=depth, max_pixels_per_image=m.max_pixels_per_image)
     state_normalizer = _normalizer(stats["state"]) if config.data.normalize_state else None
     return GemVLAPolicy.build(policy_config, backbone_dir, _normalizer(stats["action"]), state_normalizer,
