@@ -36,7 +36,8 @@ class BatchedQwen2VLImageProcessor(Qwen2VLImageProcessorPil):
             prepared.append(image)
         patches: list[torch.Tensor | None] = [None] * len(prepared)
         grids: list[list[int] | None] = [None] * len(prepared)
-        for shape in dict.fromkeys(image.shape for image in prepared):
+        shapes = list(dict.fromkeys(image.shape for image in prepared))
+        for shape in shapes:
             members = [i for i, image in enumerate(prepared) if image.shape == shape]
             batch = torch.from_numpy(np.stack([prepared[i] for i in members]))
             batch = _rescale_normalize(batch, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
@@ -45,7 +46,7 @@ class BatchedQwen2VLImageProcessor(Qwen2VLImageProcessorPil):
             for j, i in enumerate(members):
                 patches[i] = flat[j * per_image:(j + 1) * per_image]
                 grids[i] = [1, grid_h, grid_w]
-        if len(set(image.shape for image in prepared)) == 1:   # one size: already in order, skip the copy
+        if len(shapes) == 1:   # one size: already in order, skip the copy
             pixel_values = flat
         else:
             pixel_values = torch.cat(patches) if patches else torch.zeros(0, 0)
