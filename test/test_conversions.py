@@ -84,6 +84,12 @@ def test_joint_trajectory_fields():
     stamped = conv.make_joint_trajectory(["j1", "j2"], [0.1], positions[:1], stamp=Time(sec=7, nanosec=5))
     assert (stamped.header.stamp.sec, stamped.header.stamp.nanosec) == (7, 5)
     assert len(stamped.points[0].velocities) == 0
+    # What a subscriber receives (the fields are array('d'), the fast path of rclpy's serialisation).
+    from rclpy.serialization import deserialize_message, serialize_message
+    received = deserialize_message(serialize_message(traj), type(traj))
+    np.testing.assert_array_equal([list(p.positions) for p in received.points], positions)
+    assert [(p.time_from_start.sec, p.time_from_start.nanosec) for p in received.points] == [(0, 500_000_000),
+                                                                                            (1, 250_000_000)]
 
 
 @pytest.mark.parametrize("times, positions, match", [

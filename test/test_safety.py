@@ -56,6 +56,16 @@ def test_config_refuses_unsafe_values_naming_the_field(field, value):
         SafetyConfig(**kwargs)
 
 
+def test_validated_config_cannot_be_loosened_afterwards():
+    """A limit set after validation would bypass it (e.g. NaN), and the filter caches its bounds per joint order."""
+    cfg = SafetyConfig(max_step_delta_rad=0.1, max_acceleration={"panda_joint1": 5.0})
+    with pytest.raises(AttributeError):
+        cfg.velocity_scale = math.nan
+    with pytest.raises(TypeError):
+        cfg.max_acceleration["panda_joint1"] = math.inf
+    assert cfg.max_acceleration["panda_joint1"] == 5.0
+
+
 @pytest.mark.parametrize("box, field", [
     (dict(link="panda_hand", min_xyz_m=(0, 0, 0), max_xyz_m=(1, 1, 0)), "z"),
     (dict(link="panda_hand", min_xyz_m=(0, math.nan, 0), max_xyz_m=(1, 1, 1)), "min_xyz_m"),

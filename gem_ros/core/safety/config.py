@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 ON_VIOLATION = ("reject", "clamp")
@@ -49,9 +50,12 @@ class WorkspaceBox:
                 raise ValueError(f"workspace_box {axis}: min {lo} must be < max {hi}")
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class SafetyConfig:
-    """What the safety filter enforces on every trajectory before it reaches a controller."""
+    """What the safety filter enforces on every trajectory before it reaches a controller.
+
+    Frozen: a limit changed after validation would skip the checks here (and the filter caches its bounds).
+    """
 
     max_step_delta_rad: float                # largest position change between consecutive points, revolute joints
     max_step_delta_m: float = 0.01           # same for prismatic joints (grippers)
@@ -63,24 +67,27 @@ class SafetyConfig:
     on_violation: str = "reject"             # "reject" | "clamp" (clamp only finite step/velocity/accel excess)
     hold_duration_s: float = 0.1             # time_from_start of the single point returned by `hold`
 
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)   # normalising in __post_init__ of a frozen dataclass
+
     def __post_init__(self) -> None:
-        self.max_step_delta_rad = _number("max_step_delta_rad", self.max_step_delta_rad)
-        self.max_step_delta_m = _number("max_step_delta_m", self.max_step_delta_m)
-        self.velocity_scale = _number("velocity_scale", self.velocity_scale)
+        self._set("max_step_delta_rad", _number("max_step_delta_rad", self.max_step_delta_rad))
+        self._set("max_step_delta_m", _number("max_step_delta_m", self.max_step_delta_m))
+        self._set("velocity_scale", _number("velocity_scale", self.velocity_scale))
         if self.velocity_scale > 1.0:
             raise ValueError(f"velocity_scale must be <= 1 (a fraction of the URDF limit), got {self.velocity_scale}")
-        self.position_margin_rad = _number("position_margin_rad", self.position_margin_rad, allow_zero=True)
-        self.position_margin_m = _number("position_margin_m", self.position_margin_m, allow_zero=True)
-        self.hold_duration_s = _number("hold_duration_s", self.hold_duration_s)
+        self._set("position_margin_rad", _number("position_margin_rad", self.position_margin_rad, allow_zero=True))
+        self._set("position_margin_m", _number("position_margin_m", self.position_margin_m, allow_zero=True))
+        self._set("hold_duration_s", _number("hold_duration_s", self.hold_duration_s))
         if isinstance(self.max_acceleration, Mapping):
             if not self.max_acceleration:
                 raise ValueError("max_acceleration is an empty mapping; use None to disable acceleration limits")
-            self.max_acceleration = {str(name): _number(f"max_acceleration['{name}']", value)
-                                     for name, value in self.max_acceleration.items()}
+            self._set("max_acceleration", MappingProxyType({
+                str(name): _number(f"max_acceleration['{name}']", value) for name, value in self.max_acceleration.items()}))
         elif self.max_acceleration is not None:
-            self.max_acceleration = _number("max_acceleration", self.max_acceleration)
+            self._set("max_acceleration", _number("max_acceleration", self.max_acceleration))
         if isinstance(self.workspace_box, Mapping):  # straight from YAML
-            self.workspace_box = WorkspaceBox(**self.workspace_box)
+            self._set("workspace_box", WorkspaceBox(**self.workspace_box))
         elif self.workspace_box is not None and not isinstance(self.workspace_box, WorkspaceBox):
             raise ValueError(f"workspace_box must be a WorkspaceBox, a mapping or None, got {self.workspace_box!r}")
         if self.on_violation not in ON_VIOLATION:

@@ -61,6 +61,14 @@ class _Bounds:
     acceleration: np.ndarray   # inf where not configured
     units: tuple[str, ...]     # "rad" or "m"
 
+    def __post_init__(self) -> None:
+        # What verification compares against (round-off slack included), computed once per joint order.
+        slack = lambda limit: limit * (1.0 + _VERIFY_REL_TOL) + 1e-12  # noqa: E731
+        object.__setattr__(self, "step_check", slack(self.step))
+        object.__setattr__(self, "velocity_check", slack(self.velocity))
+        object.__setattr__(self, "acceleration_check", slack(self.acceleration))
+        object.__setattr__(self, "any_acceleration_limit", bool(np.isfinite(self.acceleration).any()))
+
 
 class SafetyFilter:
     """Stateless per call; safe to share between threads."""
@@ -74,6 +82,9 @@ class SafetyFilter:
             if unknown:
                 raise ValueError(f"max_acceleration names joints not in the URDF limits: {unknown}")
         self._box_chain: tuple[str, ...] = ()
+        # Limits and config are immutable, so the validated bounds of a joint order are computed once: the
+        # executor filters a trajectory with the same joint order every control tick.
+        self._bounds_cache: dict[tuple[str, ...], _Bounds] = {}
         if cfg.workspace_box is not None:
             if robot_model is None:
                 raise ValueError("workspace_box is configured but no robot_model was given to compute link poses")
@@ -98,7 +109,7 @@ class SafetyFilter:
             "current_velocities", current_velocities, (len(names),))
         self._check_finite(names, times, target, current, current_vel)
         self._check_times(times)
-        bounds = self._bounds(names)
+        bounds = self._cached_bounds(names)
         self._check_positions(names, target, bounds)
         self._check_workspace(names, target)
 
@@ -128,6 +139,8 @@ class SafetyFilter:
     # ---- validation ---------------------------------------------------------------------------------------------
     def _check_names(self, joint_names: Sequence[str]) -> tuple[str, ...]:
         names = tuple(joint_names)
+        if names in self._bounds_cache:   # checked before
+            return names
         if not names:
             raise ChunkRejected("no joint names given")
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -152,6 +165,9 @@ class SafetyFilter:
 
     @staticmethod
     def _check_finite(names, times, target, current, current_vel) -> None:
+        if np.isfinite(times).all() and np.isfinite(target).all() and np.isfinite(current).all() \
+                and (current_vel is None or np.isfinite(current_vel).all()):
+            return   # the common case; below finds the first bad value to name it
         bad_t = np.flatnonzero(~np.isfinite(times))
         if bad_t.size:
             raise ChunkRejected(f"times_s[{bad_t[0]}] = {times[bad_t[0]]} is not finite")
@@ -168,12 +184,18 @@ class SafetyFilter:
     def _check_times(times: np.ndarray) -> None:
         if times[0] < MIN_TIME_STEP_S:
             raise ChunkRejected(f"times_s[0] = {times[0]} s: the first point must lie >= {MIN_TIME_STEP_S} s after now")
-        steps = np.diff(times)
-        bad = np.flatnonzero(steps < MIN_TIME_STEP_S)
-        if bad.size:
+        steps = times[1:] - times[:-1]
+        if (steps < MIN_TIME_STEP_S).any():
+            bad = np.flatnonzero(steps < MIN_TIME_STEP_S)
             i = int(bad[0]) + 1
             raise ChunkRejected(f"times_s not strictly increasing at index {i}: {times[i - 1]} s then {times[i]} s "
                                 f"(minimum step {MIN_TIME_STEP_S} s)")
+
+    def _cached_bounds(self, names: tuple[str, ...]) -> _Bounds:
+        bounds = self._bounds_cache.get(names)
+        if bounds is None:
+            bounds = self._bounds_cache[names] = self._bounds(names)   # raises (and caches nothing) if unusable
+        return bounds
 
     def _bounds(self, names: tuple[str, ...]) -> _Bounds:
         cfg, rows = self.cfg, []
@@ -199,8 +221,9 @@ class SafetyFilter:
 
     @staticmethod
     def _check_positions(names, positions: np.ndarray, b: _Bounds) -> None:
-        outside = np.argwhere((positions < b.lower) | (positions > b.upper))
-        if outside.size:
+        outside = (positions < b.lower) | (positions > b.upper)
+        if outside.any():
+            outside = np.argwhere(outside)
             i, j = (int(v) for v in outside[0])
             raise ChunkRejected(f"joint '{names[j]}' at index {i}: position {positions[i, j]:.6g} {b.units[j]} is "
                                 f"outside [{b.lower[j]:.6g}, {b.upper[j]:.6g}] (URDF limits minus margin)")
@@ -221,30 +244,29 @@ class SafetyFilter:
 
     @staticmethod
     def _check_motion(names, times, positions, current, current_vel, b: _Bounds) -> None:
-        dt = np.diff(times, prepend=0.0)
-        deltas = np.diff(np.vstack([current, positions]), axis=0)
+        dt, deltas = _steps(times, positions, current)
         velocities = deltas / dt[:, None]
 
-        def first_excess(values: np.ndarray, limit: np.ndarray):
-            excess = np.argwhere(np.abs(values) > limit * (1.0 + _VERIFY_REL_TOL) + 1e-12)
-            return None if excess.size == 0 else tuple(int(v) for v in excess[0])
+        def first_excess(values: np.ndarray, checked: np.ndarray):
+            excess = np.abs(values) > checked
+            return tuple(int(v) for v in np.argwhere(excess)[0]) if excess.any() else None
 
-        if (hit := first_excess(deltas, b.step)) is not None:
+        if (hit := first_excess(deltas, b.step_check)) is not None:
             i, j = hit
             raise ChunkRejected(f"joint '{names[j]}' at index {i}: step {deltas[i, j]:.6g} {b.units[j]} from the "
                                 f"previous point exceeds max step delta {b.step[j]:.6g} {b.units[j]}")
-        if (hit := first_excess(velocities, b.velocity)) is not None:
+        if (hit := first_excess(velocities, b.velocity_check)) is not None:
             i, j = hit
             raise ChunkRejected(f"joint '{names[j]}' at index {i}: velocity {velocities[i, j]:.6g} {b.units[j]}/s "
                                 f"exceeds limit {b.velocity[j]:.6g} {b.units[j]}/s")
-        if np.all(np.isinf(b.acceleration)):
+        if not b.any_acceleration_limit:
             return
         accelerations = (np.diff(velocities, axis=0) / ((dt[:-1] + dt[1:]) / 2.0)[:, None])
         offset = 0
         if current_vel is not None:
             start = (velocities[0] - current_vel) / (dt[0] / 2.0)
             accelerations, offset = np.vstack([start, accelerations]), 1
-        if (hit := first_excess(accelerations, b.acceleration)) is not None:
+        if (hit := first_excess(accelerations, b.acceleration_check)) is not None:
             i, j = hit
             raise ChunkRejected(f"joint '{names[j]}' at index {i - offset if i >= offset else 'start'}: acceleration "
                                 f"{accelerations[i, j]:.6g} {b.units[j]}/s^2 exceeds limit "
@@ -295,11 +317,21 @@ class SafetyFilter:
 
     @staticmethod
     def _trajectory(names, times, positions, current, interventions) -> SafeTrajectory:
-        dt = np.diff(times, prepend=0.0)
-        segment = np.diff(np.vstack([current, positions]), axis=0) / dt[:, None]
+        """`times` and `positions` are this filter's own float arrays (never the caller's): frozen, not copied."""
+        dt, deltas = _steps(times, positions, current)
+        segment = deltas / dt[:, None]
         velocities = np.zeros_like(positions)
         velocities[:-1] = (segment[:-1] + segment[1:]) / 2.0  # bounded by the two segment speeds
-        arrays = [np.array(a, dtype=float) for a in (times, positions, velocities)]
-        for a in arrays:
+        for a in (times, positions, velocities):
             a.setflags(write=False)
-        return SafeTrajectory(names, *arrays, interventions=list(interventions))
+        return SafeTrajectory(names, times, positions, velocities, interventions=list(interventions))
+
+
+def _steps(times: np.ndarray, positions: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per point: time since the previous point (the first from t = 0) and position change (the first from
+    `current`)."""
+    dt = np.empty_like(times)
+    dt[0], dt[1:] = times[0], times[1:] - times[:-1]
+    deltas = np.empty_like(positions)
+    deltas[0], deltas[1:] = positions[0] - current, positions[1:] - positions[:-1]
+    return dt, deltas
