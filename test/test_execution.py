@@ -169,6 +169,35 @@ def test_accepted_chunk_becomes_limited_trajectories_that_reach_the_targets_then
     assert ctrl.stats["holds"] == 1 and ctrl.stats["tick_period_mean_s"] == pytest.approx(TICK)
 
 
+def test_replan_sends_a_new_chunk_between_ticks_with_every_check_and_without_tick_statistics():
+    ctrl = make_controller()
+    offset = np.full(7, 0.1)
+    feed_state(ctrl, 0.0)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(offset), "absolute_joint", 0.0, 0.0) is None
+    commands = run(ctrl, 0.0, 0.4)
+    ticks, period = ctrl.stats["ticks"], ctrl.stats["tick_period_mean_s"]
+    now = 0.41   # between the ticks at 0.40 and 0.42
+    feed_state(ctrl, now, commands[-1][1].trajectory.positions[0])
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(-offset), "absolute_joint", now - 0.05, now) is None
+    twin = make_controller()   # the same history, asked by a tick instead
+    feed_state(twin, 0.0)
+    twin.on_chunk(CHANNELS, DT, ramp(offset), "absolute_joint", 0.0, 0.0)
+    run(twin, 0.0, 0.4)
+    feed_state(twin, now, commands[-1][1].trajectory.positions[0])
+    twin.on_chunk(CHANNELS, DT, ramp(-offset), "absolute_joint", now - 0.05, now)
+    replanned, ticked = ctrl.replan(now), twin.tick(now)
+    assert replanned.kind == ticked.kind == "trajectory"
+    np.testing.assert_array_equal(replanned.trajectory.positions, ticked.trajectory.positions)
+    np.testing.assert_array_equal(replanned.trajectory.times_s, ticked.trajectory.times_s)
+    assert_within_limits(replanned)
+    assert (ctrl.stats["ticks"], ctrl.stats["tick_period_mean_s"]) == (ticks, period)   # not a tick
+    assert ctrl.stats["trajectories"] == ticks + 1
+    # The watchdogs apply to a replan too: with /joint_states stale it holds instead.
+    assert ctrl.replan(now + 1.0).kind == "hold"
+    with pytest.raises(ValueError, match="replan_on_chunk"):
+        ExecutionConfig(joint_names=JOINTS, replan_on_chunk="yes")
+
+
 def test_a_plan_from_rest_approaches_its_first_point_instead_of_jumping_to_it():
     ctrl = make_controller()
     feed_state(ctrl, 0.0)

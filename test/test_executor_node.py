@@ -160,6 +160,18 @@ def test_chunk_becomes_a_limited_joint_trajectory_by_name_and_diagnostics_are_pu
     assert int(values["chunks_accepted"]) == 1 and "tick_jitter_max_s" in values
 
 
+def test_an_accepted_chunk_is_sent_at_once_not_at_the_next_tick(harness):
+    # 0.2 Hz ticks: a tick every 5 s, so a moving trajectory within 3 s of the chunk can only come from replanning.
+    node, robot = harness(control_rate_hz=0.2, lookahead_s=5.0, chunk_timeout_s=10.0)
+    ticks = node.controller.stats["ticks"]
+    assert wait_for(lambda: node.controller.stats["ticks"] > ticks, 7.0)   # just after a tick
+    ticks = node.controller.stats["ticks"]
+    robot.send_chunk(ramp(0.02))
+    assert wait_for(lambda: any(arm_motion(m) or len(m.points) == 1 and m.points[0].positions[0] != HOME[0]
+                                for m in robot.trajectories), 3.0), node.controller.stats
+    assert node.controller.stats["ticks"] == ticks and node.controller.stats["trajectories"] == 1
+
+
 def test_nan_chunk_is_refused_and_nothing_but_holds_is_sent(harness):
     node, robot = harness()
     poisoned = ramp(0.05)

@@ -60,6 +60,7 @@ class ExecutionConfig:
     chunk_timeout_s: float = 2.0         # no accepted chunk for this long while running -> hold (dead policy)
     tracking_tolerance_rad: float = 0.1  # |measured - setpoint| beyond this: check the next step from measured
     tracking_tolerance_m: float = 0.01   # the same for prismatic joints (gripper fingers)
+    replan_on_chunk: bool = True         # send the new plan when a chunk is accepted, not at the next tick
 
     def __post_init__(self) -> None:
         if isinstance(self.joint_names, str):   # a bare string would iterate into letters
@@ -69,6 +70,8 @@ class ExecutionConfig:
             raise ValueError(f"joint_names must be non-empty joint-name strings, got {self.joint_names!r}")
         if len(set(self.joint_names)) != len(self.joint_names):
             raise ValueError(f"joint_names must be unique, got {self.joint_names!r}")
+        if not isinstance(self.replan_on_chunk, bool):
+            raise ValueError(f"replan_on_chunk must be true or false, got {self.replan_on_chunk!r}")
         for name in ("control_rate_hz", "lookahead_s", "joint_state_timeout_s", "chunk_timeout_s",
                      "tracking_tolerance_rad", "tracking_tolerance_m"):
             setattr(self, name, _positive(name, getattr(self, name)))
@@ -269,51 +272,63 @@ class ExecutionController:
 
     # ---- control tick -------------------------------------------------------------------------------------------
     def tick(self, now_s: float) -> Command:
+        """The control-rate call: what to send now (see the module docstring)."""
         with self._lock:
             self._note_tick(now_s)
-            current = self._current_vector()
-            if self._estop is not None:
-                return self._hold(current, f"e-stop engaged: {self._estop}")
-            if current is None:
-                return self._idle(f"waiting for joint states of {self._missing_joints()}")
-            age = self._state_age(now_s)
-            if age > self.cfg.joint_state_timeout_s:
-                self._abandon_plan()
-                return self._hold(current, f"joint_states stale: newest complete state is {age:.3f} s old "
-                                           f"(joint_state_timeout_s {self.cfg.joint_state_timeout_s} s)")
-            if self._pending_stop is not None:
-                reason, self._pending_stop = self._pending_stop, None
-                return self._hold(current, f"stopped: {reason}", problem=False)
-            if self._running and self._last_chunk_s is not None \
-                    and now_s - self._last_chunk_s > self.cfg.chunk_timeout_s:
-                silence = now_s - self._last_chunk_s
-                self._abandon_plan()
-                return self._hold(current, f"no action chunk for {silence:.3f} s "
-                                           f"(chunk_timeout_s {self.cfg.chunk_timeout_s} s): policy dead?")
-            times, positions = self.scheduler.segment(now_s, self.cfg.lookahead_s)
-            if self._approach is not None:
-                positions = self._approach_positions(now_s, times, positions)
-            if times.size == 0:
-                if self._running:
-                    self._running = False
-                    return self._hold(current, "plan starved: no new chunk before the plan ran out")
-                return self._idle("no plan")
-            anchor, anchor_velocities = self._anchor(now_s, current)
-            try:
-                trajectory = self.safety.filter_trajectory(
-                    self.cfg.joint_names, times, positions, anchor, anchor_velocities)
-            except ChunkRejected as error:
-                self._counts["safety_rejections"] += 1
-                self._abandon_plan()
-                return self._hold(current, f"safety filter rejected the plan: {error.reason}")
-            if trajectory.interventions:
-                self._counts["safety_interventions"] += 1
-                self._last_intervention = "; ".join(trajectory.interventions)
-            self._running = True
-            self._commanded = (now_s, anchor, trajectory)
-            self._counts["trajectories"] += 1
-            self._last_kind = "trajectory"
-            return Command("trajectory", trajectory, "executing plan")
+            return self._command(now_s)
+
+    def replan(self, now_s: float) -> Command:
+        """What `tick` would send now, outside the tick grid and its period statistics: the executor calls it
+        right after accepting a chunk (with replan_on_chunk), so the new plan reaches the controller at once
+        instead of up to one control period later. Every check of a tick applies."""
+        with self._lock:
+            return self._command(now_s)
+
+    def _command(self, now_s: float) -> Command:
+        """tick/replan without the tick bookkeeping; the lock is held by the caller."""
+        current = self._current_vector()
+        if self._estop is not None:
+            return self._hold(current, f"e-stop engaged: {self._estop}")
+        if current is None:
+            return self._idle(f"waiting for joint states of {self._missing_joints()}")
+        age = self._state_age(now_s)
+        if age > self.cfg.joint_state_timeout_s:
+            self._abandon_plan()
+            return self._hold(current, f"joint_states stale: newest complete state is {age:.3f} s old "
+                                       f"(joint_state_timeout_s {self.cfg.joint_state_timeout_s} s)")
+        if self._pending_stop is not None:
+            reason, self._pending_stop = self._pending_stop, None
+            return self._hold(current, f"stopped: {reason}", problem=False)
+        if self._running and self._last_chunk_s is not None \
+                and now_s - self._last_chunk_s > self.cfg.chunk_timeout_s:
+            silence = now_s - self._last_chunk_s
+            self._abandon_plan()
+            return self._hold(current, f"no action chunk for {silence:.3f} s "
+                                       f"(chunk_timeout_s {self.cfg.chunk_timeout_s} s): policy dead?")
+        times, positions = self.scheduler.segment(now_s, self.cfg.lookahead_s)
+        if self._approach is not None:
+            positions = self._approach_positions(now_s, times, positions)
+        if times.size == 0:
+            if self._running:
+                self._running = False
+                return self._hold(current, "plan starved: no new chunk before the plan ran out")
+            return self._idle("no plan")
+        anchor, anchor_velocities = self._anchor(now_s, current)
+        try:
+            trajectory = self.safety.filter_trajectory(
+                self.cfg.joint_names, times, positions, anchor, anchor_velocities)
+        except ChunkRejected as error:
+            self._counts["safety_rejections"] += 1
+            self._abandon_plan()
+            return self._hold(current, f"safety filter rejected the plan: {error.reason}")
+        if trajectory.interventions:
+            self._counts["safety_interventions"] += 1
+            self._last_intervention = "; ".join(trajectory.interventions)
+        self._running = True
+        self._commanded = (now_s, anchor, trajectory)
+        self._counts["trajectories"] += 1
+        self._last_kind = "trajectory"
+        return Command("trajectory", trajectory, "executing plan")
 
     # ---- status ---------------------------------------------------------------------------------------------------
     @property

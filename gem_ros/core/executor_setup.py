@@ -32,6 +32,7 @@ PARAMETERS: dict[str, Any] = {
     "chunk_timeout_s": _default(ExecutionConfig, "chunk_timeout_s"),
     "tracking_tolerance_rad": _default(ExecutionConfig, "tracking_tolerance_rad"),
     "tracking_tolerance_m": _default(ExecutionConfig, "tracking_tolerance_m"),
+    "replan_on_chunk": _default(ExecutionConfig, "replan_on_chunk"),
     "chunk_dt_s": 0.1,                          # must equal ActionChunk.dt (1 / the checkpoint's control rate)
     "chunk_mode": _default(ChunkSchedulerConfig, "mode"),
     "blend_duration_s": _default(ChunkSchedulerConfig, "blend_duration_s"),
@@ -86,7 +87,8 @@ def build_controller(values: Mapping[str, Any]) -> ExecutionController:
     execution = ExecutionConfig(
         joint_names=joint_names, control_rate_hz=values["control_rate_hz"], lookahead_s=values["lookahead_s"],
         joint_state_timeout_s=values["joint_state_timeout_s"], chunk_timeout_s=values["chunk_timeout_s"],
-        tracking_tolerance_rad=values["tracking_tolerance_rad"], tracking_tolerance_m=values["tracking_tolerance_m"])
+        tracking_tolerance_rad=values["tracking_tolerance_rad"], tracking_tolerance_m=values["tracking_tolerance_m"],
+        replan_on_chunk=values["replan_on_chunk"])
     model = RobotModel.from_urdf(urdf) if kind == "ee_delta" else None
     limits = load_urdf_limits(urdf)
     gripper_range = None
