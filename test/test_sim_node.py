@@ -59,3 +59,27 @@ def test_scene_parameters_choose_the_cubes(ros):
         rclpy.parameter.Parameter("object_colors", value=["blue"]), rclpy.parameter.Parameter("seed", value=4)]))
     assert sim.sim.object_names == ["blue_cube"] and "blue" in sim.instruction
     assert "blue" in sim.reset_episode(5)
+
+
+def test_clock_steps_are_whole_physics_steps_so_a_50_hz_sim_time_timer_keeps_its_rate(ros):
+    """0.02 s at 240 Hz physics alternated 20.8 / 16.7 ms /clock steps, and a 20 ms timer on sim time (the executor's
+    control tick) lost every fifth tick (40 Hz in gem_demo). The bringup step, 12.5 ms, keeps it at 50 Hz."""
+    from rosgraph_msgs.msg import Clock
+
+    from gem_ros.nodes.params import bringup_config, node_parameters
+
+    rounded = SimNode(context=ros.context, parameter_overrides=[rclpy.parameter.Parameter("step_s", value=0.02)])
+    assert rounded.step_s == pytest.approx(5 / 240)
+    rounded.destroy_node()
+    sim = ros.add(SimNode(context=ros.context, parameter_overrides=node_parameters(
+        bringup_config("panda"), "gem_sim", camera_rate_hz=1.0)))
+    probe = ros.add(Node("probe", context=ros.context,
+                         parameter_overrides=[rclpy.parameter.Parameter("use_sim_time", value=True)]))
+    clocks, fires = [], []
+    probe.create_subscription(Clock, "/clock", lambda m: clocks.append(stamp_to_s(m.clock)), 100)
+    probe.create_timer(0.02, lambda: fires.append(probe.get_clock().now().nanoseconds * 1e-9))
+    ros.wait_for(lambda: len(fires) > 60, 30, "60 ticks of a 50 Hz sim-time timer")
+    steps = np.diff(clocks[-40:])
+    np.testing.assert_allclose(steps[steps < 0.02], sim.step_s, rtol=1e-6)   # (a gap = a message not yet taken)
+    periods = np.diff(fires[5:])
+    assert periods.mean() == pytest.approx(0.02, rel=0.03), np.round(periods, 4)

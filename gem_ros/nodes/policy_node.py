@@ -10,6 +10,7 @@ observation a chunk came from) every `predicted_depth_every_n_chunks` chunks, fo
 """
 from __future__ import annotations
 
+import array
 import threading
 import time
 
@@ -213,7 +214,7 @@ class PolicyNode(LifecycleNode):
         msg.joint_names = list(io.action_names) or [f"action_{i}" for i in range(io.action_dim)]
         msg.dt = 1.0 / io.control_rate_hz
         msg.num_points, msg.num_joints = result.actions.shape
-        msg.positions = result.actions.astype(np.float64).ravel().tolist()
+        msg.positions = array.array("d", result.actions.astype(np.float64).tobytes())   # C order = row-major
         msg.action_space = io.action_space
         msg.inference_latency_ms = float(result.latency_ms.get("total", 0.0))
         msg.chunk_index = result.index

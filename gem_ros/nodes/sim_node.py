@@ -29,7 +29,7 @@ class SimNode(Node):
         p = self.declare_parameter
         p("seed", 0)
         p("controller_name", "arm_controller")
-        p("step_s", 0.01)                 # sim time per tick [s]
+        p("step_s", 0.0125)               # sim time per tick [s], rounded to whole physics steps
         p("real_time_factor", 1.0)        # tick period = step_s / factor (wall); <= 0 = as fast as possible
         p("joint_state_rate_hz", 50.0)
         p("camera_rate_hz", 10.0)
@@ -41,7 +41,15 @@ class SimNode(Node):
         colors = [c for c in get("object_colors") if c]
         scene = {"coarse_robot_meshes": bool(get("coarse_robot_meshes")), **({"object_colors": colors} if colors else {})}
         self.sim = TabletopSim(sim_config or SimConfig(seed=get("seed"), gui=bool(get("gui")), **scene))
-        self.step_s = float(get("step_s"))
+        # A whole number of physics steps per tick, so /clock advances evenly: 0.02 s at 240 Hz alternated 20.8 and
+        # 16.7 ms steps, and the executor's 20 ms ROS-time timer (which cannot fire between /clock updates) lost
+        # every fifth tick. Keep step_s below the control period: a timer on sim time can fire at most once per step.
+        requested = float(get("step_s"))
+        physics_steps = max(1, round(requested * self.sim.cfg.physics_hz))
+        self.step_s = physics_steps / self.sim.cfg.physics_hz
+        if abs(self.step_s - requested) > 1e-9:
+            self.get_logger().info(f"step_s {requested} s -> {self.step_s:.6g} s ({physics_steps} physics steps at "
+                                   f"{self.sim.cfg.physics_hz:g} Hz)")
         self._lock = threading.Lock()    # physics, rendering and trajectory updates never interleave
         self.instruction = self.sim.reset(get("seed"))
         names, positions, _ = self.sim.joint_state()
