@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
+    from rclpy.parameter import Parameter
     from tqdm import tqdm
 
     from gem_ros.commander import GemCommander
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     executor_node = ExecutorNode(parameter_overrides=node_parameters(
         config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf"),
         **executor_overrides(Path(checkpoint))))
-    tools = Node("gem_demo", parameter_overrides=node_parameters(config, "gem_policy", use_sim_time=True)[:0])
+    # On sim time like the other nodes: the recorder stamps trajectories with it (trajectories per sim second).
+    tools = Node("gem_demo", parameter_overrides=[Parameter("use_sim_time", value=True)])
     recorder = Recorder(tools)
     executor = SingleThreadedExecutor()   # rclpy's multi-threaded one burns a core on this load
     for node in (sim, policy, executor_node, tools):
@@ -239,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                    "latency_p95_ms": float(np.percentile(log.latencies_ms, 95)) if log.latencies_ms else float("nan"),
                    "control_hz": 1.0 / executor_node.controller.stats["tick_period_mean_s"],
                    "trajectories_per_s": control_rate_hz(log.trajectory_times),
-                   "interventions": executor_node.controller.stats["safety_interventions"]
-                   - stats_before["safety_interventions"],
+                   **{key: executor_node.controller.stats[f"safety_{key}"] - stats_before[f"safety_{key}"]
+                      for key in ("interventions", "interventions_arm", "interventions_gripper")},
                    "safety_rejections": executor_node.controller.stats["safety_rejections"]
                    - stats_before["safety_rejections"]}
             write_episode_outputs(args.out, episode, instruction, log, row)
@@ -248,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.write(f"ep {episode}: {'SUCCESS' if row['success'] else 'fail   '} {row['outcome']:<9} "
                       f"'{instruction}'  chunks {row['steps']:3d}  sim {sim_s:4.1f} s  wall {row['wall_s']:4.1f} s  "
                       f"latency p50/p95 {row['latency_p50_ms']:.0f}/{row['latency_p95_ms']:.0f} ms  "
-                      f"control {row['control_hz']:.0f} Hz  safety interventions {row['interventions']}")
+                      f"control {row['control_hz']:.0f} Hz  safety interventions {row['interventions']} "
+                      f"(arm {row['interventions_arm']}, gripper {row['interventions_gripper']})")
     finally:
         policy.worker and policy.worker.shutdown()
         executor.shutdown()

@@ -257,6 +257,24 @@ def test_a_joint_off_its_setpoint_beyond_tolerance_is_limited_from_where_it_is()
     first = command.trajectory.positions[0]
     assert abs(first[0] - stuck[0]) <= 0.05 + 1e-9   # one step from the measurement, not a jump to the plan
     assert any("panda_joint1" in m for m in command.trajectory.interventions)
+    assert command.trajectory.clamped_joints == ("panda_joint1",)
+    stats = ctrl.stats
+    assert (stats["safety_interventions"], stats["safety_interventions_arm"], stats["safety_interventions_gripper"]) \
+        == (1, 1, 0)
+
+
+def test_a_gripper_closing_faster_than_its_urdf_speed_counts_as_a_gripper_intervention():
+    """Policies step the gripper open -> closed; the filter limits the fingers to their URDF speed every tick."""
+    ctrl = make_controller(safety_kw={"on_violation": "clamp"})
+    feed_state(ctrl, 0.0)
+    actions = ramp(np.zeros(7))
+    actions[:5, 7], actions[5:, 7] = 0.08, 0.0   # open, then shut: 0.04 m per finger in 0.1 s, twice the URDF speed
+    assert ctrl.on_chunk(CHANNELS, DT, actions, "absolute_joint", 0.0, 0.0) is None
+    commands = [c for _, c in run(ctrl, 0.0, 1.0) if c.kind == "trajectory"]
+    assert commands and all(set(c.trajectory.clamped_joints) <= set(FINGERS) for c in commands)
+    stats = ctrl.stats
+    assert stats["safety_interventions_gripper"] == stats["safety_interventions"] > 0
+    assert stats["safety_interventions_arm"] == 0
 
 
 def test_joints_the_policy_does_not_drive_are_kept_where_they_were():

@@ -133,7 +133,11 @@ class ExecutionController:
         self._approach: tuple[float, np.ndarray, float, np.ndarray] | None = None   # (t0, q0, t1, q1)
         self._commanded: tuple[float, np.ndarray, SafeTrajectory] | None = None   # (sent at, anchor, trajectory)
         self._last_kind = "idle"
-        self._counts = dict(chunks_accepted=0, chunks_refused=0, safety_interventions=0, safety_rejections=0,
+        # Interventions split by what was limited: the gripper closing faster than its URDF speed is routine
+        # (policies command open/close steps); the arm being limited means the policy asked for unsafe motion.
+        self._gripper_joints = frozenset(action_mapper.cfg.gripper_joint_names)
+        self._counts = dict(chunks_accepted=0, chunks_refused=0, safety_interventions=0,
+                            safety_interventions_arm=0, safety_interventions_gripper=0, safety_rejections=0,
                             holds=0, trajectories=0, ticks=0)
         self._last_reason = self._last_refusal = self._last_intervention = ""
         self._warning: tuple[float, str] | None = None   # (tick time, message) of the last problem
@@ -323,6 +327,9 @@ class ExecutionController:
             return self._hold(current, f"safety filter rejected the plan: {error.reason}")
         if trajectory.interventions:
             self._counts["safety_interventions"] += 1
+            clamped = set(trajectory.clamped_joints)
+            self._counts["safety_interventions_arm"] += bool(clamped - self._gripper_joints)
+            self._counts["safety_interventions_gripper"] += bool(clamped & self._gripper_joints)
             self._last_intervention = "; ".join(trajectory.interventions)
         self._running = True
         self._commanded = (now_s, anchor, trajectory)

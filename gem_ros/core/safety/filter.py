@@ -48,6 +48,7 @@ class SafeTrajectory:
     positions: np.ndarray      # rad / m
     velocities: np.ndarray     # rad/s / m/s: mean of adjacent segments, 0 at the last point (ends at rest)
     interventions: list[str] = field(default_factory=list)
+    clamped_joints: tuple[str, ...] = ()   # joints the rate limiter moved off their targets (clamp mode)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,9 @@ class SafetyFilter:
                 self._check_positions(names, output, bounds)
                 self._check_workspace(names, output)
                 self._check_motion(names, times, output, current, current_vel, bounds)
-        return self._trajectory(names, times, output, current, interventions)
+        clamped = () if output is target else tuple(
+            n for n, moved in zip(names, (np.abs(output - target) > 1e-12).any(axis=0)) if moved)
+        return self._trajectory(names, times, output, current, interventions, clamped)
 
     def hold(self, current_positions: Mapping[str, float]) -> SafeTrajectory:
         """One point at the current positions, `hold_duration_s` from now, zero velocity."""
@@ -316,7 +319,7 @@ class SafetyFilter:
         return messages
 
     @staticmethod
-    def _trajectory(names, times, positions, current, interventions) -> SafeTrajectory:
+    def _trajectory(names, times, positions, current, interventions, clamped=()) -> SafeTrajectory:
         """`times` and `positions` are this filter's own float arrays (never the caller's): frozen, not copied."""
         dt, deltas = _steps(times, positions, current)
         segment = deltas / dt[:, None]
@@ -324,7 +327,8 @@ class SafetyFilter:
         velocities[:-1] = (segment[:-1] + segment[1:]) / 2.0  # bounded by the two segment speeds
         for a in (times, positions, velocities):
             a.setflags(write=False)
-        return SafeTrajectory(names, times, positions, velocities, interventions=list(interventions))
+        return SafeTrajectory(names, times, positions, velocities, interventions=list(interventions),
+                              clamped_joints=tuple(clamped))
 
 
 def _steps(times: np.ndarray, positions: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
