@@ -62,6 +62,7 @@ setup(
             "gem_demo = gem_ros.demo:main",               # README command 1: the closed loop in one process
             "gem_policy = gem_ros.nodes.policy_node:main",
             "gem_executor = gem_ros.nodes.executor_node:main",
+            "gem_policy_executor = gem_ros.nodes.composed:main",   # both in one process, chunks in memory
             "gem_sim = gem_ros.nodes.sim_node:main",
             "gem_collect_sim = gem_train.collect_sim:main",
             "gem_pretrain_sim = gem_train.pretrain_sim:main",

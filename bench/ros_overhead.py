@@ -1,19 +1,21 @@
 """ROS overhead of the closed loop, with the policy replaced by a constant-time stand-in.
 
-    python bench/ros_overhead.py                         # both layouts, stand-ins of 50 and 300 ms
+    python bench/ros_overhead.py                         # all layouts, stand-ins of 50 and 300 ms
     python bench/ros_overhead.py --layout processes --duration 10
 
 A fake robot publishes 2 cameras (640x480 rgb8, 30 Hz) and /joint_states (100 Hz). gem_policy (tiny checkpoint,
-predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in production, in one of two layouts:
+predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in production, in one of 3 layouts:
   processes    robot, gem_policy and gem_executor each in its own process (what gem.launch.py starts; a real
-               camera driver is its own process too)
-  one-process  all three nodes in one process under one SingleThreadedExecutor (what gem_demo does)
+               camera driver is its own process too); the chunk goes policy -> executor over DDS
+  composed     robot in its own process; gem_policy and gem_executor in one (gem_policy_executor), the chunk
+               handed over in memory on the inference thread (gem_ros.nodes.composed)
+  one-process  all three nodes in one process under one SingleThreadedExecutor, handed over in memory (gem_demo)
 Every node spins a SingleThreadedExecutor, as the nodes' main()s do: rclpy's MultiThreadedExecutor burned a whole
 core in the policy process on this load and dropped half the camera frames (--threads 4 shows it).
 Every node times its own work with the wall clock (one machine, one clock), per chunk:
   frame age     observation stamp -> inference start: waiting for the newest frame (<= 1 / camera rate), not
                 overhead. Inference is started by the worker's poll (every 10 ms), so this also holds the poll wait.
-  overhead      inference end -> ActionChunk published (policy) + DDS to the executor + the executor's chunk
+  overhead      inference end -> ActionChunk published / handed over + DDS to the executor (0 composed) + chunk
                 planning + the replan (or tick) work that builds and publishes the JointTrajectory: goal <= 1 ms.
   planned->sent chunk planned -> its trajectory sent: ~0 with replan_on_chunk (the default: sent from the chunk
                 callback), up to one 50 Hz period without it (--no-replan: sent by the next tick).
@@ -86,6 +88,10 @@ def make_robot(context, width: int, height: int, names: list[str], record: dict)
     return robot
 
 
+def _stamp_s(msg) -> float:
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+
 def make_policy(context, checkpoint: Path, standin_s: float, record: dict):
     from gem_ros.nodes.params import bringup_config, node_parameters
     from gem_ros.nodes.policy_node import PolicyNode
@@ -110,24 +116,40 @@ def make_policy(context, checkpoint: Path, standin_s: float, record: dict):
         return chunk, {"total": standin_s * 1e3}
 
     node.worker.predict = predict
-    publish = node._publish_chunk
+    publish = node.chunk_pub.publish
 
-    def publish_chunk(result):
-        publish(result)
-        record["published"].append((result.index, result.obs_stamp_s, time.time()))
+    def publish_and_note(msg):   # the chunk has left the policy when publish returns ...
+        publish(msg)
+        if msg.num_points and not node.chunk_listeners:
+            record["published"].append((msg.chunk_index, _stamp_s(msg), time.time()))
 
-    node.worker.on_chunk = publish_chunk
+    node.chunk_pub.publish = publish_and_note
     node._on_image = timed(node._on_image, record["image_callback"])
     return node
 
 
-def make_executor(context, record: dict, replan: bool = True):
+def hand_over(policy, executor, record: dict) -> None:
+    """Compose: the executor gets each chunk in memory (gem_ros.nodes.composed), noted when it is handed over."""
+    from gem_ros.nodes.composed import connect_in_process
+
+    connect_in_process(policy, executor)
+    deliver = policy.chunk_listeners.pop()
+
+    def note_and_deliver(msg):   # ... or, composed, when it is handed to the executor
+        if msg.num_points:
+            record["published"].append((msg.chunk_index, _stamp_s(msg), time.time()))
+        deliver(msg)
+
+    policy.chunk_listeners.append(note_and_deliver)
+
+
+def make_executor(context, record: dict, replan: bool = True, subscribe: bool = True):
     from gem_ros.nodes.executor_node import ExecutorNode
     from gem_ros.nodes.params import bringup_config, node_parameters
 
     node = ExecutorNode(context=context, parameter_overrides=node_parameters(
         bringup_config("panda"), "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"), use_sim_time=False,
-        replan_on_chunk=replan))
+        replan_on_chunk=replan, subscribe_chunks=subscribe))
     controller = node.controller
     record.update(chunk_work=[], tick_work=[], replan_work=[], sent=[])
     controller.on_chunk = timed(controller.on_chunk, record["chunk_work"])
@@ -191,36 +213,42 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
     rclpy.init(context=context)
     record: dict = {}
     if role == "robot":
-        node, start = make_robot(context, width, height, names, record), None
+        nodes = [make_robot(context, width, height, names, record)]
     elif role == "policy":
-        node = make_policy(context, Path(checkpoint), standin_s, record)
-        start = lambda: _start_policy(node)  # noqa: E731
-    else:
-        node, start = make_executor(context, record, replan), None
-    record[f"cpu_{role}"] = spin(context, [node], for_seconds(duration_s) if role == "policy" else stop.is_set,
-                                 start, threads)
-    if role == "policy":
-        record["worker_reason"] = node.worker.snapshot().reason
-        node.worker.shutdown()
-    if role == "executor":
-        record["stats"] = node.controller.stats
-    node.destroy_node()
+        nodes = [make_policy(context, Path(checkpoint), standin_s, record)]
+    elif role == "executor":
+        nodes = [make_executor(context, record, replan)]
+    else:   # "composed": gem_policy_executor, the chunk handed over in memory
+        nodes = [make_policy(context, Path(checkpoint), standin_s, record),
+                 make_executor(context, record, replan, subscribe=False)]
+        hand_over(*nodes, record)
+    policy = nodes[0] if role in ("policy", "composed") else None
+    record[f"cpu_{role}"] = spin(context, nodes, for_seconds(duration_s) if policy else stop.is_set,
+                                 (lambda: _start_policy(policy)) if policy else None, threads)
+    if policy:
+        record["worker_reason"] = policy.worker.snapshot().reason
+        policy.worker.shutdown()
+    if role in ("executor", "composed"):
+        record["stats"] = nodes[-1].controller.stats
+    for node in nodes:
+        node.destroy_node()
     rclpy.shutdown(context=context)
     Path(out).write_text(json.dumps(record, default=float))
 
 
-def run_processes(standin_s, duration_s, checkpoint, width, height, names, threads, replan) -> dict:
+def run_processes(standin_s, duration_s, checkpoint, width, height, names, threads, replan,
+                  roles=("robot", "executor", "policy")) -> dict:
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
     with tempfile.TemporaryDirectory() as tmp:
-        outs = {role: str(Path(tmp) / f"{role}.json") for role in ("robot", "executor", "policy")}
+        outs = {role: str(Path(tmp) / f"{role}.json") for role in roles}
         procs = {role: spawn.Process(target=node_process, args=(
             role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop, threads, replan))
             for role in outs}
         for proc in procs.values():
             proc.start()
         # The robot and the executor stop after the policy, so the policy's whole run is observed.
-        procs["policy"].join()
+        procs[roles[-1]].join()
         time.sleep(0.5)
         stop.set()
         for proc in procs.values():
@@ -242,8 +270,9 @@ def run_one_process(standin_s, duration_s, checkpoint, width, height, names, thr
     context = rclpy.context.Context()
     rclpy.init(context=context)
     record: dict = {}
-    nodes = [make_policy(context, checkpoint, standin_s, record), make_executor(context, record, replan),
-             make_robot(context, width, height, names, record)]
+    nodes = [make_policy(context, checkpoint, standin_s, record),
+             make_executor(context, record, replan, subscribe=False), make_robot(context, width, height, names, record)]
+    hand_over(nodes[0], nodes[1], record)   # as gem_demo
     record["cpu_all"] = spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]), threads)
     nodes[0].worker.shutdown()
     record["stats"] = nodes[1].controller.stats
@@ -251,6 +280,13 @@ def run_one_process(standin_s, duration_s, checkpoint, width, height, names, thr
         node.destroy_node()
     rclpy.shutdown(context=context)
     return record
+
+
+def run_composed(*args) -> dict:
+    return run_processes(*args, roles=("robot", "composed"))
+
+
+RUNNERS = {"processes": run_processes, "composed": run_composed, "one-process": run_one_process}
 
 
 def _hop_listener(ready, stop, out: str) -> None:
@@ -371,7 +407,7 @@ def analyse(record: dict) -> dict:
             "tick_work": ms([e - s for s, e in ticks]),
             "period_mean_ms": stats["tick_period_mean_s"] * 1e3, "period_std_ms": stats["tick_period_std_s"] * 1e3,
             "jitter_max_ms": stats["tick_jitter_max_s"] * 1e3, "holds": len(holds),
-            "cpu": " / ".join(f"{record[k]:.0f}" for k in ("cpu_robot", "cpu_policy", "cpu_executor", "cpu_all")
+            "cpu": " / ".join(f"{record[k]:.0f}" for k in ("cpu_robot", "cpu_policy", "cpu_executor", "cpu_composed", "cpu_all")
                               if k in record)}
 
 
@@ -405,7 +441,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--standin-ms", type=float, nargs="+", default=[50.0, 300.0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of policy activity per run")
-    parser.add_argument("--layout", choices=["both", "processes", "one-process"], default="both")
+    parser.add_argument("--layout", choices=["all", *RUNNERS], default="all")
     parser.add_argument("--threads", type=int, default=1, help="> 1: MultiThreadedExecutor with this many threads")
     parser.add_argument("--no-replan", action="store_true",
                         help="replan_on_chunk false: trajectories only at the 50 Hz ticks (as before 2026-11-26)")
@@ -420,14 +456,13 @@ def main(argv=None) -> None:
 
     names = next(list(p.value) for p in node_parameters(bringup_config("panda"), "gem_policy")
                  if p.name == "state_joint_names")
-    layouts = ["processes", "one-process"] if args.layout == "both" else [args.layout]
-    runners = {"processes": run_processes, "one-process": run_one_process}
+    layouts = list(RUNNERS) if args.layout == "all" else [args.layout]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = make_random_sim_checkpoint(Path(tmp))
         for layout in layouts:
             for d in args.standin_ms:
-                raw = runners[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names,
+                raw = RUNNERS[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names,
                                       args.threads, not args.no_replan)
                 results[(layout, d)] = analyse(raw)
     print(f"\nROS overhead: 2 cameras {args.width}x{args.height} rgb8 at 30 Hz, joint states 100 Hz, executor 50 Hz, "

@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gem_ros.commander import GemCommander
     from gem_ros.demo_report import write_episode_outputs
+    from gem_ros.nodes.composed import connect_in_process
     from gem_ros.nodes.executor_node import ExecutorNode
     from gem_ros.nodes.params import bringup_config, node_parameters
     from gem_ros.nodes.policy_node import PolicyNode
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                                                             **policy_overrides(Path(checkpoint))))
     executor_node = ExecutorNode(parameter_overrides=node_parameters(
         config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf"),
-        **executor_overrides(Path(checkpoint))))
+        subscribe_chunks=False, **executor_overrides(Path(checkpoint))))
+    connect_in_process(policy, executor_node)   # as gem_policy_executor: chunks in memory, no DDS hop
     # On sim time like the other nodes: the recorder stamps trajectories with it (trajectories per sim second).
     tools = Node("gem_demo", parameter_overrides=[Parameter("use_sim_time", value=True)])
     recorder = Recorder(tools)

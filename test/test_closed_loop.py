@@ -13,6 +13,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from gem_ros.commander import GemCommander  # noqa: E402
 from gem_ros.demo import make_random_sim_checkpoint  # noqa: E402
+from gem_ros.nodes.composed import connect_in_process  # noqa: E402
 from gem_ros.nodes.executor_node import ExecutorNode  # noqa: E402
 from gem_ros.nodes.params import bringup_config, node_parameters  # noqa: E402
 from gem_ros.nodes.policy_node import PolicyNode  # noqa: E402
@@ -26,13 +27,20 @@ def sim_checkpoint(tmp_path_factory):
     return make_random_sim_checkpoint(tmp_path_factory.mktemp("sim_ckpt"))
 
 
-def test_goal_moves_the_arm_and_cancel_holds_it(ros, sim_checkpoint):
+@pytest.mark.parametrize("handover", ["topic", "in_process"])
+def test_goal_moves_the_arm_and_cancel_holds_it(ros, sim_checkpoint, handover):
+    """handover "in_process": the executor composed with the policy (gem_policy_executor), chunks and the cancel's
+    hold handed over in memory, nothing planned from the topic."""
     config = bringup_config("panda")
     sim = ros.add(SimNode(context=ros.context, parameter_overrides=node_parameters(config, "gem_sim")))
     policy = ros.add(PolicyNode(context=ros.context, parameter_overrides=node_parameters(
         config, "gem_policy", checkpoint=str(sim_checkpoint), device="cpu")))
     executor = ros.add(ExecutorNode(context=ros.context, parameter_overrides=node_parameters(
-        config, "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"))))
+        config, "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"),
+        subscribe_chunks=handover == "topic")))
+    if handover == "in_process":
+        connect_in_process(policy, executor)
+        assert executor.count_subscribers("/gem/action_chunk") == 0
     probe = ros.add(Node("probe", context=ros.context, parameter_overrides=[
         rclpy.parameter.Parameter("use_sim_time", value=True)]))
     joints, trajectories = [], []
@@ -66,3 +74,14 @@ def test_goal_moves_the_arm_and_cancel_holds_it(ros, sim_checkpoint):
     np.testing.assert_allclose(np.array(joints[-1].position)[:7], settled[:7], atol=2e-3)
     commander.close()
     policy.worker.shutdown()
+
+
+def test_in_process_handover_refuses_an_executor_that_also_subscribes(ros, sim_checkpoint):
+    config = bringup_config("panda")
+    policy = ros.add(PolicyNode(context=ros.context, parameter_overrides=node_parameters(
+        config, "gem_policy", checkpoint=str(sim_checkpoint), device="cpu")))
+    executor = ros.add(ExecutorNode(context=ros.context, parameter_overrides=node_parameters(
+        config, "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"))))
+    with pytest.raises(ValueError, match="subscribe_chunks"):
+        connect_in_process(policy, executor)
+    assert policy.chunk_listeners == []

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from gem_ros.core.chunking import ActionMapper, ActionMappingError, ActionSpaceConfig, ChunkScheduler, mix
+from gem_ros.core.chunking.interpolation import clip
 from gem_ros.core.safety import ChunkRejected, SafeTrajectory, SafetyFilter
 
 EE_DELTA_CHANNELS = ("x", "y", "z", "roll", "pitch", "yaw")   # ActionChunk.msg names for "ee_delta"
@@ -210,7 +211,7 @@ class ExecutionController:
             return self.refuse(f"action mapping failed: {error}")
         # Plan from the measured state clipped into the limits: a gripper measured 1e-7 m beyond its stop would
         # otherwise make every trajectory that keeps it there fail the safety filter's position check.
-        current = np.clip(current, self._lower, self._upper)
+        current = clip(current, self._lower, self._upper)
         targets = np.repeat(current[None, :], len(mapped), axis=0)
         targets[:, self._columns] = mapped
         with self._lock:

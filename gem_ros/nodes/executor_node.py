@@ -12,6 +12,8 @@ to one control period (20 ms at 50 Hz) earlier than at the next tick.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
@@ -41,6 +43,7 @@ class ExecutorNode(Node):
                 # Numbers accept int or float ("rate: 50" in YAML); the config dataclasses validate them.
                 descriptor = ParameterDescriptor(dynamic_typing=isinstance(default, float))
                 self.declare_parameter(name, default, descriptor)
+            self.declare_parameter("subscribe_chunks", True)   # False: chunks come by deliver_chunk (composed)
             values = {name: self.get_parameter(name).value for name in PARAMETERS}
             if values["robot_description"] and values["urdf_path"]:
                 self.get_logger().warning("both robot_description and urdf_path are set; "
@@ -51,7 +54,11 @@ class ExecutorNode(Node):
         except Exception:
             super().destroy_node()   # do not leak a half-built node into the caller's context
             raise
-        self.create_subscription(ActionChunk, "gem/action_chunk", self._on_chunk, 10)
+        # A trajectory is computed and sent under one lock: with chunks delivered on the policy's thread, a tick
+        # computed before a replan must not reach the controller after it.
+        self._send_lock = threading.Lock()
+        if self.get_parameter("subscribe_chunks").value:
+            self.create_subscription(ActionChunk, "gem/action_chunk", self._on_chunk, 10)
         self.create_subscription(JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data)
         self.create_subscription(Bool, "gem/estop", self._on_estop_topic, 10)
         self.create_service(Trigger, "~/estop", self._on_estop_service)
@@ -68,6 +75,11 @@ class ExecutorNode(Node):
         stamp = stamp_to_s(msg.header.stamp) or now   # unstamped publishers: receipt time
         self.controller.on_joint_state(msg.name, msg.position, msg.velocity, now, stamp)
 
+    def deliver_chunk(self, msg: ActionChunk) -> None:
+        """In-process delivery of a chunk (any thread), for a policy composed into this process; the node should
+        then be built with subscribe_chunks false so the topic copy is not planned twice."""
+        self._on_chunk(msg)
+
     def _on_chunk(self, msg: ActionChunk) -> None:
         if msg.num_points == 0:
             self.controller.stop("empty action chunk from the policy")
@@ -82,7 +94,8 @@ class ExecutorNode(Node):
         if reason:
             self.get_logger().warning(f"action chunk {msg.chunk_index} refused: {reason}", throttle_duration_sec=1.0)
         elif self.controller.cfg.replan_on_chunk:
-            self._send(self.controller.replan(self._now()))
+            with self._send_lock:
+                self._send(self.controller.replan(self._now()))
 
     def _engage_estop(self, source: str) -> None:
         self.controller.engage_estop(source)
@@ -105,7 +118,8 @@ class ExecutorNode(Node):
         return response
 
     def _on_tick(self) -> None:
-        self._send(self.controller.tick(self._now()))
+        with self._send_lock:
+            self._send(self.controller.tick(self._now()))
 
     def _send(self, command) -> None:
         if command.kind == "trajectory":
@@ -129,7 +143,7 @@ class ExecutorNode(Node):
 
 def make_executor_node(context=None, **overrides) -> ExecutorNode:
     """An ExecutorNode with parameter overrides by name, e.g. make_executor_node(ctx, joint_names=[...])."""
-    unknown = sorted(set(overrides) - set(PARAMETERS) - {"use_sim_time"})
+    unknown = sorted(set(overrides) - set(PARAMETERS) - {"use_sim_time", "subscribe_chunks"})
     if unknown:
         raise ValueError(f"unknown executor parameters {unknown}; known: {sorted(PARAMETERS)}")
     parameters = [Parameter(name, value=list(value) if isinstance(value, tuple) else value)

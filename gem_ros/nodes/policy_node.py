@@ -63,6 +63,9 @@ class PolicyNode(LifecycleNode):
         p("predicted_depth_every_n_chunks", 0)
         p("predicted_depth_steps", 10)
         self.policy = self.worker = self.buffer = None
+        # Called with every ActionChunk (holds included) on the inference thread, before it is published:
+        # see gem_ros.nodes.composed.
+        self.chunk_listeners: list = []
         self._group = ReentrantCallbackGroup()
         self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
         self._goal_lock = threading.Lock()
@@ -218,7 +221,7 @@ class PolicyNode(LifecycleNode):
         msg.action_space = io.action_space
         msg.inference_latency_ms = float(result.latency_ms.get("total", 0.0))
         msg.chunk_index = result.index
-        self.chunk_pub.publish(msg)
+        self._emit_chunk(msg)
         if self._depth_every and result.index % self._depth_every == 0 and self._last_observation is not None:
             self._publish_depth(self._last_observation, msg.header.stamp)
 
@@ -235,12 +238,22 @@ class PolicyNode(LifecycleNode):
             self.depth_pubs[name].publish(rgb_to_image_msg(rgb, stamp, f"{name}_predicted_depth"))
         self._depth_ms = (time.perf_counter() - started) * 1e3
 
+    def _emit_chunk(self, msg: ActionChunk) -> None:
+        """In-process listeners first (an executor composed into this process: no DDS hop, no executor wake-up),
+        then the topic, which observers and executors in other processes read."""
+        for listener in self.chunk_listeners:
+            try:
+                listener(msg)
+            except Exception as error:  # noqa: BLE001 - a listener's bug must not stop the inference thread
+                self.get_logger().error(f"in-process chunk listener failed: {error!r}", throttle_duration_sec=1.0)
+        self.chunk_pub.publish(msg)
+
     def _publish_hold(self, reason: str) -> None:
         """An empty chunk tells the executor to stop and hold where it is."""
         msg = ActionChunk()
         msg.header.stamp = s_to_stamp(self._now())
         msg.action_space = self.policy.config.io.action_space if self.policy else ""
-        self.chunk_pub.publish(msg)
+        self._emit_chunk(msg)
         self.get_logger().warning(f"hold: {reason}")
 
     # ------------------------------------------------------------------------------ status

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from gem_ros.core.chunking.config import ActionSpaceConfig
+from gem_ros.core.chunking.interpolation import clip
 from gem_ros.core.kinematics.robot_model import RobotModel
 from gem_ros.core.kinematics.transforms import rpy_to_matrix
 
@@ -76,7 +77,7 @@ class ActionMapper:
         if cfg.gripper_joint_names:
             gripper = cfg.gripper_offset + cfg.gripper_scale * actions[:, -1]
             if self.gripper_range is not None:
-                gripper = np.clip(gripper, *self.gripper_range)   # finite here: NaN was refused above
+                gripper = clip(gripper, *self.gripper_range)   # finite here: NaN was refused above
             out[:, len(cfg.joint_names):] = gripper[:, None]
         return out
 

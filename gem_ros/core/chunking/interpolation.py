@@ -21,10 +21,16 @@ def interpolate_linear(times_s: np.ndarray, positions: np.ndarray, query_s) -> n
     if len(times) == 1:
         result = np.repeat(values[:1], len(flat), axis=0)
     else:
-        left = np.clip(np.searchsorted(times, flat, side="right") - 1, 0, len(times) - 2)
-        alpha = np.clip((flat - times[left]) / (times[left + 1] - times[left]), 0.0, 1.0)[:, None]
+        left = clip(np.searchsorted(times, flat, side="right") - 1, 0, len(times) - 2)
+        alpha = clip((flat - times[left]) / (times[left + 1] - times[left]), 0.0, 1.0)[:, None]
         result = mix(values[left], values[left + 1], alpha)
     return result[0] if query.ndim == 0 else result
+
+
+def clip(values, low, high) -> np.ndarray:
+    """np.clip (NaN stays NaN) without its Python dispatch, ~5 us per call on the executor's small arrays: the
+    executor clips ~10 times per chunk and per tick."""
+    return np.minimum(np.maximum(values, low), high)
 
 
 def mix(start: np.ndarray, end: np.ndarray, weight) -> np.ndarray:
@@ -34,12 +40,12 @@ def mix(start: np.ndarray, end: np.ndarray, weight) -> np.ndarray:
     (e.g. a fully open gripper) 1 ulp beyond it, which the safety filter rightly rejects.
     """
     result = start + weight * (end - start)
-    return np.clip(result, np.minimum(start, end), np.maximum(start, end))
+    return clip(result, np.minimum(start, end), np.maximum(start, end))
 
 
 def crossfade_weight(progress, shape: str = "linear") -> np.ndarray:
     """Weight of the NEW chunk as a function of progress through the blend window (0 -> 0, >= 1 -> 1)."""
-    x = np.clip(np.asarray(progress, dtype=float), 0.0, 1.0)
+    x = clip(np.asarray(progress, dtype=float), 0.0, 1.0)
     if shape == "smoothstep":
         return x * x * (3.0 - 2.0 * x)
     return x

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from gem_ros.core.chunking.config import ChunkSchedulerConfig
-from gem_ros.core.chunking.interpolation import crossfade_weight, interpolate_linear, mix
+from gem_ros.core.chunking.interpolation import clip, crossfade_weight, interpolate_linear, mix
 
 _TIME_EPS_S = 1e-9  # float slack when comparing timestamps built from sums of chunk_dt_s
 
@@ -212,4 +212,4 @@ class ChunkScheduler:
             covering_index += covers
         # The newest chunk covers every query time, so sums are > 0. A weighted mean lies within the values
         # averaged; the clip only removes round-off beyond them (as in `mix`).
-        return np.clip(totals / weight_sums[:, None], lowest, highest)
+        return clip(totals / weight_sums[:, None], lowest, highest)
