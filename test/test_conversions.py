@@ -147,3 +147,13 @@ def test_cv_bridge_and_numpy_paths_agree(encoding):
     data = np.random.default_rng(3).integers(0, 256, (5, 4 * channels + channels), dtype=np.uint8)
     msg = Image(height=5, width=4, encoding=encoding, step=data.shape[1], data=data.tobytes())
     np.testing.assert_array_equal(conv.image_msg_to_rgb(msg), decode_raw(encoding, 5, 4, msg.step, msg.data))
+
+
+def test_a_safe_trajectory_becomes_the_same_message_without_a_second_validation():
+    from gem_ros.core.safety import SafeTrajectory
+    from gem_ros.nodes.backends import to_joint_trajectory
+
+    times, positions = np.array([0.02, 0.04]), np.array([[0.1, 0.2], [0.15, 0.25]])
+    velocities = np.array([[2.5, 2.5], [0.0, 0.0]])
+    safe = SafeTrajectory(("j1", "j2"), times, positions, velocities)
+    assert to_joint_trajectory(safe) == conv.make_joint_trajectory(["j1", "j2"], times, positions, velocities)

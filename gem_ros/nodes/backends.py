@@ -12,7 +12,7 @@ from rclpy.node import Node
 from trajectory_msgs.msg import JointTrajectory
 
 from gem_ros.core.safety import SafeTrajectory
-from gem_ros.nodes.conversions import make_joint_trajectory
+from gem_ros.nodes.conversions import build_joint_trajectory
 
 BACKENDS = ("topic", "follow_joint_trajectory")
 
@@ -33,9 +33,10 @@ class TrajectoryBackend(Protocol):
 
 
 def to_joint_trajectory(trajectory: SafeTrajectory, stamp=None) -> JointTrajectory:
-    """SafeTrajectory -> trajectory_msgs/JointTrajectory with positions AND velocities per point."""
-    return make_joint_trajectory(trajectory.joint_names, trajectory.times_s, trajectory.positions,
-                                 trajectory.velocities, stamp)
+    """SafeTrajectory -> trajectory_msgs/JointTrajectory with positions AND velocities per point. The safety filter
+    validated every number (and SafeTrajectory's arrays are read-only), so it is not checked a second time."""
+    return build_joint_trajectory(list(trajectory.joint_names), trajectory.times_s, trajectory.positions,
+                                  trajectory.velocities, stamp)
 
 
 class JointTrajectoryTopicBackend:

@@ -175,10 +175,16 @@ def make_joint_trajectory(joint_names: Sequence[str], times_from_start_s, positi
     for label, values in (("positions", points), ("velocities", speeds)):
         if values is not None and not np.all(np.isfinite(values)):
             raise ValueError(f"{label} contain NaN/Inf: refusing to command the arm")
+    return build_joint_trajectory(names, times, points, speeds, stamp)
+
+
+def build_joint_trajectory(names: list[str], times: np.ndarray, points: np.ndarray, speeds: np.ndarray | None,
+                           stamp=None) -> JointTrajectory:
+    """make_joint_trajectory without its checks, for arrays already validated (a SafetyFilter's SafeTrajectory)."""
     # Sequences as array('d') and fields set directly: the executor builds one of these per control tick, and
     # this halves both the Python build and rclpy's serialisation (buffer copy instead of a per-float loop).
     trajectory = JointTrajectory(header=Header(stamp=_as_time(stamp)), joint_names=names)
-    nanoseconds = np.rint(times * _NS_PER_S).astype(np.int64).tolist()   # validated finite and >= 0 above
+    nanoseconds = np.rint(times * _NS_PER_S).astype(np.int64).tolist()   # finite and >= 0: validated
     point_list = []
     for i, ns in enumerate(nanoseconds):
         point = JointTrajectoryPoint()
