@@ -85,3 +85,37 @@ def test_in_process_handover_refuses_an_executor_that_also_subscribes(ros, sim_c
     with pytest.raises(ValueError, match="subscribe_chunks"):
         connect_in_process(policy, executor)
     assert policy.chunk_listeners == []
+
+
+def _composed_process(*ros_args):
+    import subprocess
+    import sys
+
+    code = "import sys; from gem_ros.nodes.composed import main; main(sys.argv)"
+    return subprocess.Popen([sys.executable, "-c", code, "--ros-args", "--params-file",
+                             str(bringup_config("panda")), *ros_args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_gem_policy_executor_comes_up_composed_and_stops_on_ctrl_c(sim_checkpoint):
+    import signal
+    import time
+
+    proc = _composed_process("-p", f"gem_policy:checkpoint:={sim_checkpoint}", "-p", "gem_policy:device:=cpu",
+                             "-p", f"gem_executor:urdf_path:={REPO / 'urdf/panda/panda.urdf'}")
+    lines, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline and not any("composed in this process" in line for line in lines):
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+    assert any("composed in this process" in line for line in lines), "".join(lines)[-3000:]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0, proc.stdout.read()[-3000:]
+
+
+def test_gem_policy_executor_exits_with_the_reason_when_the_policy_cannot_load(tmp_path):
+    proc = _composed_process("-p", f"gem_policy:checkpoint:={tmp_path / 'missing'}",
+                             "-p", f"gem_executor:urdf_path:={REPO / 'urdf/panda/panda.urdf'}")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "did not come up" in output, output[-3000:]

@@ -133,3 +133,16 @@ def test_latency_is_measured_on_the_worker_clock():
     feed(buffer, clock.t)
     worker.step()
     assert worker.snapshot().last_latency_s == pytest.approx(0.25)
+
+
+def test_shutdown_after_an_interrupted_start_does_not_raise():
+    """Ctrl-C while a node activates can land inside Thread.start(): shutting down must still work."""
+    import threading
+
+    worker, *_ = make_worker(Clock())
+    worker.shutdown()                                            # never started
+    worker._thread = threading.Thread(target=lambda: None)      # created, start() interrupted before it ran
+    worker.shutdown()
+    worker.start()                                               # and it can still be started afterwards
+    worker.shutdown()
+    assert not worker._thread.is_alive()

@@ -80,7 +80,10 @@ class InferenceWorker:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout_s)
+            try:
+                self._thread.join(timeout_s)
+            except RuntimeError:   # start() was interrupted (Ctrl-C while activating): it never ran
+                pass
 
     def run_instruction(self, instruction: str) -> None:
         if not instruction.strip():

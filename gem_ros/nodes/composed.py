@@ -44,6 +44,7 @@ def main(args=None) -> None:
         if policy.trigger_configure() != TransitionCallbackReturn.SUCCESS \
                 or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS:
             raise SystemExit("gem_policy did not come up: see its error above")
+        policy.get_logger().info("active; gem_executor composed in this process (chunks handed over in memory)")
         executor = SingleThreadedExecutor()   # inference has its own thread (see policy_node.main)
         for node in nodes:
             executor.add_node(node)
@@ -51,6 +52,6 @@ def main(args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        for node in reversed(nodes):
+        for node in nodes:   # the policy first: destroying it stops the inference thread that feeds the executor
             node.destroy_node()
         rclpy.try_shutdown()
