@@ -170,6 +170,12 @@ def test_an_accepted_chunk_is_sent_at_once_not_at_the_next_tick(harness):
     assert wait_for(lambda: any(arm_motion(m) or len(m.points) == 1 and m.points[0].positions[0] != HOME[0]
                                 for m in robot.trajectories), 3.0), node.controller.stats
     assert node.controller.stats["ticks"] == ticks and node.controller.stats["trajectories"] == 1
+    # An empty chunk (the policy's stop) is held at once as well.
+    sent = len(robot.trajectories)
+    robot.send_chunk(np.zeros((0, len(CHANNELS))))
+    assert wait_for(lambda: node.controller.stats["holds"] == 1, 3.0), node.controller.stats
+    assert wait_for(lambda: len(robot.trajectories) == sent + 1, 3.0)
+    assert len(robot.trajectories[-1].points) == 1 and node.controller.stats["ticks"] == ticks
 
 
 def test_nan_chunk_is_refused_and_nothing_but_holds_is_sent(harness):

@@ -7,8 +7,8 @@ Out: <controller_name>/joint_trajectory (topic backend) or <controller_name>/fol
      backend, needs control_msgs), /diagnostics at 1 Hz.
 Relative names resolve to /gem/action_chunk, /joint_states, /arm_controller/... in the root namespace and
 follow the node's namespace for multi-arm setups. All logic lives in gem_ros.core.execution.
-With replan_on_chunk (default), an accepted chunk is sent at once, between ticks: it reaches the controller up
-to one control period (20 ms at 50 Hz) earlier than at the next tick.
+With replan_on_chunk (default), an accepted chunk (or the hold an empty one asks for) is sent at once, between
+ticks: it reaches the controller up to one control period (20 ms at 50 Hz) earlier than at the next tick.
 """
 from __future__ import annotations
 
@@ -83,6 +83,9 @@ class ExecutorNode(Node):
     def _on_chunk(self, msg: ActionChunk) -> None:
         if msg.num_points == 0:
             self.controller.stop("empty action chunk from the policy")
+            if self.controller.cfg.replan_on_chunk:   # the hold goes out now too, not at the next tick
+                with self._send_lock:
+                    self._send(self.controller.replan(self._now()))
             return
         actions = np.asarray(msg.positions, dtype=float)
         if actions.size != msg.num_points * msg.num_joints:
