@@ -111,7 +111,8 @@ def test_gem_policy_executor_comes_up_composed_and_stops_on_ctrl_c(sim_checkpoin
         lines.append(line)
     assert any("composed in this process" in line for line in lines), "".join(lines)[-3000:]
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 0, proc.stdout.read()[-3000:]
+    with proc:   # closes the pipe
+        assert proc.wait(60) == 0, proc.stdout.read()[-3000:]
 
 
 def test_gem_policy_executor_exits_with_the_reason_when_the_policy_cannot_load(tmp_path):
