@@ -157,3 +157,15 @@ def test_a_safe_trajectory_becomes_the_same_message_without_a_second_validation(
     velocities = np.array([[2.5, 2.5], [0.0, 0.0]])
     safe = SafeTrajectory(("j1", "j2"), times, positions, velocities)
     assert to_joint_trajectory(safe) == conv.make_joint_trajectory(["j1", "j2"], times, positions, velocities)
+
+
+def test_a_reused_trajectory_message_equals_a_fresh_one_each_time():
+    """The topic backend refills one message per tick: nothing of the previous trajectory may survive in it."""
+    reuse = (conv.JointTrajectory(), [])
+    long_times, long_positions = np.array([0.02, 0.04, 0.06]), np.arange(6.0).reshape(3, 2)
+    first = conv.build_joint_trajectory(["j1", "j2"], long_times, long_positions, np.ones((3, 2)), reuse=reuse)
+    assert first == conv.make_joint_trajectory(["j1", "j2"], long_times, long_positions, np.ones((3, 2)))
+    second = conv.build_joint_trajectory(["a", "b"], np.array([0.1]), np.array([[7.0, 8.0]]), None,
+                                         stamp=conv.s_to_stamp(3.5), reuse=reuse)
+    assert second is first   # refilled, not rebuilt
+    assert second == conv.make_joint_trajectory(["a", "b"], [0.1], [[7.0, 8.0]], stamp=conv.s_to_stamp(3.5))

@@ -40,15 +40,21 @@ def to_joint_trajectory(trajectory: SafeTrajectory, stamp=None) -> JointTrajecto
 
 
 class JointTrajectoryTopicBackend:
-    """Publishes on `<controller_name>/joint_trajectory` (JTC's fire-and-forget interface)."""
+    """Publishes on `<controller_name>/joint_trajectory` (JTC's fire-and-forget interface).
+
+    One message is refilled for every send (publish serialises it at once). Not thread-safe: the executor node
+    sends under its send lock."""
 
     def __init__(self, node: Node, controller_name: str):
         self._node = node
         self.topic = f"{controller_name}/joint_trajectory"
         self._publisher = node.create_publisher(JointTrajectory, self.topic, 10)
+        self._reuse: tuple[JointTrajectory, list] = (JointTrajectory(), [])
 
     def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
-        self._publisher.publish(to_joint_trajectory(trajectory, stamp))
+        self._publisher.publish(build_joint_trajectory(list(trajectory.joint_names), trajectory.times_s,
+                                                       trajectory.positions, trajectory.velocities, stamp,
+                                                       reuse=self._reuse))
 
     def hold(self, trajectory: SafeTrajectory) -> None:
         self.send(trajectory)

@@ -179,22 +179,29 @@ def make_joint_trajectory(joint_names: Sequence[str], times_from_start_s, positi
 
 
 def build_joint_trajectory(names: list[str], times: np.ndarray, points: np.ndarray, speeds: np.ndarray | None,
-                           stamp=None) -> JointTrajectory:
-    """make_joint_trajectory without its checks, for arrays already validated (a SafetyFilter's SafeTrajectory)."""
+                           stamp=None, reuse: tuple[JointTrajectory, list] | None = None) -> JointTrajectory:
+    """make_joint_trajectory without its checks, for arrays already validated (a SafetyFilter's SafeTrajectory).
+
+    reuse=(message, point pool): refill that message and those points instead of building new ones (3x cheaper
+    than 10 new JointTrajectoryPoints: ~35 us a control tick) - only for a caller that publishes at once
+    (rclpy serialises in publish) and never from two threads at a time.
+    """
     # Sequences as array('d') and fields set directly: the executor builds one of these per control tick, and
     # this halves both the Python build and rclpy's serialisation (buffer copy instead of a per-float loop).
-    trajectory = JointTrajectory(header=Header(stamp=_as_time(stamp)), joint_names=names)
+    trajectory, pool = reuse if reuse is not None else (JointTrajectory(), [])
+    trajectory.header.stamp = _as_time(stamp)
+    trajectory.joint_names = names
     nanoseconds = np.rint(times * _NS_PER_S).astype(np.int64).tolist()   # finite and >= 0: validated
-    point_list = []
+    while len(pool) < len(nanoseconds):
+        pool.append(JointTrajectoryPoint())
+    no_speeds = array.array("d")
     for i, ns in enumerate(nanoseconds):
-        point = JointTrajectoryPoint()
+        point = pool[i]
         point.positions = array.array("d", points[i].tobytes())
-        if speeds is not None:
-            point.velocities = array.array("d", speeds[i].tobytes())
+        point.velocities = no_speeds if speeds is None else array.array("d", speeds[i].tobytes())
         duration = point.time_from_start
         duration.sec, duration.nanosec = divmod(ns, _NS_PER_S)
-        point_list.append(point)
-    trajectory.points = point_list
+    trajectory.points = pool[:len(nanoseconds)]
     return trajectory
 
 
