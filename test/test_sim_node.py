@@ -72,7 +72,7 @@ def test_clock_steps_are_whole_physics_steps_so_a_50_hz_sim_time_timer_keeps_its
     assert rounded.step_s == pytest.approx(5 / 240)
     rounded.destroy_node()
     sim = ros.add(SimNode(context=ros.context, parameter_overrides=node_parameters(
-        bringup_config("panda"), "gem_sim", camera_rate_hz=1.0)))
+        bringup_config("panda"), "gem_sim", camera_rate_hz=1.0, real_time_factor=0.5)))
     probe = ros.add(Node("probe", context=ros.context,
                          parameter_overrides=[rclpy.parameter.Parameter("use_sim_time", value=True)]))
     clocks, fires = [], []
@@ -82,4 +82,5 @@ def test_clock_steps_are_whole_physics_steps_so_a_50_hz_sim_time_timer_keeps_its
     steps = np.diff(clocks[-40:])
     np.testing.assert_allclose(steps[steps < 0.02], sim.step_s, rtol=1e-6)   # (a gap = a message not yet taken)
     periods = np.diff(fires[5:])
-    assert periods.mean() == pytest.approx(0.02, rel=0.03), np.round(periods, 4)
+    # 25 ms (40 Hz) with the old steps; a busy machine may still make the odd late step skip a tick, hence 10 %.
+    assert periods.mean() == pytest.approx(0.02, rel=0.1), np.round(periods, 4)
