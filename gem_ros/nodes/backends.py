@@ -32,11 +32,12 @@ class TrajectoryBackend(Protocol):
         """Release publishers/clients (the node is being destroyed)."""
 
 
-def to_joint_trajectory(trajectory: SafeTrajectory, stamp=None) -> JointTrajectory:
+def to_joint_trajectory(trajectory: SafeTrajectory, stamp=None, reuse=None) -> JointTrajectory:
     """SafeTrajectory -> trajectory_msgs/JointTrajectory with positions AND velocities per point. The safety filter
-    validated every number (and SafeTrajectory's arrays are read-only), so it is not checked a second time."""
+    validated every number (and SafeTrajectory's arrays are read-only), so it is not checked a second time.
+    `reuse`: see build_joint_trajectory."""
     return build_joint_trajectory(list(trajectory.joint_names), trajectory.times_s, trajectory.positions,
-                                  trajectory.velocities, stamp)
+                                  trajectory.velocities, stamp, reuse)
 
 
 class JointTrajectoryTopicBackend:
@@ -52,9 +53,7 @@ class JointTrajectoryTopicBackend:
         self._reuse: tuple[JointTrajectory, list] = (JointTrajectory(), [])
 
     def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
-        self._publisher.publish(build_joint_trajectory(list(trajectory.joint_names), trajectory.times_s,
-                                                       trajectory.positions, trajectory.velocities, stamp,
-                                                       reuse=self._reuse))
+        self._publisher.publish(to_joint_trajectory(trajectory, stamp, reuse=self._reuse))
 
     def hold(self, trajectory: SafeTrajectory) -> None:
         self.send(trajectory)

@@ -83,9 +83,7 @@ class ExecutorNode(Node):
     def _on_chunk(self, msg: ActionChunk) -> None:
         if msg.num_points == 0:
             self.controller.stop("empty action chunk from the policy")
-            if self.controller.cfg.replan_on_chunk:   # the hold goes out now too, not at the next tick
-                with self._send_lock:
-                    self._send(self.controller.replan(self._now()))
+            self._replan_now()   # the hold goes out now too, not at the next tick
             return
         actions = np.asarray(msg.positions, dtype=float)
         if actions.size != msg.num_points * msg.num_joints:
@@ -96,9 +94,8 @@ class ExecutorNode(Node):
                 stamp_to_s(msg.header.stamp), self._now())
         if reason:
             self.get_logger().warning(f"action chunk {msg.chunk_index} refused: {reason}", throttle_duration_sec=1.0)
-        elif self.controller.cfg.replan_on_chunk:
-            with self._send_lock:
-                self._send(self.controller.replan(self._now()))
+        else:
+            self._replan_now()
 
     def _engage_estop(self, source: str) -> None:
         self.controller.engage_estop(source)
@@ -119,6 +116,11 @@ class ExecutorNode(Node):
         response.message = "e-stop released" if was_engaged else "e-stop was not engaged"
         self.get_logger().info(response.message)
         return response
+
+    def _replan_now(self) -> None:
+        if self.controller.cfg.replan_on_chunk:
+            with self._send_lock:
+                self._send(self.controller.replan(self._now()))
 
     def _on_tick(self) -> None:
         with self._send_lock:
