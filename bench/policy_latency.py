@@ -3,8 +3,9 @@
     python bench/policy_latency.py                          # tiny config, CPU
     python bench/policy_latency.py --device cuda --full-size # Qwen3-VL-2B + 1024x14 RDT, 2 x 384^2, 5 steps, bf16
 
-Weights are random (sizes are what matter). Both the full VLM and the inference-truncated VLM (layers past the
-last one the RDT reads are dropped) are measured in the same run, so their ratio is on the same machine.
+Weights are random (sizes are what matter). One run measures, on the same weights: the library's forward over the
+full VLM and over the inference-truncated VLM (layers past the last one the RDT reads dropped), then the static-shape
+chunk program (`static_inference.py`) eager and, on CUDA, replayed as CUDA graphs; ratios are on the same machine.
 Goal on one H100 at full size: <= 20 ms per chunk. Prints a table; asserts nothing.
 """
 from __future__ import annotations
@@ -71,18 +72,26 @@ def tiny_policy(device: torch.device, dtype: torch.dtype, image_size: int, workd
                               device=device, dtype=dtype).eval()
 
 
-def measure(policy: GemVLAPolicy, runs: int, warmup: int = 3) -> dict[str, list[float]]:
+def measure(policy: GemVLAPolicy, runs: int, mode: str, chunks: dict[str, np.ndarray],
+            warmup: int = 3) -> tuple[float, dict[str, list[float]]]:
+    """(first chunk ms: prompt plan + CUDA graph capture where used, per-stage samples of the following runs);
+    the first chunk (seed 0) lands in `chunks[mode]`."""
     rng = np.random.default_rng(0)
     io = policy.config.io
     obs = Observation({c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in io.cameras},
                       rng.normal(size=io.state_dim).astype(np.float32), "pick up the red cube and put it in the tray")
+    policy.inference_mode = mode
+    policy._programs.clear()
+    t0 = time.perf_counter()
+    chunks[mode] = policy.predict_action_chunk(obs, seed=0)
+    first_ms = (time.perf_counter() - t0) * 1e3
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for i in range(warmup + runs):
         policy.predict_action_chunk(obs, seed=i)
         if i >= warmup:
             for stage in STAGES:
                 samples[stage].append(policy.last_timings[stage])
-    return samples
+    return first_ms, samples
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -98,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=None, help="square camera images (default 384 full, 64 tiny)")
     parser.add_argument("--steps", type=int, default=5, help="Euler steps of the action expert")
+    parser.add_argument("--modes", nargs="+", choices=["hf", "static", "cuda_graph"],
+                        help="inference modes after 'hf, full VLM' (default: all the device can run)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = default_dtype(device)
@@ -109,27 +120,50 @@ def main(argv: list[str] | None = None) -> None:
         policy = full_size_policy(device, dtype, image_size) if args.full_size else \
             tiny_policy(device, dtype, image_size, Path(tmp))
     policy.config.num_inference_steps = args.steps
+    with torch.no_grad():   # adaLN-Zero starts at zero velocity: give it a field so chunks can be compared
+        for param in policy.action_expert.parameters():
+            if not param.any():
+                param.normal_(0, 0.02)
     build_s = time.perf_counter() - t0
     n_vlm = sum(p.numel() for p in policy.backbone.parameters()) / 1e6
     n_rdt = sum(p.numel() for p in policy.action_expert.parameters()) / 1e6
 
-    # Same weights, measured twice in one run: all VLM layers, then only those the RDT reads (+1, see backbone.py).
-    results = {"full VLM": measure(policy, args.runs)}
+    # Same weights in one run: the library's forward over all VLM layers, then only over those the RDT reads (+1,
+    # see backbone.py), then our static-shape program (static_inference.py) eager and replayed as CUDA graphs.
+    modes = args.modes or (["hf", "static", "cuda_graph"] if device.type == "cuda" else ["hf", "static"])
+    results, first, chunks = {}, {}, {}
+    first["hf, full VLM"], results["hf, full VLM"] = measure(policy, args.runs, "hf", chunks)
     bb.truncate_text_layers(policy.backbone, max(policy.config.layers_per_block) + 1)
-    results["truncated VLM"] = measure(policy, args.runs)
+    for mode in modes:
+        try:
+            first[mode], results[mode] = measure(policy, args.runs, mode, chunks)
+        except Exception as exc:   # a bench reports what broke and measures the rest
+            print(f"mode {mode}: FAILED {type(exc).__name__}: {exc}")
+            continue
+        for program in policy._programs.values():
+            for stage, error in program.capture_errors.items():
+                print(f"mode {mode}: the {stage} ran eagerly, capture failed: {error[:300]}")
     label = "full-size (Qwen3-VL-2B + RDT 1024x14)" if args.full_size else "tiny"
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"\nGEM-VLA chunk latency: {label}, {device} ({gpu}), {dtype}, 2 cameras {image_size}x{image_size}, "
-          f"{args.steps} steps, median of {args.runs} runs")
+          f"{args.steps} steps, median of {args.runs} runs; torch {torch.__version__}")
     print(f"params: VLM {n_vlm:.1f} M, action expert {n_rdt:.1f} M; build {build_s:.1f} s; "
           f"peak memory {peak_memory_mb(device):.0f} MiB ({'GPU allocated' if device.type == 'cuda' else 'RSS'})")
-    header = f"{'stage (ms)':<16}" + "".join(f"{name:>16}" for name in results) + f"{'ratio':>10}"
+    print("columns after the first: truncated VLM; ratio = last column / 'hf'")
+    header = f"{'stage (ms)':<22}" + "".join(f"{name:>14}" for name in results) + f"{'ratio':>8}"
     print(header + "\n" + "-" * len(header))
+    base, last = ("hf" if "hf" in results else list(results)[0]), list(results)[-1]
     for stage in STAGES:
-        med = [statistics.median(r[stage]) for r in results.values()]
-        print(f"{stage:<16}" + "".join(f"{m:>16.2f}" for m in med) + f"{med[1] / med[0]:>10.2f}")
+        med = {name: statistics.median(r[stage]) for name, r in results.items()}
+        ratio = med[last] / med[base] if med[base] > 0 else float("nan")
+        print(f"{stage:<22}" + "".join(f"{m:>14.2f}" for m in med.values()) + f"{ratio:>8.2f}")
     p95 = [float(np.percentile(r["total"], 95)) for r in results.values()]
-    print(f"{'total p95':<16}" + "".join(f"{m:>16.2f}" for m in p95))
+    print(f"{'total p95':<22}" + "".join(f"{m:>14.2f}" for m in p95))
+    print(f"{'first chunk (plan+capture)':<22}" + "".join(f"{m:>14.1f}" for m in first.values()))
+    reference = chunks["hf"] if "hf" in chunks else chunks["hf, full VLM"]
+    scale = float(np.abs(reference).max()) or 1.0
+    print("same seed, same observation: max |chunk - hf chunk| / max |hf chunk| = " + ", ".join(
+        f"{name} {float(np.abs(chunk - reference).max()) / scale:.1e}" for name, chunk in chunks.items()))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@ def euler_integrate(velocity: VelocityFn, x0: torch.Tensor, num_steps: int) -> t
     return x
 
 
+def euler_times(num_steps: int, device: torch.device) -> torch.Tensor:
+    """The flow times t_i = i / num_steps of `euler_integrate`, (num_steps,) float32 on `device`."""
+    dt = 1.0 / num_steps
+    return torch.tensor([i * dt for i in range(num_steps)], dtype=torch.float32, device=device)
+
+
 class ActionExpert(nn.Module):
     """RDT + language/action/state adaptors. Actions are normalized to [-1, 1] outside this module."""
 
@@ -92,13 +98,23 @@ class ActionExpert(nn.Module):
                noise_scale: float = 1.0) -> torch.Tensor:
         """Euler sampler from noise at t=0 to actions at t=1; `num_steps=1` is the distilled one-step generator.
         Without `noise`, it starts from N(0, noise_scale^2) (GemVLAConfig.noise_scale)."""
-        b = hidden_stack.shape[0]
-        lang, state_token = self.encode_condition(hidden_stack, state)
         if noise is None:
-            noise = noise_scale * torch.randn((b, self.horizon, self.action_dim), device=hidden_stack.device,
-                                              generator=generator, dtype=torch.float32)
-        x0 = noise.to(self.dtype)
-        return euler_integrate(lambda x, t: self.velocity(x, t, lang, state_token, lang_mask), x0, num_steps).float()
+            noise = noise_scale * torch.randn((hidden_stack.shape[0], self.horizon, self.action_dim),
+                                              device=hidden_stack.device, generator=generator, dtype=torch.float32)
+        return self.integrate(noise, hidden_stack, state, lang_mask, euler_times(num_steps, noise.device))
+
+    def integrate(self, noise: torch.Tensor, hidden_stack: torch.Tensor, state: torch.Tensor,
+                  lang_mask: torch.Tensor | None, times: torch.Tensor) -> torch.Tensor:
+        """Euler over the flow times `times` (`euler_times`) as a pure function of tensors already on the device
+        (no RNG, no host synchronisation or upload), so a CUDA graph can capture it whole. Same arithmetic as
+        `euler_integrate` over `velocity`; the conditioning of every step is computed up front
+        (`RDT.plan_sampling`)."""
+        lang, state_token = self.encode_condition(hidden_stack, state)
+        dt = 1.0 / times.shape[0]
+        x = noise.to(self.dtype)
+        for plan in self.model.plan_sampling(times, state_token, lang, lang_mask):
+            x = x + dt * self.model.run(self.act_adaptor(x), plan).to(x.dtype)
+        return x.float()
 
 
 def distillation_loss(generator: ActionExpert, teacher: ActionExpert, hidden_stack: torch.Tensor,

@@ -6,6 +6,7 @@ once per chunk; the action expert runs `num_inference_steps` Euler steps (1 for 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from gem_ros.core.policy.action_expert import ActionExpert
 from gem_ros.core.policy.config import GemVLAConfig, IOSchema
 from gem_ros.core.policy.normalizer import MinMaxNormalizer, load_normalizers, save_normalizers
 from gem_ros.core.policy.observation import Observation, validate_observation
+from gem_ros.core.policy.static_inference import INFERENCE_MODES, ChunkProgram, build_prompt_plan, prompt_key
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -47,6 +49,7 @@ class GemVLAPolicy(nn.Module):
     def __init__(self, config: GemVLAConfig, backbone: nn.Module, processor, action_normalizer: MinMaxNormalizer,
                  state_normalizer: MinMaxNormalizer | None = None):
         super().__init__()
+        self._programs: OrderedDict[tuple, ChunkProgram] = OrderedDict()   # prompt plans, least recent first
         io = config.io
         if action_normalizer.dim != io.action_dim:
             raise ValueError(f"action normalizer has {action_normalizer.dim} channels, action_dim is {io.action_dim}")
@@ -69,6 +72,8 @@ class GemVLAPolicy(nn.Module):
         self.truncated = False
         self.last_timings: dict[str, float] = {}
         self._rng: torch.Generator | None = None
+        self.inference_mode = "auto"      # see resolved_inference_mode
+        self.max_cached_prompts = 4       # prompt plans (and their CUDA graphs) kept, most recent first
 
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
@@ -178,21 +183,50 @@ class GemVLAPolicy(nn.Module):
         """Restart the noise stream: the same seed and observations give the same chunks."""
         self._rng = torch.Generator(device=self.device).manual_seed(seed)
 
+    def resolved_inference_mode(self) -> str:
+        """`inference_mode`: "hf" (the library's forward each chunk), "static" (`static_inference`, eager),
+        "cuda_graph" (static, replayed as CUDA graphs) or "auto" (cuda_graph on CUDA, else static)."""
+        mode = self.inference_mode
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"inference_mode {mode!r} is not one of {INFERENCE_MODES}")
+        if mode == "auto":
+            return "cuda_graph" if self.device.type == "cuda" else "static"
+        if mode == "cuda_graph" and self.device.type != "cuda":
+            raise ValueError(f"inference_mode 'cuda_graph' needs a CUDA device; the policy is on {self.device}")
+        return mode
+
+    def _chunk_program(self, images: list[np.ndarray], instruction: str, steps: int, graphed: bool) -> ChunkProgram:
+        key = (prompt_key(images, instruction), steps, graphed)
+        program = self._programs.pop(key, None)
+        if program is None:
+            plan = build_prompt_plan(self.backbone, self.processor, images, instruction, self.device)
+            program = ChunkProgram(self, plan, steps, use_cuda_graph=graphed)
+        self._programs[key] = program   # most recent last
+        while len(self._programs) > self.max_cached_prompts:
+            self._programs.pop(next(iter(self._programs)))
+        return program
+
+    def _apply(self, fn, *args, **kwargs):
+        self._programs.clear()   # plans hold tensors of the old device/dtype
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self._programs.clear()   # plans hold values computed from the weights (embeddings, position tables)
+        return super().train(mode)
+
     @torch.no_grad()
     def predict_action_chunk(self, observation: Observation, seed: int | None = None) -> np.ndarray:
-        """(chunk_len, action_dim) float32 un-normalized actions. Per-stage latency lands in `last_timings` (ms)."""
+        """(chunk_len, action_dim) float32 un-normalized actions. Per-stage latency lands in `last_timings` (ms).
+
+        The first chunk of a new instruction (or camera size) builds its prompt plan and, with CUDA graphs,
+        captures them: slower once, see `static_inference`."""
         io = self.config.io
+        mode = self.resolved_inference_mode()
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         validate_observation(observation, io)
-        images = [[observation.images[name] for name in io.camera_names]]
-        prompt = bb.build_prompts(self.processor, images, [observation.instruction], self.device)
+        images = [observation.images[name] for name in io.camera_names]
         state = self._state_input(torch.as_tensor(np.asarray(observation.state, np.float32)).unsqueeze(0))
-        sync()
-        t1 = time.perf_counter()
-        stack, _ = bb.hidden_state_stack(self.backbone, prompt, self.config.layers_per_block)
-        sync()
-        t2 = time.perf_counter()
         if seed is not None:
             rng = torch.Generator(device=self.device).manual_seed(seed)
         else:
@@ -200,8 +234,25 @@ class GemVLAPolicy(nn.Module):
                 self.reset()
             rng = self._rng
         steps = 1 if self.config.sampler == "one_step" else self.config.num_inference_steps
-        normalized = self.action_expert.sample(stack, state, prompt.attention_mask, steps, generator=rng,
-                                               noise_scale=self.config.noise_scale)
+        noise = self.config.noise_scale * torch.randn((1, io.chunk_len, io.action_dim), device=self.device,
+                                                      generator=rng, dtype=torch.float32)
+        if mode == "hf":
+            prompt = bb.build_prompts(self.processor, [images], [observation.instruction], self.device)
+            sync()
+            t1 = time.perf_counter()
+            stack, _ = bb.hidden_state_stack(self.backbone, prompt, self.config.layers_per_block)
+            sync()
+            t2 = time.perf_counter()
+            normalized = self.action_expert.sample(stack, state, prompt.attention_mask, steps, noise=noise)
+        else:
+            program = self._chunk_program(images, observation.instruction, steps, graphed=mode == "cuda_graph")
+            pixel_values = program.pixel_values(images)
+            sync()
+            t1 = time.perf_counter()
+            stack = program.vlm(pixel_values)
+            sync()
+            t2 = time.perf_counter()
+            normalized = program.sample(stack, state, noise)
         sync()
         t3 = time.perf_counter()
         chunk = self.action_normalizer.unnormalize(normalized[0].float()).cpu().numpy().astype(np.float32)

@@ -64,8 +64,10 @@ def _rescale_normalize(batch: torch.Tensor, do_rescale: bool, rescale_factor: fl
     batch = batch.float()
     if do_normalize:
         channels = batch.shape[1]
-        mean = torch.as_tensor(np.broadcast_to(np.asarray(image_mean, np.float32), (channels,)).copy())
-        std = torch.as_tensor(np.broadcast_to(np.asarray(image_std, np.float32), (channels,)).copy())
+        mean = torch.as_tensor(np.broadcast_to(np.asarray(image_mean, np.float32), (channels,)).copy(),
+                               device=batch.device)
+        std = torch.as_tensor(np.broadcast_to(np.asarray(image_std, np.float32), (channels,)).copy(),
+                              device=batch.device)
         batch = (batch - mean[:, None, None]) / std[:, None, None]
     return batch
 
@@ -79,3 +81,24 @@ def _patchify(batch: torch.Tensor, patch: int, merge: int, temporal: int) -> tup
     x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)              # (N, gh/m, gw/m, m, m, C, p, p)
     x = x.unsqueeze(6).expand(*x.shape[:6], temporal, patch, patch)
     return x.reshape(n * grid_h * grid_w, channels * temporal * patch * patch), grid_h, grid_w
+
+
+def pixel_values_without_resize(image_processor, images, device: torch.device) -> torch.Tensor | None:
+    """(H, W, 3) uint8 RGB camera images -> the processor's `pixel_values`, computed on `device` (one upload of
+    the raw bytes instead of a CPU pass), when the processor would not resize them; None when it would.
+
+    Same arithmetic as `BatchedQwen2VLImageProcessor` (test_image_processing.py)."""
+    p = image_processor
+    factor = p.patch_size * p.merge_size
+    for image in images:
+        height, width = image.shape[:2]
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            return None
+        if p.do_resize and smart_resize(height, width, factor, min_pixels=p.size["shortest_edge"],
+                                        max_pixels=p.size["longest_edge"]) != (height, width):
+            return None
+    if len({image.shape for image in images}) != 1:
+        return torch.cat([pixel_values_without_resize(p, [image], device) for image in images])
+    batch = torch.from_numpy(np.stack(images)).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    batch = _rescale_normalize(batch, p.do_rescale, p.rescale_factor, p.do_normalize, p.image_mean, p.image_std)
+    return _patchify(batch, p.patch_size, p.merge_size, p.temporal_patch_size)[0]

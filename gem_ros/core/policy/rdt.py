@@ -8,6 +8,7 @@ so reference RDT weights load unchanged.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -74,19 +75,24 @@ class Attention(nn.Module):
         k, v = self.wkv(source).view(b, n, self.num_kv_heads, self.head_dim, 2).unbind(-1)
         return k, v
 
+    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, D) -> normalised keys and values (B, kv_heads, N, head_dim). For cross-attention the source is
+        the same at every denoising step, so the sampler computes these once per chunk."""
+        k, v = self.split_kv(source)
+        return self.norm_k(k).transpose(1, 2), v.transpose(1, 2)
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.norm_q(self.wq(x).view(b, n, self.num_heads, self.head_dim)).transpose(1, 2)
+        mask = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)  # True = attend
+        # GQA inside SDPA (kv head j serves query heads j*g .. j*g+g-1, as repeat_interleave would) without copies.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads)
+        return self.wo(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, _ = x.shape
-        q = self.norm_q(self.wq(x).view(b, n, self.num_heads, self.head_dim))
-        k, v = self.split_kv(x if cond is None else cond)
-        k = self.norm_k(k)
-        # (B, heads, N, head_dim); GQA by repeating each kv head for its group of query heads.
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        repeat = self.num_heads // self.num_kv_heads
-        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        mask = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)  # True = attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.wo(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+        return self.attend(x, *self.keys_values(x if cond is None else cond), key_mask)
 
 
 class SwiGLU(nn.Module):
@@ -116,12 +122,20 @@ class RDTBlock(nn.Module):
         # Condition c = [timestep emb, state token] has width 2d; 9 chunks: (shift, scale, gate) x (attn, cross, ffn).
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(2 * d, 9 * d))
 
+    def cross_keys_values(self, lang: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cross_attn.keys_values(self.cond_norm(lang))
+
     def forward(self, x: torch.Tensor, c: torch.Tensor, lang: torch.Tensor, lang_mask: torch.Tensor | None):
+        return self.run(x, self.adaLN_modulation(c), self.cross_keys_values(lang), lang_mask)
+
+    def run(self, x: torch.Tensor, modulation: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor],
+            lang_mask: torch.Tensor | None) -> torch.Tensor:
+        """The block with its adaLN modulation (B, 9D) and cross-attention keys/values computed beforehand."""
         (shift_attn, scale_attn, gate_attn, shift_cross, scale_cross, gate_cross,
-         shift_ffn, scale_ffn, gate_ffn) = self.adaLN_modulation(c).chunk(9, dim=1)
+         shift_ffn, scale_ffn, gate_ffn) = modulation.chunk(9, dim=1)
         x = x + gate_attn.unsqueeze(1) * self.attn(modulate(self.attn_norm(x), shift_attn, scale_attn))
-        x = x + gate_cross.unsqueeze(1) * self.cross_attn(
-            modulate(self.cross_norm(x), shift_cross, scale_cross), cond=self.cond_norm(lang), key_mask=lang_mask)
+        x = x + gate_cross.unsqueeze(1) * self.cross_attn.attend(
+            modulate(self.cross_norm(x), shift_cross, scale_cross), *cross_kv, key_mask=lang_mask)
         return x + gate_ffn.unsqueeze(1) * self.ffn(modulate(self.ffn_norm(x), shift_ffn, scale_ffn))
 
 
@@ -145,7 +159,10 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(2 * d, 2 * d))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.run(x, self.adaLN_modulation(c))
+
+    def run(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        shift, scale = modulation.chunk(2, dim=1)
         return self.ffn(modulate(self.ffn_norm(x), shift, scale))
 
 
@@ -181,15 +198,48 @@ class RDT(nn.Module):
         nn.init.zeros_(self.final_layer.ffn.fc2.weight)
         nn.init.zeros_(self.final_layer.ffn.fc2.bias)
 
+    def condition(self, t: torch.Tensor, state_token: torch.Tensor) -> torch.Tensor:
+        """Flow time t (B,) and state token (B, 1, D) -> the adaLN condition (B, 2D)."""
+        b = state_token.shape[0]
+        t_emb = self.t_embedder(t.expand(b) if t.numel() == 1 else t)
+        return torch.cat([t_emb.unsqueeze(1), state_token + self.state_pos_emb], dim=1).reshape(b, -1)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, state_token: torch.Tensor,
                 lang: torch.Tensor, lang_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, D) adapted noisy actions; t (B,) in [0, 1]; state_token (B, 1, D);
         lang (B, depth, L, D) adapted VLM layers, one per block; lang_mask (B, L) True = valid token."""
+        c = self.condition(t, state_token)
+        plan = SamplingPlan([block.adaLN_modulation(c) for block in self.blocks], self.final_layer.adaLN_modulation(c),
+                            [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)], lang_mask)
+        return self.run(x, plan)
+
+    def plan_sampling(self, times: torch.Tensor, state_token: torch.Tensor, lang: torch.Tensor,
+                      lang_mask: torch.Tensor | None) -> list[SamplingPlan]:
+        """Everything that does not depend on the noisy actions, for each flow time (steps,) of a sampler, at
+        once: every step shares the cross-attention keys/values, and the adaLN modulations of all steps come out of
+        one matrix product per block (instead of one per block per step)."""
+        b, steps = state_token.shape[0], times.shape[0]
+        t = times.to(state_token.dtype).repeat_interleave(b)
+        c = self.condition(t, state_token.repeat(steps, 1, 1))                       # (steps * B, 2D)
+        cross_kv = [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)]
+        block_mods = [block.adaLN_modulation(c).split(b) for block in self.blocks]   # [block][step] (B, 9D)
+        final_mods = self.final_layer.adaLN_modulation(c).split(b)
+        return [SamplingPlan([mods[s] for mods in block_mods], final_mods[s], cross_kv, lang_mask)
+                for s in range(steps)]
+
+    def run(self, x: torch.Tensor, plan: SamplingPlan) -> torch.Tensor:
         b = x.shape[0]
-        t_emb = self.t_embedder(t.expand(b) if t.numel() == 1 else t)
-        c = torch.cat([t_emb.unsqueeze(1), state_token + self.state_pos_emb], dim=1).reshape(b, -1)
         x = torch.cat([x, self.register_tokens.expand(b, -1, -1)], dim=1) + self.x_pos_emb
-        for i, block in enumerate(self.blocks):
-            x = block(x, c, lang[:, i], lang_mask)
-        x = self.final_layer(x, c)
+        for block, modulation, cross_kv in zip(self.blocks, plan.block_modulations, plan.cross_kv):
+            x = block.run(x, modulation, cross_kv, plan.lang_mask)
+        x = self.final_layer.run(x, plan.final_modulation)
         return x[:, : self.horizon]
+
+
+@dataclass
+class SamplingPlan:
+    """What the RDT needs at one flow time besides the noisy actions (see `RDT.plan_sampling`)."""
+    block_modulations: list[torch.Tensor]                  # per block (B, 9D)
+    final_modulation: torch.Tensor                         # (B, 2D)
+    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]      # per block, keys/values (B, kv_heads, L, head_dim)
+    lang_mask: torch.Tensor | None                         # (B, L) True = valid token

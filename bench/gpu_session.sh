@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One prepared pass on a lent GPU machine (no network there): GPU tests, then the full-size latency benchmarks.
+# Wheels the machine's image lacks travel in .whl/ (see the device tool's README); logs go to $OUT when set.
+set -uo pipefail
+out="${OUT:-/tmp/gpu_session}"; mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+timeout 240 python3 -m pytest -q -p no:cacheprovider -o timeout=200 test/test_static_inference.py test/test_rdt.py \
+  2>&1 | tee "$out/pytest.log" | tail -15
+for args in "" "--steps 1 --modes static cuda_graph" "--image-size 224 --modes static cuda_graph"; do
+  echo "== policy_latency --full-size $args"
+  # shellcheck disable=SC2086
+  timeout 240 python3 bench/policy_latency.py --device cuda --full-size --runs 20 $args 2>&1 \
+    | grep -v "^Loading\|^Writing" | tee -a "$out/latency.log" | tail -16
+done

@@ -1,0 +1,206 @@
+"""One action chunk as a static-shape tensor program: eager on a CPU, one CUDA graph replay per stage on a GPU.
+
+HF's Qwen3-VL forward and the sampler loop launch thousands of small kernels from Python per chunk and stop the
+host several times (grid sizes through `.tolist()`, M-RoPE indices, placeholder checks): on an H200 a chunk took
+107 ms for a few ms of arithmetic (README). Everything that depends only on the prompt, the instruction and the
+camera image sizes, stays fixed for a whole goal, so `PromptPlan` computes it once: token embeddings, M-RoPE
+cos/sin, the causal mask, where the image tokens go, the vision position embeddings and rotary. What is left per
+chunk (`ChunkProgram`) is a pure function of pixels, state and noise with no host synchronisation, which
+`torch.cuda.CUDAGraph` can capture. The VLM part re-states `Qwen3VLModel.forward` for one sample, calling the
+library's own layers; test_static_inference.py holds it to the library's hidden states.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import Qwen3VLForConditionalGeneration
+from transformers.masking_utils import create_causal_mask
+from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
+from transformers.vision_utils import get_vision_interpolation_indices_and_weights, get_vision_position_ids
+
+from gem_ros.core.policy import backbone as bb
+from gem_ros.core.policy.action_expert import euler_times
+from gem_ros.core.policy.image_processing import pixel_values_without_resize
+
+INFERENCE_MODES = ("auto", "hf", "static", "cuda_graph")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptPlan:
+    """What one (instruction, camera image sizes) prompt fixes, on the policy's device."""
+    key: tuple
+    text_embeds: torch.Tensor                        # (1, L, D) token embeddings, image tokens still placeholders
+    image_index: torch.Tensor                        # (N_img_tokens,) positions of the image tokens
+    rope: tuple[torch.Tensor, torch.Tensor]          # text M-RoPE cos, sin
+    text_position_ids: torch.Tensor | None
+    causal_mask: torch.Tensor | None                 # None: SDPA's own causal path (no padding in one sample)
+    lang_mask: torch.Tensor | None                   # (1, L) for the RDT; None when every token is valid
+    vision_pos_embeds: torch.Tensor                  # (patches, D_vision)
+    vision_rope: tuple[torch.Tensor, torch.Tensor]
+    patches_per_image: list[int]
+
+
+def prompt_key(images: Sequence[np.ndarray], instruction: str) -> tuple:
+    return (instruction, tuple(tuple(image.shape) for image in images))
+
+
+@torch.no_grad()
+def build_prompt_plan(backbone: Qwen3VLForConditionalGeneration, processor, images: Sequence[np.ndarray],
+                      instruction: str, device: torch.device) -> PromptPlan:
+    """Run the library's processor and position code once for this prompt (the images only set their sizes)."""
+    prompt = bb.build_prompts(processor, [list(images)], [instruction], device)
+    inputs = prompt.inputs
+    model = backbone.model
+    input_ids, grid = inputs["input_ids"], inputs["image_grid_thw"]
+    embeds = model.get_input_embeddings()(input_ids)
+    position_ids = model.compute_3d_position_ids(input_ids=input_ids, inputs_embeds=embeds, image_grid_thw=grid,
+                                                 attention_mask=inputs["attention_mask"],
+                                                 mm_token_type_ids=inputs.get("mm_token_type_ids"))
+    text_position_ids = None
+    if position_ids.ndim == 3 and position_ids.shape[0] == 4:   # as Qwen3VLTextModel.forward splits them
+        text_position_ids, position_ids = position_ids[0], position_ids[1:]
+    lm = model.language_model
+    causal_mask = create_causal_mask(config=lm.config, inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                                     past_key_values=None, position_ids=text_position_ids)
+    visual = model.visual
+    interp_index, interp_weight = get_vision_interpolation_indices_and_weights(
+        grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+        align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
+    vision_pos_embeds = (visual.pos_embed(interp_index) * interp_weight[:, :, None]).sum(1)
+    vision_position_ids = get_vision_position_ids(grid, visual.spatial_merge_size)
+    attention_mask = prompt.attention_mask
+    return PromptPlan(
+        key=prompt_key(images, instruction), text_embeds=embeds,
+        image_index=(input_ids[0] == model.config.image_token_id).nonzero()[:, 0],
+        rope=lm.rotary_emb(embeds, position_ids), text_position_ids=text_position_ids, causal_mask=causal_mask,
+        lang_mask=None if bool(attention_mask.all()) else attention_mask,
+        vision_pos_embeds=vision_pos_embeds, vision_rope=visual.rotary_pos_emb(vision_pos_embeds, vision_position_ids),
+        patches_per_image=[int(n) for n in grid.prod(-1).tolist()])
+
+
+def _vision_attention(attn, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                      patches_per_image: list[int]) -> torch.Tensor:
+    """Qwen3VLVisionAttention (each image attends within itself) with the split sizes known in Python: images of
+    one size go through one batched SDPA call instead of the library's per-image loop behind a `.tolist()`."""
+    seq = x.shape[0]
+    q, k, v = attn.qkv(x).reshape(seq, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, *rope)
+    if len(set(patches_per_image)) == 1:
+        n = len(patches_per_image)
+        q, k, v = (t.reshape(n, seq // n, attn.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scaling).transpose(1, 2).reshape(seq, -1)
+    else:
+        outs = [F.scaled_dot_product_attention(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1),
+                                               scale=attn.scaling).transpose(0, 1).reshape(qi.shape[0], -1)
+                for qi, ki, vi in zip(*(t.split(patches_per_image) for t in (q, k, v)))]
+        out = torch.cat(outs)
+    return attn.proj(out)
+
+
+def vlm_hidden_stack(backbone: Qwen3VLForConditionalGeneration, plan: PromptPlan, pixel_values: torch.Tensor,
+                     layers: list[int]) -> torch.Tensor:
+    """(patches, C*T*P*P) pixels -> (1, len(layers), L, D), the stack `backbone.hidden_state_stack` returns."""
+    model = backbone.model
+    visual, lm = model.visual, model.language_model
+    hidden = visual.patch_embed(pixel_values.to(backbone.dtype))
+    hidden = hidden + plan.vision_pos_embeds.to(hidden.dtype)
+    deepstack = []
+    for index, block in enumerate(visual.blocks):
+        hidden = hidden + _vision_attention(block.attn, block.norm1(hidden), plan.vision_rope, plan.patches_per_image)
+        hidden = hidden + block.mlp(block.norm2(hidden))
+        if index in visual.deepstack_visual_indexes:
+            merger = visual.deepstack_merger_list[visual.deepstack_visual_indexes.index(index)]
+            deepstack.append(merger(hidden))
+    image_embeds = visual.merger(hidden).to(plan.text_embeds.dtype)
+    hidden = plan.text_embeds.index_copy(1, plan.image_index, image_embeds.unsqueeze(0))
+    states = [hidden]   # hidden_states[0] = embeddings, [i] = output of decoder layer i-1, the last normed
+    for index, layer in enumerate(lm.layers):
+        hidden = layer(hidden, attention_mask=plan.causal_mask, position_ids=plan.text_position_ids,
+                       past_key_values=None, position_embeddings=plan.rope)
+        states.append(hidden)   # recorded before DeepStack, as the library's output_hidden_states records it
+        if index < len(deepstack):   # DeepStack: visual features added to the image tokens of the first layers
+            hidden = hidden.index_add(1, plan.image_index, deepstack[index].unsqueeze(0).to(hidden.dtype))
+    states[-1] = lm.norm(states[-1])
+    return torch.stack([states[i] for i in layers], dim=1)
+
+
+class CudaGraphCallable:
+    """`fn(*tensors) -> tensor` captured once as a CUDA graph; calls copy their inputs into the captured ones
+    and replay it. The returned tensor is the graph's own output buffer: read it before the next call."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], example_inputs: Sequence[torch.Tensor],
+                 pool=None, warmup: int = 2):
+        self.inputs = [x.clone() for x in example_inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):   # lazy inits (cuBLAS handles, autotuning) must happen outside the capture
+            for _ in range(warmup):
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.output = fn(*self.inputs)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        for captured, value in zip(self.inputs, inputs):
+            if captured.data_ptr() != value.data_ptr():
+                captured.copy_(value)
+        self.graph.replay()
+        return self.output
+
+
+class ChunkProgram:
+    """The per-chunk work for one prompt plan: pixels -> VLM stack -> sampled (normalised) actions.
+
+    `use_cuda_graph` captures each of the two stages on the first call (two eager warm-ups each, then capture:
+    ~ a few hundred ms once per instruction) and replays them after."""
+
+    def __init__(self, policy, plan: PromptPlan, num_steps: int, use_cuda_graph: bool):
+        self.policy, self.plan, self.num_steps, self.use_cuda_graph = policy, plan, num_steps, use_cuda_graph
+        self._times = euler_times(num_steps, policy.device)   # uploaded here: no host copies inside a capture
+        self._vlm: Callable | None = None
+        self._sampler: Callable | None = None
+        self.capture_errors: dict[str, str] = {}   # stage -> why it runs eagerly although graphs were asked for
+
+    def _vlm_eager(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return vlm_hidden_stack(self.policy.backbone, self.plan, pixel_values, self.policy.config.layers_per_block)
+
+    def _sampler_eager(self, stack: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.policy.action_expert.integrate(noise, stack, state, self.plan.lang_mask, self._times)
+
+    def vlm(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self._vlm is None:
+            self._vlm = self._runner("VLM", self._vlm_eager, [pixel_values])
+        return self._vlm(pixel_values)
+
+    def sample(self, stack: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self._sampler is None:
+            self._sampler = self._runner("sampler", self._sampler_eager, [stack, state, noise])
+        return self._sampler(stack, state, noise)
+
+    def _runner(self, stage: str, eager: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> Callable:
+        if not self.use_cuda_graph:
+            return eager
+        try:
+            return CudaGraphCallable(eager, inputs)
+        except RuntimeError as exc:   # e.g. a library op that synchronises the host: slower, still correct
+            self.capture_errors[stage] = f"{type(exc).__name__}: {exc}"
+            log.warning("CUDA graph capture of the %s failed, running it eagerly: %s", stage, exc)
+            return eager
+
+    def pixel_values(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Normalised patches on the device; camera images at a size the processor keeps are patched there
+        (no CPU pass), others go through the library processor's resize."""
+        device = self.policy.device
+        pixels = pixel_values_without_resize(self.policy.processor.image_processor, images, device)
+        if pixels is None:
+            inputs = self.policy.processor.image_processor(images=list(images), return_tensors="pt",
+                                                           input_data_format="channels_last")
+            pixels = inputs["pixel_values"].to(device)
+        return pixels
