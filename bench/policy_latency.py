@@ -94,6 +94,35 @@ def measure(policy: GemVLAPolicy, runs: int, mode: str, chunks: dict[str, np.nda
     return first_ms, samples
 
 
+def profile_static_stages(policy: GemVLAPolicy, top: int = 8) -> None:
+    """Kernel counts and the costliest kernels of one eager static VLM pass and one sampler call (CUDA): with CUDA
+    graphs the launch overhead is gone, and what remains is about kernel count x a few us plus the arithmetic."""
+    from torch.profiler import ProfilerActivity, profile
+
+    program = next(reversed(policy._programs.values()))
+    io = policy.config.io
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in io.cameras]
+    pixels = program.pixel_values(images)
+    state = torch.zeros(1, io.state_dim, device=policy.device)
+    noise = torch.randn(1, io.chunk_len, io.action_dim, device=policy.device)
+    stack = program._vlm_eager(pixels)
+    for name, run in (("VLM", lambda: program._vlm_eager(pixels)),
+                      ("sampler", lambda: program._sampler_eager(stack, state, noise))):
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run()
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy_ms = sum(e.device_time for e in kernels) / 1e3
+        print(f"\n{name}: {len(kernels)} kernels, {busy_ms:.2f} ms GPU busy (eager static, one call)")
+        by_name: dict[str, list[float]] = {}
+        for e in kernels:
+            by_name.setdefault(e.name[:70], []).append(e.device_time)
+        for kernel, times in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]:
+            print(f"  {sum(times) / 1e3:7.2f} ms  {len(times):5d} x  {kernel}")
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -107,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=None, help="square camera images (default 384 full, 64 tiny)")
     parser.add_argument("--steps", type=int, default=5, help="Euler steps of the action expert")
+    parser.add_argument("--profile", action="store_true", help="CUDA: kernel counts of the static stages")
     parser.add_argument("--modes", nargs="+", choices=["hf", "static", "cuda_graph"],
                         help="inference modes after 'hf, full VLM' (default: all the device can run)")
     args = parser.parse_args(argv)
@@ -160,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     p95 = [float(np.percentile(r["total"], 95)) for r in results.values()]
     print(f"{'total p95':<22}" + "".join(f"{m:>14.2f}" for m in p95))
     print(f"{'first chunk (plan+capture)':<22}" + "".join(f"{m:>14.1f}" for m in first.values()))
+    if args.profile and device.type == "cuda" and policy._programs:
+        profile_static_stages(policy)
     reference = chunks["hf"] if "hf" in chunks else chunks["hf, full VLM"]
     scale = float(np.abs(reference).max()) or 1.0
     print("same seed, same observation: max |chunk - hf chunk| / max |hf chunk| = " + ", ".join(

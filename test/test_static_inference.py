@@ -44,7 +44,9 @@ def test_static_vlm_stack_equals_library_hidden_states(policy, shapes):
     reference = backbone.model(**prompt.inputs, output_hidden_states=True, use_cache=False).hidden_states
     plan = si.build_prompt_plan(backbone, policy.processor, images, "pick up the red cube", policy.device)
     pixels = pixel_values_without_resize(policy.processor.image_processor, images, policy.device)
-    assert torch.equal(pixels, prompt.inputs["pixel_values"])
+    # Bit-equal to our batched processor; the library's torchvision backend (used where torchvision is installed)
+    # fuses rescale and normalise in float32, so it differs in the last bits.
+    torch.testing.assert_close(pixels, prompt.inputs["pixel_values"], rtol=0, atol=1e-6)
     stack = si.vlm_hidden_stack(backbone, plan, pixels, list(range(len(reference))))
     for i, expected in enumerate(reference):
         torch.testing.assert_close(stack[:, i], expected, rtol=1e-5, atol=1e-5, msg=f"hidden state {i}")
@@ -93,14 +95,12 @@ def test_prompt_plans_are_cached_per_instruction_and_dropped_when_weights_may_ch
     policy.eval()
 
 
-def test_cuda_graph_mode_needs_cuda(policy):
+def test_cuda_graph_mode_needs_a_cuda_policy(policy):
     policy.inference_mode = "cuda_graph"
     try:
-        if torch.cuda.is_available():
-            assert policy.resolved_inference_mode() == "cuda_graph"
-        else:
-            with pytest.raises(ValueError, match="needs a CUDA device"):
-                policy.resolved_inference_mode()
+        assert policy.device.type == "cpu"
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            policy.resolved_inference_mode()
         policy.inference_mode = "fast"
         with pytest.raises(ValueError, match="not one of"):
             policy.resolved_inference_mode()

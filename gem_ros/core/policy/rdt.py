@@ -23,6 +23,22 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
+def scale_offsets(chunks: int, scale_chunks: tuple[int, ...], dim: int) -> torch.Tensor:
+    """(chunks * dim,) with 1 at the scale chunks: added to an adaLN output, `modulate` becomes one fused
+    multiply-add per call (`_modulate`), which matters when a step is hundreds of tiny kernels (CUDA graphs)."""
+    offsets = torch.zeros(chunks, dim)
+    offsets[list(scale_chunks)] = 1.0
+    return offsets.reshape(-1)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale_plus_one: torch.Tensor) -> torch.Tensor:
+    return torch.addcmul(shift.unsqueeze(1), x, scale_plus_one.unsqueeze(1))
+
+
+def _gated(x: torch.Tensor, gate: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    return torch.addcmul(x, gate.unsqueeze(1), update)
+
+
 def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
     """MAE-style sinusoid: sin half first, then cos half, base 10000. Returns (len(positions), dim)."""
     omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
@@ -122,21 +138,28 @@ class RDTBlock(nn.Module):
         # Condition c = [timestep emb, state token] has width 2d; 9 chunks: (shift, scale, gate) x (attn, cross, ffn).
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(2 * d, 9 * d))
 
+        self.register_buffer("scale_offsets", scale_offsets(9, (1, 4, 7), d), persistent=False)
+
     def cross_keys_values(self, lang: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cross_attn.keys_values(self.cond_norm(lang))
+        k, v = self.cross_attn.keys_values(self.cond_norm(lang))
+        return k.contiguous(), v.contiguous()   # computed once per chunk, read at every step
+
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        """adaLN output (B, 9D) with 1 added to the three scales (see `scale_offsets`)."""
+        return self.adaLN_modulation(c) + self.scale_offsets
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, lang: torch.Tensor, lang_mask: torch.Tensor | None):
-        return self.run(x, self.adaLN_modulation(c), self.cross_keys_values(lang), lang_mask)
+        return self.run(x, self.modulation(c), self.cross_keys_values(lang), lang_mask)
 
     def run(self, x: torch.Tensor, modulation: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor],
             lang_mask: torch.Tensor | None) -> torch.Tensor:
-        """The block with its adaLN modulation (B, 9D) and cross-attention keys/values computed beforehand."""
+        """The block with its `modulation` and cross-attention keys/values computed beforehand."""
         (shift_attn, scale_attn, gate_attn, shift_cross, scale_cross, gate_cross,
          shift_ffn, scale_ffn, gate_ffn) = modulation.chunk(9, dim=1)
-        x = x + gate_attn.unsqueeze(1) * self.attn(modulate(self.attn_norm(x), shift_attn, scale_attn))
-        x = x + gate_cross.unsqueeze(1) * self.cross_attn.attend(
-            modulate(self.cross_norm(x), shift_cross, scale_cross), *cross_kv, key_mask=lang_mask)
-        return x + gate_ffn.unsqueeze(1) * self.ffn(modulate(self.ffn_norm(x), shift_ffn, scale_ffn))
+        x = _gated(x, gate_attn, self.attn(_modulate(self.attn_norm(x), shift_attn, scale_attn)))
+        x = _gated(x, gate_cross, self.cross_attn.attend(
+            _modulate(self.cross_norm(x), shift_cross, scale_cross), *cross_kv, key_mask=lang_mask))
+        return _gated(x, gate_ffn, self.ffn(_modulate(self.ffn_norm(x), shift_ffn, scale_ffn)))
 
 
 class FinalMlp(nn.Module):
@@ -157,13 +180,17 @@ class FinalLayer(nn.Module):
         self.ffn_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
         self.ffn = FinalMlp(d, 4 * d, out_dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(2 * d, 2 * d))
+        self.register_buffer("scale_offsets", scale_offsets(2, (1,), d), persistent=False)
+
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        return self.adaLN_modulation(c) + self.scale_offsets
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.run(x, self.adaLN_modulation(c))
+        return self.run(x, self.modulation(c))
 
     def run(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
         shift, scale = modulation.chunk(2, dim=1)
-        return self.ffn(modulate(self.ffn_norm(x), shift, scale))
+        return self.ffn(_modulate(self.ffn_norm(x), shift, scale))
 
 
 class RDT(nn.Module):
@@ -209,7 +236,7 @@ class RDT(nn.Module):
         """x (B, T, D) adapted noisy actions; t (B,) in [0, 1]; state_token (B, 1, D);
         lang (B, depth, L, D) adapted VLM layers, one per block; lang_mask (B, L) True = valid token."""
         c = self.condition(t, state_token)
-        plan = SamplingPlan([block.adaLN_modulation(c) for block in self.blocks], self.final_layer.adaLN_modulation(c),
+        plan = SamplingPlan([block.modulation(c) for block in self.blocks], self.final_layer.modulation(c),
                             [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)], lang_mask)
         return self.run(x, plan)
 
@@ -222,8 +249,8 @@ class RDT(nn.Module):
         t = times.to(state_token.dtype).repeat_interleave(b)
         c = self.condition(t, state_token.repeat(steps, 1, 1))                       # (steps * B, 2D)
         cross_kv = [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)]
-        block_mods = [block.adaLN_modulation(c).split(b) for block in self.blocks]   # [block][step] (B, 9D)
-        final_mods = self.final_layer.adaLN_modulation(c).split(b)
+        block_mods = [block.modulation(c).split(b) for block in self.blocks]   # [block][step] (B, 9D)
+        final_mods = self.final_layer.modulation(c).split(b)
         return [SamplingPlan([mods[s] for mods in block_mods], final_mods[s], cross_kv, lang_mask)
                 for s in range(steps)]
 
@@ -239,7 +266,7 @@ class RDT(nn.Module):
 @dataclass
 class SamplingPlan:
     """What the RDT needs at one flow time besides the noisy actions (see `RDT.plan_sampling`)."""
-    block_modulations: list[torch.Tensor]                  # per block (B, 9D)
-    final_modulation: torch.Tensor                         # (B, 2D)
+    block_modulations: list[torch.Tensor]                  # per block (B, 9D), `RDTBlock.modulation`
+    final_modulation: torch.Tensor                         # (B, 2D), `FinalLayer.modulation`
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]]      # per block, keys/values (B, kv_heads, L, head_dim)
     lang_mask: torch.Tensor | None                         # (B, L) True = valid token
