@@ -112,6 +112,16 @@ def test_configure_fails_clearly_on_schema_mismatch(ros, tiny_checkpoint_dir):
         Parameter("camera_names", value=["front", "wrist"]), Parameter("state_joint_names", value=JOINTS)]))
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "checkpoint cameras" in node._status_reason
+    on_cpu = [Parameter("checkpoint", value=str(tiny_checkpoint_dir)), Parameter("device", value="cpu"),
+              Parameter("state_joint_names", value=JOINTS)]
+    graphs = ros.add(PolicyNode(context=ros.context,
+                                parameter_overrides=on_cpu + [Parameter("inference_mode", value="cuda_graph")]))
+    assert graphs.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "needs a CUDA device" in graphs._status_reason
+    typo = ros.add(PolicyNode(context=ros.context, parameter_overrides=on_cpu + [Parameter("inference_mode",
+                                                                                           value="fast")]))
+    assert typo.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "not one of" in typo._status_reason
     missing = ros.add(PolicyNode(context=ros.context, parameter_overrides=[Parameter("checkpoint", value="")]))
     assert missing.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "checkpoint" in missing._status_reason

@@ -48,6 +48,7 @@ class PolicyNode(LifecycleNode):
         p = self.declare_parameter
         p("checkpoint", "")
         p("device", "auto")
+        p("inference_mode", "auto")                   # auto | hf | static | cuda_graph (GemVLAPolicy)
         p("camera_names", ["scene", "wrist"])
         p("camera_topics", ["/camera/scene/image_raw", "/camera/wrist/image_raw"])
         p("camera_transports", ["raw", "raw"])      # raw | compressed, per camera
@@ -105,6 +106,8 @@ class PolicyNode(LifecycleNode):
                              f"{depth_every} and {depth_steps}")
         self.policy = GemVLAPolicy.from_pretrained(self._checkpoint, device=get("device"),
                                                    keep_full_vlm=depth_every > 0)
+        self.policy.inference_mode = get("inference_mode")
+        mode = self.policy.resolved_inference_mode()   # a wrong value fails configure with the allowed ones
         if depth_every and self.policy.depth_expert is None:
             raise ValueError(f"predicted_depth_every_n_chunks={depth_every} but checkpoint {self._checkpoint} has "
                              "no depth expert; set it to 0")
@@ -148,7 +151,8 @@ class PolicyNode(LifecycleNode):
             goal_callback=self._on_goal, cancel_callback=lambda _: CancelResponse.ACCEPT,
             callback_group=self._group))
         self._status_state, self._status_reason = PolicyStatus.IDLE, "configured"
-        self.get_logger().info(f"loaded {self._checkpoint} on {self.policy.device}; cameras {names}")
+        self.get_logger().info(f"loaded {self._checkpoint} on {self.policy.device} (inference {mode}); "
+                               f"cameras {names}")
 
     def _warm_up(self) -> None:
         io = self.policy.config.io
