@@ -13,9 +13,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
 timeout 240 python3 -m pytest -q -p no:cacheprovider -o timeout=200 test/test_static_inference.py test/test_rdt.py \
   2>&1 | tee "$out/pytest.log" | tail -15
-for args in "--profile" "--steps 1 --modes static cuda_graph"; do
+for args in "--steps 1 --modes static cuda_graph" "--profile --compile"; do
   echo "== policy_latency --full-size $args"
   # shellcheck disable=SC2086
-  timeout 240 python3 bench/policy_latency.py --device cuda --full-size --runs 20 $args 2>&1 \
+  timeout 300 python3 bench/policy_latency.py --device cuda --full-size --runs 20 $args 2>&1 \
     | grep -v "^Loading\|^Writing" | tee -a "$out/latency.log" | tail -16
 done

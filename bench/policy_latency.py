@@ -80,7 +80,8 @@ def measure(policy: GemVLAPolicy, runs: int, mode: str, chunks: dict[str, np.nda
     io = policy.config.io
     obs = Observation({c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in io.cameras},
                       rng.normal(size=io.state_dim).astype(np.float32), "pick up the red cube and put it in the tray")
-    policy.inference_mode = mode
+    policy.compile_modules = mode.endswith("+compile")
+    policy.inference_mode = mode.removesuffix("+compile")
     policy._programs.clear()
     t0 = time.perf_counter()
     chunks[mode] = policy.predict_action_chunk(obs, seed=0)
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="square camera images (default 384 full, 64 tiny)")
     parser.add_argument("--steps", type=int, default=5, help="Euler steps of the action expert")
     parser.add_argument("--profile", action="store_true", help="CUDA: kernel counts of the static stages")
+    parser.add_argument("--compile", action="store_true",
+                        help="one more column: the last mode with VLM layers + RDT blocks through torch.compile (experimental)")
     parser.add_argument("--modes", nargs="+", choices=["hf", "static", "cuda_graph"],
                         help="inference modes after 'hf, full VLM' (default: all the device can run)")
     args = parser.parse_args(argv)
@@ -164,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     results, first, chunks = {}, {}, {}
     first["hf, full VLM"], results["hf, full VLM"] = measure(policy, args.runs, "hf", chunks)
     bb.truncate_text_layers(policy.backbone, max(policy.config.layers_per_block) + 1)
+    if args.compile:
+        modes.append(f"{modes[-1]}+compile")
     for mode in modes:
         try:
             first[mode], results[mode] = measure(policy, args.runs, mode, chunks)
@@ -180,16 +185,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"params: VLM {n_vlm:.1f} M, action expert {n_rdt:.1f} M; build {build_s:.1f} s; "
           f"peak memory {peak_memory_mb(device):.0f} MiB ({'GPU allocated' if device.type == 'cuda' else 'RSS'})")
     print("columns after the first: truncated VLM; ratio = last column / 'hf'")
-    header = f"{'stage (ms)':<22}" + "".join(f"{name:>14}" for name in results) + f"{'ratio':>8}"
+    header = f"{'stage (ms)':<22}" + "".join(f"{name:>19}" for name in results) + f"{'ratio':>8}"
     print(header + "\n" + "-" * len(header))
     base, last = ("hf" if "hf" in results else list(results)[0]), list(results)[-1]
     for stage in STAGES:
         med = {name: statistics.median(r[stage]) for name, r in results.items()}
         ratio = med[last] / med[base] if med[base] > 0 else float("nan")
-        print(f"{stage:<22}" + "".join(f"{m:>14.2f}" for m in med.values()) + f"{ratio:>8.2f}")
+        print(f"{stage:<22}" + "".join(f"{m:>19.2f}" for m in med.values()) + f"{ratio:>8.2f}")
     p95 = [float(np.percentile(r["total"], 95)) for r in results.values()]
-    print(f"{'total p95':<22}" + "".join(f"{m:>14.2f}" for m in p95))
-    print(f"{'first chunk (plan+capture)':<22}" + "".join(f"{m:>14.1f}" for m in first.values()))
+    print(f"{'total p95':<22}" + "".join(f"{m:>19.2f}" for m in p95))
+    print(f"{'first chunk (plan+capture)':<22}" + "".join(f"{m:>19.1f}" for m in first.values()))
     if args.profile and device.type == "cuda" and policy._programs:
         profile_static_stages(policy)
     reference = chunks["hf"] if "hf" in chunks else chunks["hf, full VLM"]

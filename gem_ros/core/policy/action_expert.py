@@ -104,7 +104,7 @@ class ActionExpert(nn.Module):
         return self.integrate(noise, hidden_stack, state, lang_mask, euler_times(num_steps, noise.device))
 
     def integrate(self, noise: torch.Tensor, hidden_stack: torch.Tensor, state: torch.Tensor,
-                  lang_mask: torch.Tensor | None, times: torch.Tensor) -> torch.Tensor:
+                  lang_mask: torch.Tensor | None, times: torch.Tensor, compile_blocks: bool = False) -> torch.Tensor:
         """Euler over the flow times `times` (`euler_times`) as a pure function of tensors already on the device
         (no RNG, no host synchronisation or upload), so a CUDA graph can capture it whole. Same arithmetic as
         `euler_integrate` over `velocity`; the conditioning of every step is computed up front
@@ -113,7 +113,7 @@ class ActionExpert(nn.Module):
         dt = 1.0 / times.shape[0]
         x = noise.to(self.dtype)
         for plan in self.model.plan_sampling(times, state_token, lang, lang_mask):
-            x = x + dt * self.model.run(self.act_adaptor(x), plan).to(x.dtype)
+            x = x + dt * self.model.run(self.act_adaptor(x), plan, compile_blocks).to(x.dtype)
         return x.float()
 
 

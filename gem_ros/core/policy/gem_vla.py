@@ -74,6 +74,7 @@ class GemVLAPolicy(nn.Module):
         self._rng: torch.Generator | None = None
         self.inference_mode = "auto"      # see resolved_inference_mode
         self.max_cached_prompts = 4       # prompt plans (and their CUDA graphs) kept, most recent first
+        self.compile_modules = False      # experimental: torch.compile the VLM layers and RDT blocks (static modes)
 
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
@@ -196,11 +197,11 @@ class GemVLAPolicy(nn.Module):
         return mode
 
     def _chunk_program(self, images: list[np.ndarray], instruction: str, steps: int, graphed: bool) -> ChunkProgram:
-        key = (prompt_key(images, instruction), steps, graphed)
+        key = (prompt_key(images, instruction), steps, graphed, self.compile_modules)
         program = self._programs.pop(key, None)
         if program is None:
             plan = build_prompt_plan(self.backbone, self.processor, images, instruction, self.device)
-            program = ChunkProgram(self, plan, steps, use_cuda_graph=graphed)
+            program = ChunkProgram(self, plan, steps, use_cuda_graph=graphed, compile_modules=self.compile_modules)
         self._programs[key] = program   # most recent last
         while len(self._programs) > self.max_cached_prompts:
             self._programs.pop(next(iter(self._programs)))

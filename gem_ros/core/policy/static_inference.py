@@ -11,6 +11,7 @@ library's own layers; test_static_inference.py holds it to the library's hidden 
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,17 +104,36 @@ def _vision_attention(attn, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Ten
     return attn.proj(out)
 
 
+def _vision_block(block, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                  patches_per_image: list[int]) -> torch.Tensor:
+    hidden = hidden + _vision_attention(block.attn, block.norm1(hidden), rope, patches_per_image)
+    return hidden + block.mlp(block.norm2(hidden))
+
+
+def _text_layer(layer, hidden: torch.Tensor, plan: PromptPlan) -> torch.Tensor:
+    return layer(hidden, attention_mask=plan.causal_mask, position_ids=plan.text_position_ids,
+                 past_key_values=None, position_embeddings=plan.rope)
+
+
+@functools.cache
+def compiled(fn: Callable) -> Callable:
+    """`fn` through torch.compile (experimental, `ChunkProgram(compile_modules=True)`); the module is an argument,
+    so one compiled graph serves every layer of the same shapes."""
+    return torch.compile(fn, dynamic=False)
+
+
 def vlm_hidden_stack(backbone: Qwen3VLForConditionalGeneration, plan: PromptPlan, pixel_values: torch.Tensor,
-                     layers: list[int]) -> torch.Tensor:
+                     layers: list[int], compile_modules: bool = False) -> torch.Tensor:
     """(patches, C*T*P*P) pixels -> (1, len(layers), L, D), the stack `backbone.hidden_state_stack` returns."""
     model = backbone.model
     visual, lm = model.visual, model.language_model
+    vision_block = compiled(_vision_block) if compile_modules else _vision_block
+    text_layer = compiled(_text_layer) if compile_modules else _text_layer
     hidden = visual.patch_embed(pixel_values.to(backbone.dtype))
     hidden = hidden + plan.vision_pos_embeds.to(hidden.dtype)
     deepstack = []
     for index, block in enumerate(visual.blocks):
-        hidden = hidden + _vision_attention(block.attn, block.norm1(hidden), plan.vision_rope, plan.patches_per_image)
-        hidden = hidden + block.mlp(block.norm2(hidden))
+        hidden = vision_block(block, hidden, plan.vision_rope, plan.patches_per_image)
         if index in visual.deepstack_visual_indexes:
             merger = visual.deepstack_merger_list[visual.deepstack_visual_indexes.index(index)]
             deepstack.append(merger(hidden))
@@ -121,8 +141,7 @@ def vlm_hidden_stack(backbone: Qwen3VLForConditionalGeneration, plan: PromptPlan
     hidden = plan.text_embeds.index_copy(1, plan.image_index, image_embeds.unsqueeze(0))
     states = [hidden]   # hidden_states[0] = embeddings, [i] = output of decoder layer i-1, the last normed
     for index, layer in enumerate(lm.layers):
-        hidden = layer(hidden, attention_mask=plan.causal_mask, position_ids=plan.text_position_ids,
-                       past_key_values=None, position_embeddings=plan.rope)
+        hidden = text_layer(layer, hidden, plan)
         states.append(hidden)   # recorded before DeepStack, as the library's output_hidden_states records it
         if index < len(deepstack):   # DeepStack: visual features added to the image tokens of the first layers
             hidden = hidden.index_add(1, plan.image_index, deepstack[index].unsqueeze(0).to(hidden.dtype))
@@ -161,18 +180,21 @@ class ChunkProgram:
     `use_cuda_graph` captures each of the two stages on the first call (two eager warm-ups each, then capture:
     ~ a few hundred ms once per instruction) and replays them after."""
 
-    def __init__(self, policy, plan: PromptPlan, num_steps: int, use_cuda_graph: bool):
+    def __init__(self, policy, plan: PromptPlan, num_steps: int, use_cuda_graph: bool, compile_modules: bool = False):
         self.policy, self.plan, self.num_steps, self.use_cuda_graph = policy, plan, num_steps, use_cuda_graph
+        self.compile_modules = compile_modules   # experimental: VLM layers and RDT blocks through torch.compile
         self._times = euler_times(num_steps, policy.device)   # uploaded here: no host copies inside a capture
         self._vlm: Callable | None = None
         self._sampler: Callable | None = None
         self.capture_errors: dict[str, str] = {}   # stage -> why it runs eagerly although graphs were asked for
 
     def _vlm_eager(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return vlm_hidden_stack(self.policy.backbone, self.plan, pixel_values, self.policy.config.layers_per_block)
+        return vlm_hidden_stack(self.policy.backbone, self.plan, pixel_values, self.policy.config.layers_per_block,
+                                self.compile_modules)
 
     def _sampler_eager(self, stack: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.policy.action_expert.integrate(noise, stack, state, self.plan.lang_mask, self._times)
+        return self.policy.action_expert.integrate(noise, stack, state, self.plan.lang_mask, self._times,
+                                                   compile_blocks=self.compile_modules)
 
     def vlm(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self._vlm is None:
