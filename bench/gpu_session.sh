@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
 timeout 240 python3 -m pytest -q -p no:cacheprovider -o timeout=200 test/test_static_inference.py test/test_rdt.py \
   2>&1 | tee "$out/pytest.log" | tail -15
-for args in "--steps 1 --modes static cuda_graph" "--profile --compile"; do
+for args in "--profile --compile" "--steps 1 --modes cuda_graph"; do
   echo "== policy_latency --full-size $args"
   # shellcheck disable=SC2086
   timeout 300 python3 bench/policy_latency.py --device cuda --full-size --runs 20 $args 2>&1 \

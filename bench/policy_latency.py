@@ -72,19 +72,19 @@ def tiny_policy(device: torch.device, dtype: torch.dtype, image_size: int, workd
                               device=device, dtype=dtype).eval()
 
 
-def measure(policy: GemVLAPolicy, runs: int, mode: str, chunks: dict[str, np.ndarray],
-            warmup: int = 3) -> tuple[float, dict[str, list[float]]]:
+def measure(policy: GemVLAPolicy, runs: int, mode: str, label: str, chunks: dict[str, np.ndarray],
+            new_instruction_ms: dict[str, float], warmup: int = 3) -> tuple[float, dict[str, list[float]]]:
     """(first chunk ms: prompt plan + CUDA graph capture where used, per-stage samples of the following runs);
-    the first chunk (seed 0) lands in `chunks[mode]`."""
+    the first chunk (seed 0) lands in `chunks[label]`, the first of another instruction's in `new_instruction_ms`."""
     rng = np.random.default_rng(0)
     io = policy.config.io
     obs = Observation({c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in io.cameras},
                       rng.normal(size=io.state_dim).astype(np.float32), "pick up the red cube and put it in the tray")
     policy.compile_modules = mode.endswith("+compile")
     policy.inference_mode = mode.removesuffix("+compile")
-    policy._programs.clear()
+    policy._drop_inference_caches()
     t0 = time.perf_counter()
-    chunks[mode] = policy.predict_action_chunk(obs, seed=0)
+    chunks[label] = policy.predict_action_chunk(obs, seed=0)
     first_ms = (time.perf_counter() - t0) * 1e3
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for i in range(warmup + runs):
@@ -92,6 +92,10 @@ def measure(policy: GemVLAPolicy, runs: int, mode: str, chunks: dict[str, np.nda
         if i >= warmup:
             for stage in STAGES:
                 samples[stage].append(policy.last_timings[stage])
+    # A new instruction of the same padded length reuses the program (and its graphs): only its plan is built.
+    t0 = time.perf_counter()
+    policy.predict_action_chunk(Observation(obs.images, obs.state, "pick up the blue cube and put it in the box"), seed=0)
+    new_instruction_ms[label] = (time.perf_counter() - t0) * 1e3
     return first_ms, samples
 
 
@@ -100,16 +104,16 @@ def profile_static_stages(policy: GemVLAPolicy, top: int = 8) -> None:
     graphs the launch overhead is gone, and what remains is about kernel count x a few us plus the arithmetic."""
     from torch.profiler import ProfilerActivity, profile
 
-    program = next(reversed(policy._programs.values()))
+    program, plan = next(reversed(policy._programs.values())), next(reversed(policy._plans.values()))
     io = policy.config.io
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in io.cameras]
     pixels = program.pixel_values(images)
     state = torch.zeros(1, io.state_dim, device=policy.device)
     noise = torch.randn(1, io.chunk_len, io.action_dim, device=policy.device)
-    stack = program._vlm_eager(pixels)
-    for name, run in (("VLM", lambda: program._vlm_eager(pixels)),
-                      ("sampler", lambda: program._sampler_eager(stack, state, noise))):
+    stack = program._vlm_eager(pixels, plan.text_embeds, plan.image_index, *plan.rope)
+    for name, run in (("VLM", lambda: program._vlm_eager(pixels, plan.text_embeds, plan.image_index, *plan.rope)),
+                      ("sampler", lambda: program._sampler_eager(stack, state, noise, plan.lang_mask))):
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             run()
@@ -164,14 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     # Same weights in one run: the library's forward over all VLM layers, then only over those the RDT reads (+1,
     # see backbone.py), then our static-shape program (static_inference.py) eager and replayed as CUDA graphs.
     modes = args.modes or (["hf", "static", "cuda_graph"] if device.type == "cuda" else ["hf", "static"])
-    results, first, chunks = {}, {}, {}
-    first["hf, full VLM"], results["hf, full VLM"] = measure(policy, args.runs, "hf", chunks)
+    results, first, chunks, renewed = {}, {}, {}, {}
+    first["hf, full VLM"], results["hf, full VLM"] = measure(policy, args.runs, "hf", "hf, full VLM", chunks, renewed)
     bb.truncate_text_layers(policy.backbone, max(policy.config.layers_per_block) + 1)
     if args.compile:
         modes.append(f"{modes[-1]}+compile")
     for mode in modes:
         try:
-            first[mode], results[mode] = measure(policy, args.runs, mode, chunks)
+            first[mode], results[mode] = measure(policy, args.runs, mode, mode, chunks, renewed)
         except Exception as exc:   # a bench reports what broke and measures the rest
             print(f"mode {mode}: FAILED {type(exc).__name__}: {exc}")
             continue
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     p95 = [float(np.percentile(r["total"], 95)) for r in results.values()]
     print(f"{'total p95':<22}" + "".join(f"{m:>19.2f}" for m in p95))
     print(f"{'first chunk (plan+capture)':<22}" + "".join(f"{m:>19.1f}" for m in first.values()))
+    print(f"{'new instr., same shape':<22}" + "".join(f"{renewed[name]:>19.1f}" for name in first))
     if args.profile and device.type == "cuda" and policy._programs:
         profile_static_stages(policy)
     reference = chunks["hf"] if "hf" in chunks else chunks["hf, full VLM"]

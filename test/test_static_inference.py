@@ -48,9 +48,13 @@ def test_static_vlm_stack_equals_library_hidden_states(policy, shapes):
     # fuses rescale and normalise in float32, so it differs in the last bits.
     torch.testing.assert_close(pixels, prompt.inputs["pixel_values"], rtol=0, atol=1e-6)
     stack = si.vlm_hidden_stack(backbone, plan, pixels, list(range(len(reference))))
-    for i, expected in enumerate(reference):
-        torch.testing.assert_close(stack[:, i], expected, rtol=1e-5, atol=1e-5, msg=f"hidden state {i}")
-    assert plan.lang_mask is None and plan.patches_per_image == [h * w // 256 for h, w, _ in shapes]
+    length = prompt.input_ids.shape[1]
+    assert plan.length == length and stack.shape[2] % 32 == 0 and stack.shape[2] > length   # right-padded
+    for i, expected in enumerate(reference):   # causal: the pads after the prompt change nothing before them
+        torch.testing.assert_close(stack[:, i, :length], expected, rtol=1e-5, atol=1e-5, msg=f"hidden state {i}")
+    assert torch.isfinite(stack).all()
+    assert plan.lang_mask.sum() == length and plan.lang_mask[0, :length].all()
+    assert plan.patches_per_image == [h * w // 256 for h, w, _ in shapes]
 
 
 def test_pixels_need_the_processor_when_it_would_resize(policy):
@@ -81,17 +85,22 @@ def test_static_chunks_equal_hf_chunks(tiny_backbone_dir, make_observation, size
     assert policy.resolved_inference_mode() == "static"   # on a CPU
 
 
-def test_prompt_plans_are_cached_per_instruction_and_dropped_when_weights_may_change(policy, make_observation):
-    policy.inference_mode, policy.max_cached_prompts = "static", 2
+def test_instructions_of_one_padded_length_share_a_program_and_caches_are_bounded(policy, make_observation):
+    policy.inference_mode, policy.max_cached_programs, policy.max_cached_plans = "static", 1, 2
     config = policy.config
-    for instruction in ("a", "b", "a", "c"):
+    for instruction in ("pick up the red cube", "pick up the blue cube", "put the cube in the tray"):
         policy.predict_action_chunk(make_observation(config, instruction=instruction), seed=0)
-    assert [key[0][0] for key in policy._programs] == ["a", "c"]   # least recently used ("b") went first
-    cached = policy._programs[next(iter(policy._programs))]
-    policy.predict_action_chunk(make_observation(config, seed=5, instruction="a"), seed=0)
-    assert policy._programs[next(reversed(policy._programs))] is cached   # same instruction: plan reused
+    assert len(policy._programs) == 1   # one shape, one program
+    assert [key[0] for key in policy._plans] == ["pick up the blue cube", "put the cube in the tray"]   # LRU
+    program = next(iter(policy._programs.values()))
+    long = "pick up the red cube " * 12   # a longer prompt: another padded length, another program
+    policy.predict_action_chunk(make_observation(config, instruction=long), seed=0)
+    assert len(policy._programs) == 1 and next(iter(policy._programs.values())) is not program
+    plan = next(reversed(policy._plans.values()))
+    with pytest.raises(ValueError, match="prompt shape"):
+        program.vlm(plan, torch.zeros(1))
     policy.train()
-    assert not policy._programs
+    assert not policy._programs and not policy._plans
     policy.eval()
 
 
@@ -119,11 +128,14 @@ def test_cuda_graph_replays_match_eager_static(tiny_backbone_dir, make_observati
         for p in policy.action_expert.parameters():
             p.normal_(0, 0.1)
     chunks = {}
+    instructions = ["pick up the red cube", "put the cube in the tray", "pick up the red cube"]
     for mode in ("static", "cuda_graph"):
         policy.inference_mode = mode
-        chunks[mode] = [policy.predict_action_chunk(make_observation(config, seed=s), seed=s) for s in range(3)]
+        chunks[mode] = [policy.predict_action_chunk(make_observation(config, seed=s, instruction=instruction), seed=s)
+                        for s, instruction in enumerate(instructions)]
     program = next(reversed(policy._programs.values()))   # the cuda_graph one, used last
     assert program.use_cuda_graph and not program.capture_errors, program.capture_errors
+    assert len(policy._programs) == 2   # one per mode: both instructions replayed the same graphs
     for eager, graphed in zip(chunks["static"], chunks["cuda_graph"]):
         np.testing.assert_allclose(graphed, eager, rtol=1e-4, atol=1e-4)
     assert not np.allclose(chunks["cuda_graph"][0], chunks["cuda_graph"][1], atol=1e-3)   # replays see new inputs

@@ -21,7 +21,8 @@ from gem_ros.core.policy.action_expert import ActionExpert
 from gem_ros.core.policy.config import GemVLAConfig, IOSchema
 from gem_ros.core.policy.normalizer import MinMaxNormalizer, load_normalizers, save_normalizers
 from gem_ros.core.policy.observation import Observation, validate_observation
-from gem_ros.core.policy.static_inference import INFERENCE_MODES, ChunkProgram, build_prompt_plan, prompt_key
+from gem_ros.core.policy.static_inference import (INFERENCE_MODES, ChunkProgram, PromptPlan, build_prompt_plan,
+                                                  prompt_key)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -49,7 +50,10 @@ class GemVLAPolicy(nn.Module):
     def __init__(self, config: GemVLAConfig, backbone: nn.Module, processor, action_normalizer: MinMaxNormalizer,
                  state_normalizer: MinMaxNormalizer | None = None):
         super().__init__()
-        self._programs: OrderedDict[tuple, ChunkProgram] = OrderedDict()   # prompt plans, least recent first
+        # Inference caches, least recently used first: prompt plans per (instruction, image sizes), and chunk
+        # programs (with their CUDA graphs) per prompt shape (padded length, image sizes); see static_inference.
+        self._plans: OrderedDict[tuple, PromptPlan] = OrderedDict()
+        self._programs: OrderedDict[tuple, ChunkProgram] = OrderedDict()
         io = config.io
         if action_normalizer.dim != io.action_dim:
             raise ValueError(f"action normalizer has {action_normalizer.dim} channels, action_dim is {io.action_dim}")
@@ -73,7 +77,9 @@ class GemVLAPolicy(nn.Module):
         self.last_timings: dict[str, float] = {}
         self._rng: torch.Generator | None = None
         self.inference_mode = "auto"      # see resolved_inference_mode
-        self.max_cached_prompts = 4       # prompt plans (and their CUDA graphs) kept, most recent first
+        self.max_cached_plans = 32        # small: token embeddings and rotary of one prompt
+        self.max_cached_programs = 4      # each holds two CUDA graphs' memory pools on a GPU
+        self.prompt_pad_to = 32           # prompt lengths are padded to a multiple of this (one program per bucket)
         self.compile_modules = False      # experimental: torch.compile the VLM layers and RDT blocks (static modes)
 
     # ----------------------------------------------------------------------------------------- construction
@@ -196,24 +202,27 @@ class GemVLAPolicy(nn.Module):
             raise ValueError(f"inference_mode 'cuda_graph' needs a CUDA device; the policy is on {self.device}")
         return mode
 
-    def _chunk_program(self, images: list[np.ndarray], instruction: str, steps: int, graphed: bool) -> ChunkProgram:
-        key = (prompt_key(images, instruction), steps, graphed, self.compile_modules)
-        program = self._programs.pop(key, None)
-        if program is None:
-            plan = build_prompt_plan(self.backbone, self.processor, images, instruction, self.device)
-            program = ChunkProgram(self, plan, steps, use_cuda_graph=graphed, compile_modules=self.compile_modules)
-        self._programs[key] = program   # most recent last
-        while len(self._programs) > self.max_cached_prompts:
-            self._programs.pop(next(iter(self._programs)))
-        return program
+    def _chunk_program(self, images: list[np.ndarray], instruction: str, steps: int,
+                       graphed: bool) -> tuple[PromptPlan, ChunkProgram]:
+        plan = _lru_get(self._plans, prompt_key(images, instruction), self.max_cached_plans,
+                        lambda: build_prompt_plan(self.backbone, self.processor, images, instruction, self.device,
+                                                  pad_to=self.prompt_pad_to))
+        program = _lru_get(self._programs, (plan.shape_key, steps, graphed, self.compile_modules),
+                           self.max_cached_programs,
+                           lambda: ChunkProgram(self, plan, steps, graphed, compile_modules=self.compile_modules))
+        return plan, program
 
     def _apply(self, fn, *args, **kwargs):
-        self._programs.clear()   # plans hold tensors of the old device/dtype
+        self._drop_inference_caches()   # plans hold tensors of the old device/dtype
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True):
-        self._programs.clear()   # plans hold values computed from the weights (embeddings, position tables)
+        self._drop_inference_caches()   # plans hold values computed from the weights (embeddings, position tables)
         return super().train(mode)
+
+    def _drop_inference_caches(self) -> None:
+        self._plans.clear()
+        self._programs.clear()
 
     @torch.no_grad()
     def predict_action_chunk(self, observation: Observation, seed: int | None = None) -> np.ndarray:
@@ -246,14 +255,14 @@ class GemVLAPolicy(nn.Module):
             t2 = time.perf_counter()
             normalized = self.action_expert.sample(stack, state, prompt.attention_mask, steps, noise=noise)
         else:
-            program = self._chunk_program(images, observation.instruction, steps, graphed=mode == "cuda_graph")
+            plan, program = self._chunk_program(images, observation.instruction, steps, mode == "cuda_graph")
             pixel_values = program.pixel_values(images)
             sync()
             t1 = time.perf_counter()
-            stack = program.vlm(pixel_values)
+            stack = program.vlm(plan, pixel_values)
             sync()
             t2 = time.perf_counter()
-            normalized = program.sample(stack, state, noise)
+            normalized = program.sample(plan, stack, state, noise)
         sync()
         t3 = time.perf_counter()
         chunk = self.action_normalizer.unnormalize(normalized[0].float()).cpu().numpy().astype(np.float32)
@@ -278,6 +287,17 @@ class GemVLAPolicy(nn.Module):
         rng = torch.Generator(device=self.device).manual_seed(seed)
         out = self.depth_expert.generate(last, prompt.input_ids, num_steps=num_steps, generator=rng)
         return ((out.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _lru_get(cache: OrderedDict, key, capacity: int, build):
+    """cache[key] (built on a miss), marked most recently used; the least recently used beyond capacity go."""
+    value = cache.pop(key, None)
+    if value is None:
+        value = build()
+    cache[key] = value
+    while len(cache) > capacity:
+        cache.pop(next(iter(cache)))
+    return value
 
 
 def _cpu_contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -104,7 +104,7 @@ class Attention(nn.Module):
         q = self.norm_q(self.wq(x).view(b, n, self.num_heads, self.head_dim)).transpose(1, 2)
         mask = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)  # True = attend
         # GQA inside SDPA (kv head j serves query heads j*g .. j*g+g-1, as repeat_interleave would) without copies.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != self.num_heads)
         return self.wo(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
@@ -142,8 +142,12 @@ class RDTBlock(nn.Module):
         self.register_buffer("scale_offsets", scale_offsets(9, (1, 4, 7), d), persistent=False)
 
     def cross_keys_values(self, lang: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Computed once per chunk and read at every step: contiguous, and with each kv head already repeated for
+        its query heads, so masked cross-attention (padded prompts) can use a fused SDPA kernel (GQA + mask
+        would fall back to the unfused one)."""
         k, v = self.cross_attn.keys_values(self.cond_norm(lang))
-        return k.contiguous(), v.contiguous()   # computed once per chunk, read at every step
+        group = self.cross_attn.num_heads // self.cross_attn.num_kv_heads
+        return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
 
     def modulation(self, c: torch.Tensor) -> torch.Tensor:
         """adaLN output (B, 9D) with 1 added to the three scales (see `scale_offsets`)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,40 +34,61 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PromptPlan:
-    """What one (instruction, camera image sizes) prompt fixes, on the policy's device."""
+    """What one (instruction, camera image sizes) prompt fixes, on the policy's device, right-padded to a multiple
+    of `pad_to` tokens. The VLM is causal and the pads come last, so the real tokens' hidden states are exactly the
+    unpadded ones; the RDT masks the pads out (`lang_mask`). Prompts of one `shape_key` (padded length, image
+    sizes) share a `ChunkProgram`, and so its CUDA graphs and compiled kernels."""
     key: tuple
-    text_embeds: torch.Tensor                        # (1, L, D) token embeddings, image tokens still placeholders
+    length: int                                      # real tokens
+    text_embeds: torch.Tensor                        # (1, L_pad, D) embeddings, image tokens placeholders, pads 0
     image_index: torch.Tensor                        # (N_img_tokens,) positions of the image tokens
-    rope: tuple[torch.Tensor, torch.Tensor]          # text M-RoPE cos, sin
+    rope: tuple[torch.Tensor, torch.Tensor]          # text M-RoPE cos, sin over L_pad
+    lang_mask: torch.Tensor                          # (1, L_pad) True = real token
+    # The same for every prompt of one shape_key:
     text_position_ids: torch.Tensor | None
-    causal_mask: torch.Tensor | None                 # None: SDPA's own causal path (no padding in one sample)
-    lang_mask: torch.Tensor | None                   # (1, L) for the RDT; None when every token is valid
+    causal_mask: torch.Tensor | None                 # None: SDPA's own causal path
     vision_pos_embeds: torch.Tensor                  # (patches, D_vision)
     vision_rope: tuple[torch.Tensor, torch.Tensor]
     patches_per_image: list[int]
+
+    @property
+    def shape_key(self) -> tuple:
+        return (self.key[1], self.text_embeds.shape[1])
 
 
 def prompt_key(images: Sequence[np.ndarray], instruction: str) -> tuple:
     return (instruction, tuple(tuple(image.shape) for image in images))
 
 
+def _pad_positions(position_ids: torch.Tensor, pads: int) -> torch.Tensor:
+    """(..., L) -> (..., L + pads): pads continue after the largest position (any finite rotary would do: no real
+    token attends to a pad)."""
+    steps = torch.arange(1, pads + 1, device=position_ids.device, dtype=position_ids.dtype)
+    return torch.cat([position_ids, position_ids.amax(-1, keepdim=True) + steps], dim=-1)
+
+
 @torch.no_grad()
 def build_prompt_plan(backbone: Qwen3VLForConditionalGeneration, processor, images: Sequence[np.ndarray],
-                      instruction: str, device: torch.device) -> PromptPlan:
+                      instruction: str, device: torch.device, pad_to: int = 32) -> PromptPlan:
     """Run the library's processor and position code once for this prompt (the images only set their sizes)."""
     prompt = bb.build_prompts(processor, [list(images)], [instruction], device)
     inputs = prompt.inputs
     model = backbone.model
     input_ids, grid = inputs["input_ids"], inputs["image_grid_thw"]
-    embeds = model.get_input_embeddings()(input_ids)
-    position_ids = model.compute_3d_position_ids(input_ids=input_ids, inputs_embeds=embeds, image_grid_thw=grid,
-                                                 attention_mask=inputs["attention_mask"],
+    length = input_ids.shape[1]
+    pads = -length % pad_to
+    # Zeros stay finite through every layer; a NaN in a pad would reach real outputs as 0 * NaN in attention.
+    embeds = F.pad(model.get_input_embeddings()(input_ids), (0, 0, 0, pads))
+    position_ids = model.compute_3d_position_ids(input_ids=input_ids, inputs_embeds=embeds[:, :length],
+                                                 image_grid_thw=grid, attention_mask=inputs["attention_mask"],
                                                  mm_token_type_ids=inputs.get("mm_token_type_ids"))
+    position_ids = _pad_positions(position_ids, pads)
     text_position_ids = None
     if position_ids.ndim == 3 and position_ids.shape[0] == 4:   # as Qwen3VLTextModel.forward splits them
         text_position_ids, position_ids = position_ids[0], position_ids[1:]
     lm = model.language_model
-    causal_mask = create_causal_mask(config=lm.config, inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+    everything = torch.ones(1, length + pads, dtype=inputs["attention_mask"].dtype, device=device)
+    causal_mask = create_causal_mask(config=lm.config, inputs_embeds=embeds, attention_mask=everything,
                                      past_key_values=None, position_ids=text_position_ids)
     visual = model.visual
     interp_index, interp_weight = get_vision_interpolation_indices_and_weights(
@@ -75,13 +96,12 @@ def build_prompt_plan(backbone: Qwen3VLForConditionalGeneration, processor, imag
         align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
     vision_pos_embeds = (visual.pos_embed(interp_index) * interp_weight[:, :, None]).sum(1)
     vision_position_ids = get_vision_position_ids(grid, visual.spatial_merge_size)
-    attention_mask = prompt.attention_mask
     return PromptPlan(
-        key=prompt_key(images, instruction), text_embeds=embeds,
+        key=prompt_key(images, instruction), length=length, text_embeds=embeds,
         image_index=(input_ids[0] == model.config.image_token_id).nonzero()[:, 0],
-        rope=lm.rotary_emb(embeds, position_ids), text_position_ids=text_position_ids, causal_mask=causal_mask,
-        lang_mask=None if bool(attention_mask.all()) else attention_mask,
-        vision_pos_embeds=vision_pos_embeds, vision_rope=visual.rotary_pos_emb(vision_pos_embeds, vision_position_ids),
+        rope=lm.rotary_emb(embeds, position_ids), lang_mask=F.pad(prompt.attention_mask, (0, pads), value=False),
+        text_position_ids=text_position_ids, causal_mask=causal_mask, vision_pos_embeds=vision_pos_embeds,
+        vision_rope=visual.rotary_pos_emb(vision_pos_embeds, vision_position_ids),
         patches_per_image=[int(n) for n in grid.prod(-1).tolist()])
 
 
@@ -163,7 +183,8 @@ class CudaGraphCallable:
                 fn(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        # thread_local: a ROS callback thread touching CUDA meanwhile must not break the inference thread's capture
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
             self.output = fn(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -175,36 +196,44 @@ class CudaGraphCallable:
 
 
 class ChunkProgram:
-    """The per-chunk work for one prompt plan: pixels -> VLM stack -> sampled (normalised) actions.
-
-    `use_cuda_graph` captures each of the two stages on the first call (two eager warm-ups each, then capture:
-    ~ a few hundred ms once per instruction) and replays them after."""
+    """The per-chunk work for one prompt shape (`PromptPlan.shape_key`): pixels -> VLM stack -> sampled
+    (normalised) actions. A prompt's own tensors are inputs, so one program, and its CUDA graphs, serves every
+    instruction of that shape. `use_cuda_graph` captures each of the two stages on its first call (two eager
+    warm-ups, then the capture: ~0.2 s on an H100) and replays them after."""
 
     def __init__(self, policy, plan: PromptPlan, num_steps: int, use_cuda_graph: bool, compile_modules: bool = False):
-        self.policy, self.plan, self.num_steps, self.use_cuda_graph = policy, plan, num_steps, use_cuda_graph
-        self.compile_modules = compile_modules   # experimental: VLM layers and RDT blocks through torch.compile
+        self.policy, self.num_steps, self.use_cuda_graph = policy, num_steps, use_cuda_graph
+        self.shape_plan = plan                     # its shape-wide fields; per-prompt ones come with each call
+        self.compile_modules = compile_modules     # experimental: VLM layers and RDT blocks through torch.compile
         self._times = euler_times(num_steps, policy.device)   # uploaded here: no host copies inside a capture
         self._vlm: Callable | None = None
         self._sampler: Callable | None = None
         self.capture_errors: dict[str, str] = {}   # stage -> why it runs eagerly although graphs were asked for
 
-    def _vlm_eager(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return vlm_hidden_stack(self.policy.backbone, self.plan, pixel_values, self.policy.config.layers_per_block,
+    def _vlm_eager(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor, image_index: torch.Tensor,
+                   cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        plan = replace(self.shape_plan, text_embeds=text_embeds, image_index=image_index, rope=(cos, sin))
+        return vlm_hidden_stack(self.policy.backbone, plan, pixel_values, self.policy.config.layers_per_block,
                                 self.compile_modules)
 
-    def _sampler_eager(self, stack: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.policy.action_expert.integrate(noise, stack, state, self.plan.lang_mask, self._times,
+    def _sampler_eager(self, stack: torch.Tensor, state: torch.Tensor, noise: torch.Tensor,
+                       lang_mask: torch.Tensor) -> torch.Tensor:
+        return self.policy.action_expert.integrate(noise, stack, state, lang_mask, self._times,
                                                    compile_blocks=self.compile_modules)
 
-    def vlm(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def vlm(self, plan: PromptPlan, pixel_values: torch.Tensor) -> torch.Tensor:
+        if plan.shape_key != self.shape_plan.shape_key:
+            raise ValueError(f"prompt shape {plan.shape_key} != this program's {self.shape_plan.shape_key}")
+        inputs = [pixel_values, plan.text_embeds, plan.image_index, *plan.rope]
         if self._vlm is None:
-            self._vlm = self._runner("VLM", self._vlm_eager, [pixel_values])
-        return self._vlm(pixel_values)
+            self._vlm = self._runner("VLM", self._vlm_eager, inputs)
+        return self._vlm(*inputs)
 
-    def sample(self, stack: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def sample(self, plan: PromptPlan, stack: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        inputs = [stack, state, noise, plan.lang_mask]
         if self._sampler is None:
-            self._sampler = self._runner("sampler", self._sampler_eager, [stack, state, noise])
-        return self._sampler(stack, state, noise)
+            self._sampler = self._runner("sampler", self._sampler_eager, inputs)
+        return self._sampler(*inputs)
 
     def _runner(self, stage: str, eager: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> Callable:
         if not self.use_cuda_graph:
