@@ -11,6 +11,7 @@ Goal on one H100 at full size: <= 20 ms per chunk. Prints a table; asserts nothi
 from __future__ import annotations
 
 import argparse
+import textwrap
 import resource
 import statistics
 import sys
@@ -128,6 +129,53 @@ def profile_static_stages(policy: GemVLAPolicy, top: int = 8) -> None:
             print(f"  {sum(times) / 1e3:7.2f} ms  {len(times):5d} x  {kernel}")
 
 
+def plot_latency(medians: dict[str, dict[str, float]], title: str, path: Path, goal_ms: float | None) -> None:
+    """Stacked horizontal bars: per column (mode), the median ms of each stage."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(medians)
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(names) + 1.6))
+    left = np.zeros(len(names))
+    for stage, color in zip(STAGES[:-1], ("#8c8c8c", "#4c72b0", "#dd8452", "#55a868")):
+        widths = np.array([medians[name][stage] for name in names])
+        ax.barh(names, widths, left=left, color=color, label=stage)
+        left += widths
+    for y, name in enumerate(names):
+        ax.text(left[y], y, f" {medians[name]['total']:.1f} ms", va="center", fontsize=9,
+                bbox=dict(facecolor="white", edgecolor="none", pad=0.5))
+    ax.invert_yaxis()
+    if goal_ms is not None:
+        ax.axvline(goal_ms, color="k", linestyle="--", linewidth=1)
+        ax.text(goal_ms, -0.55, f" goal {goal_ms:g} ms", fontsize=8, va="bottom")
+    ax.set_xlim(0, left.max() * 1.15)
+    ax.set_xlabel("median ms per action chunk")
+    ax.set_title(textwrap.fill(title, 110), fontsize=9, pad=14)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def read_logged_table(log: Path, index: int = 0) -> tuple[str, dict[str, dict[str, float]]]:
+    """(title, medians per column) of the `index`-th table this bench printed into `log` (re-plot a GPU run)."""
+    lines = log.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("stage (ms)")]
+    start = starts[index]
+    title = next(line for line in reversed(lines[:start]) if line.startswith("GEM-VLA chunk latency"))
+    header = lines[start]
+    width = 19
+    count = (len(header) - 22 - 8) // width
+    names = [header[22 + k * width: 22 + (k + 1) * width].strip() for k in range(count)]
+    medians: dict[str, dict[str, float]] = {name: {} for name in names}
+    for line in lines[start + 2: start + 2 + len(STAGES)]:
+        stage, values = line[:22].strip(), line[22:22 + count * width]
+        for k, name in enumerate(names):
+            medians[name][stage] = float(values[k * width:(k + 1) * width])
+    return title.removeprefix("GEM-VLA chunk latency: "), medians
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -144,9 +192,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true", help="CUDA: kernel counts of the static stages")
     parser.add_argument("--compile", action="store_true",
                         help="one more column: the last mode with VLM layers + RDT blocks through torch.compile (experimental)")
+    parser.add_argument("--plot", type=Path, help="also write the medians as a PNG bar chart")
+    parser.add_argument("--from-log", type=Path, help="re-plot a table this bench printed into a log (with --plot)")
+    parser.add_argument("--table", type=int, default=0, help="which table of --from-log (0 = first)")
     parser.add_argument("--modes", nargs="+", choices=["hf", "static", "cuda_graph"],
                         help="inference modes after 'hf, full VLM' (default: all the device can run)")
     args = parser.parse_args(argv)
+    if args.from_log:
+        if not args.plot:
+            parser.error("--from-log needs --plot")
+        title, medians = read_logged_table(args.from_log, args.table)
+        plot_latency(medians, title, args.plot, 20.0 if "full-size" in title else None)
+        print(f"wrote {args.plot}")
+        return
     device = torch.device(args.device)
     dtype = default_dtype(device)
     image_size = args.image_size or (384 if args.full_size else 64)
@@ -200,6 +258,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'total p95':<22}" + "".join(f"{m:>19.2f}" for m in p95))
     print(f"{'first chunk (plan+capture)':<22}" + "".join(f"{m:>19.1f}" for m in first.values()))
     print(f"{'new instr., same shape':<22}" + "".join(f"{renewed[name]:>19.1f}" for name in first))
+    if args.plot:
+        medians = {name: {stage: statistics.median(r[stage]) for stage in STAGES} for name, r in results.items()}
+        title = (f"{label}, {gpu}, {dtype}, 2 x {image_size}², {args.steps} steps")
+        plot_latency(medians, title, args.plot, 20.0 if args.full_size else None)
+        print(f"wrote {args.plot}")
     if args.profile and device.type == "cuda" and policy._programs:
         profile_static_stages(policy)
     reference = chunks["hf"] if "hf" in chunks else chunks["hf, full VLM"]
