@@ -83,7 +83,7 @@ def measure(policy: GemVLAPolicy, runs: int, mode: str, label: str, chunks: dict
                       rng.normal(size=io.state_dim).astype(np.float32), "pick up the red cube and put it in the tray")
     policy.compile_modules = mode.endswith("+compile")
     policy.inference_mode = mode.removesuffix("+compile")
-    policy._drop_inference_caches()
+    policy.clear_inference_caches()
     t0 = time.perf_counter()
     chunks[label] = policy.predict_action_chunk(obs, seed=0)
     first_ms = (time.perf_counter() - t0) * 1e3

@@ -177,3 +177,18 @@ def test_planned_sampler_equals_per_step_euler_over_velocity(steps):
     got = expert.sample(hidden, state, mask, num_steps=steps, noise=noise)
     assert torch.count_nonzero(got - noise) > 0
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_pad_tokens_change_nothing_in_the_sampler():
+    """Padded prompts (static inference) rely on the mask: garbage in masked positions must not move the chunk."""
+    expert = tiny_expert(seed=8)
+    with torch.no_grad():
+        for p in expert.parameters():
+            p.normal_(0, 0.3)
+    hidden, state, noise = torch.randn(1, 2, 5, 12), torch.randn(1, 5), torch.randn(1, 6, 3)
+    padded = torch.cat([hidden, 50 * torch.randn(1, 2, 3, 12)], dim=2)
+    mask = torch.tensor([[True] * 5 + [False] * 3])
+    expected = expert.sample(hidden, state, None, num_steps=3, noise=noise)
+    torch.testing.assert_close(expert.sample(padded, state, mask, num_steps=3, noise=noise), expected,
+                               rtol=1e-5, atol=1e-5)
+    assert (expert.sample(padded, state, None, num_steps=3, noise=noise) - expected).abs().max() > 1e-3

@@ -1,6 +1,10 @@
 """The static-shape chunk program (static_inference.py) against the library's Qwen3-VL forward and our HF path."""
 from __future__ import annotations
 
+import copy
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -57,6 +61,43 @@ def test_static_vlm_stack_equals_library_hidden_states(policy, shapes):
     assert plan.patches_per_image == [h * w // 256 for h, w, _ in shapes]
 
 
+@torch.no_grad()
+def test_one_program_serves_other_instructions_and_images_exactly(policy):
+    """A program built for one prompt, fed another instruction's plan and other pixels, gives that prompt's
+    library hidden states (stack level: the tiny action expert would blur a stale input)."""
+    backbone, processor, layers = policy.backbone, policy.processor, [0, 1, 2, 3]
+    first = si.build_prompt_plan(backbone, processor, images_of([(64, 64, 3)] * 2), "pick up the red cube", "cpu")
+    program = si.ChunkProgram(policy, first, num_steps=2, use_cuda_graph=False)
+    program.layers = layers
+    stacks = []
+    for seed, instruction in ((1, "put the cube in the tray"), (2, "put the cube in the tray"), (2, "open it")):
+        images = images_of([(64, 64, 3)] * 2, seed=seed)
+        plan = si.build_prompt_plan(backbone, processor, images, instruction, "cpu")
+        assert plan.shape_key == first.shape_key
+        prompt = bb.build_prompts(processor, [images], [instruction], policy.device)
+        reference = backbone.model(**prompt.inputs, output_hidden_states=True, use_cache=False).hidden_states
+        stack = program.vlm(plan, program.pixel_values(images))
+        for i in layers:
+            torch.testing.assert_close(stack[:, i, :plan.length], reference[i], rtol=1e-5, atol=1e-5)
+        stacks.append(stack)
+    assert (stacks[0] - stacks[1]).abs().max() > 1e-2   # other images
+    assert (stacks[1] - stacks[2]).abs().max() > 1e-2   # other instruction
+
+
+@torch.no_grad()
+def test_deepstack_on_the_last_layer_is_normed_after_it_as_in_the_library(policy):
+    backbone = copy.deepcopy(policy.backbone)
+    bb.truncate_text_layers(backbone, 1)   # the only layer also receives DeepStack features
+    images = images_of([(64, 64, 3)] * 2)
+    prompt = bb.build_prompts(policy.processor, [images], ["pick up the red cube"], policy.device)
+    reference = backbone.model(**prompt.inputs, output_hidden_states=True, use_cache=False).hidden_states
+    plan = si.build_prompt_plan(backbone, policy.processor, images, "pick up the red cube", policy.device)
+    pixels = pixel_values_without_resize(policy.processor.image_processor, images, policy.device)
+    stack = si.vlm_hidden_stack(backbone, plan, pixels, [0, 1])
+    for i in (0, 1):
+        torch.testing.assert_close(stack[:, i, :plan.length], reference[i], rtol=1e-5, atol=1e-5)
+
+
 def test_pixels_need_the_processor_when_it_would_resize(policy):
     processor = policy.processor.image_processor
     assert pixel_values_without_resize(processor, images_of([(64, 64, 3), (70, 70, 3)]), policy.device) is None
@@ -85,13 +126,15 @@ def test_static_chunks_equal_hf_chunks(tiny_backbone_dir, make_observation, size
     assert policy.resolved_inference_mode() == "static"   # on a CPU
 
 
-def test_instructions_of_one_padded_length_share_a_program_and_caches_are_bounded(policy, make_observation):
+def test_instructions_of_one_padded_length_share_a_program_and_caches_are_bounded(tiny_backbone_dir,
+                                                                                   make_observation):
+    config = tiny_policy_config()
+    policy = GemVLAPolicy.build(config, tiny_backbone_dir, MinMaxNormalizer.identity(9), device="cpu").eval()
     policy.inference_mode, policy.max_cached_programs, policy.max_cached_plans = "static", 1, 2
-    config = policy.config
     for instruction in ("pick up the red cube", "pick up the blue cube", "put the cube in the tray"):
         policy.predict_action_chunk(make_observation(config, instruction=instruction), seed=0)
     assert len(policy._programs) == 1   # one shape, one program
-    assert [key[0] for key in policy._plans] == ["pick up the blue cube", "put the cube in the tray"]   # LRU
+    assert [key[0][0] for key in policy._plans] == ["pick up the blue cube", "put the cube in the tray"]   # LRU
     program = next(iter(policy._programs.values()))
     long = "pick up the red cube " * 12   # a longer prompt: another padded length, another program
     policy.predict_action_chunk(make_observation(config, instruction=long), seed=0)
@@ -99,9 +142,22 @@ def test_instructions_of_one_padded_length_share_a_program_and_caches_are_bounde
     plan = next(reversed(policy._plans.values()))
     with pytest.raises(ValueError, match="prompt shape"):
         program.vlm(plan, torch.zeros(1))
+    # Weights loaded into the policy invalidate plans (they hold embeddings) and programs (graphs read by address).
+    policy.load_state_dict(policy.state_dict())
+    assert not policy._programs and not policy._plans
+    policy.predict_action_chunk(make_observation(config), seed=0)
     policy.train()
     assert not policy._programs and not policy._plans
+    # Programs do not refer back to the policy: dropping it frees the weights at once, no garbage collection.
     policy.eval()
+    policy.predict_action_chunk(make_observation(config), seed=0)
+    gone = weakref.ref(policy)
+    gc.disable()
+    try:
+        del policy
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 def test_cuda_graph_mode_needs_a_cuda_policy(policy):
@@ -119,23 +175,39 @@ def test_cuda_graph_mode_needs_a_cuda_policy(policy):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (run on a GPU machine)")
-def test_cuda_graph_replays_match_eager_static(tiny_backbone_dir, make_observation):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_cuda_graph_replays_match_eager_static(tiny_backbone_dir, make_observation, dtype):
+    """Graph replays against the eager static program for other instructions and other images, at the VLM stack
+    (where a stale input would show) and at the chunk; bf16 is what runs on robots."""
     torch.manual_seed(0)
     config = tiny_policy_config(chunk_len=6)
     policy = GemVLAPolicy.build(config, tiny_backbone_dir, MinMaxNormalizer.identity(9), device="cuda",
-                                dtype=torch.float32).eval()
-    with torch.no_grad():
-        for p in policy.action_expert.parameters():
-            p.normal_(0, 0.1)
-    chunks = {}
-    instructions = ["pick up the red cube", "put the cube in the tray", "pick up the red cube"]
-    for mode in ("static", "cuda_graph"):
-        policy.inference_mode = mode
-        chunks[mode] = [policy.predict_action_chunk(make_observation(config, seed=s, instruction=instruction), seed=s)
-                        for s, instruction in enumerate(instructions)]
-    program = next(reversed(policy._programs.values()))   # the cuda_graph one, used last
-    assert program.use_cuda_graph and not program.capture_errors, program.capture_errors
-    assert len(policy._programs) == 2   # one per mode: both instructions replayed the same graphs
-    for eager, graphed in zip(chunks["static"], chunks["cuda_graph"]):
-        np.testing.assert_allclose(graphed, eager, rtol=1e-4, atol=1e-4)
-    assert not np.allclose(chunks["cuda_graph"][0], chunks["cuda_graph"][1], atol=1e-3)   # replays see new inputs
+                                dtype=dtype).eval()
+    for p in policy.action_expert.parameters():
+        p.normal_(0, 0.1)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    observations = [make_observation(config, seed=s, instruction=instruction)
+                    for s, instruction in enumerate(["pick up the red cube", "put the cube in the tray",
+                                                     "pick up the red cube"])]
+    plan0 = si.build_prompt_plan(policy.backbone, policy.processor, list(observations[0].images.values()),
+                                 observations[0].instruction, policy.device)
+    eager = si.ChunkProgram(policy, plan0, 3, use_cuda_graph=False)
+    graphed = si.ChunkProgram(policy, plan0, 3, use_cuda_graph=True)
+    stacks = []
+    for obs in observations:
+        images = [obs.images[name] for name in config.io.camera_names]
+        plan = si.build_prompt_plan(policy.backbone, policy.processor, images, obs.instruction, policy.device)
+        pixels = eager.pixel_values(images)
+        expected, got = eager.vlm(plan, pixels), graphed.vlm(plan, pixels).clone()
+        torch.testing.assert_close(got, expected, **tol)
+        state = torch.randn(1, config.io.state_dim, device="cuda")
+        noise = torch.randn(1, 6, 9, device="cuda")
+        torch.testing.assert_close(graphed.sample(plan, got, state, noise), eager.sample(plan, expected, state, noise),
+                                   **tol)
+        stacks.append(got)
+    assert not graphed.capture_errors, graphed.capture_errors
+    assert (stacks[0] - stacks[1]).float().abs().max() > 1e-2   # replays saw the new prompt and pixels
+    policy.inference_mode = "auto"
+    chunk = policy.predict_action_chunk(observations[0], seed=0)
+    assert np.isfinite(chunk).all() and next(iter(policy._programs.values())).use_cuda_graph

@@ -54,6 +54,7 @@ class GemVLAPolicy(nn.Module):
         # programs (with their CUDA graphs) per prompt shape (padded length, image sizes); see static_inference.
         self._plans: OrderedDict[tuple, PromptPlan] = OrderedDict()
         self._programs: OrderedDict[tuple, ChunkProgram] = OrderedDict()
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module.clear_inference_caches())
         io = config.io
         if action_normalizer.dim != io.action_dim:
             raise ValueError(f"action normalizer has {action_normalizer.dim} channels, action_dim is {io.action_dim}")
@@ -204,7 +205,7 @@ class GemVLAPolicy(nn.Module):
 
     def _chunk_program(self, images: list[np.ndarray], instruction: str, steps: int,
                        graphed: bool) -> tuple[PromptPlan, ChunkProgram]:
-        plan = _lru_get(self._plans, prompt_key(images, instruction), self.max_cached_plans,
+        plan = _lru_get(self._plans, (prompt_key(images, instruction), self.prompt_pad_to), self.max_cached_plans,
                         lambda: build_prompt_plan(self.backbone, self.processor, images, instruction, self.device,
                                                   pad_to=self.prompt_pad_to))
         program = _lru_get(self._programs, (plan.shape_key, steps, graphed, self.compile_modules),
@@ -213,14 +214,17 @@ class GemVLAPolicy(nn.Module):
         return plan, program
 
     def _apply(self, fn, *args, **kwargs):
-        self._drop_inference_caches()   # plans hold tensors of the old device/dtype
+        self.clear_inference_caches()   # plans hold tensors of the old device/dtype
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True):
-        self._drop_inference_caches()   # plans hold values computed from the weights (embeddings, position tables)
+        self.clear_inference_caches()   # plans hold values computed from the weights (embeddings, position tables)
         return super().train(mode)
 
-    def _drop_inference_caches(self) -> None:
+    def clear_inference_caches(self) -> None:
+        """Drop prompt plans and chunk programs (CUDA graphs). Plans hold values computed from the weights and
+        graphs read parameters by address: call this after changing weights in place or moving a submodule
+        (`.to()`, `train()` and `load_state_dict` on the policy itself do it)."""
         self._plans.clear()
         self._programs.clear()
 

@@ -159,13 +159,18 @@ def vlm_hidden_stack(backbone: Qwen3VLForConditionalGeneration, plan: PromptPlan
             deepstack.append(merger(hidden))
     image_embeds = visual.merger(hidden).to(plan.text_embeds.dtype)
     hidden = plan.text_embeds.index_copy(1, plan.image_index, image_embeds.unsqueeze(0))
-    states = [hidden]   # hidden_states[0] = embeddings, [i] = output of decoder layer i-1, the last normed
-    for index, layer in enumerate(lm.layers):
+    # hidden_states[0] = embeddings, [i] = output of decoder layer i-1 (before DeepStack), and the last one is the
+    # final norm of the last layer's output (after DeepStack): as the library's output_hidden_states. Layers past
+    # the last one read are not run (a policy loaded with its full VLM for the depth expert).
+    last_needed = max(layers)
+    states = [hidden]
+    for index, layer in enumerate(lm.layers[:last_needed]):
         hidden = text_layer(layer, hidden, plan)
-        states.append(hidden)   # recorded before DeepStack, as the library's output_hidden_states records it
+        states.append(hidden)
         if index < len(deepstack):   # DeepStack: visual features added to the image tokens of the first layers
             hidden = hidden.index_add(1, plan.image_index, deepstack[index].unsqueeze(0).to(hidden.dtype))
-    states[-1] = lm.norm(states[-1])
+    if last_needed == len(lm.layers):
+        states[-1] = lm.norm(hidden)
     return torch.stack([states[i] for i in layers], dim=1)
 
 
@@ -188,7 +193,10 @@ class CudaGraphCallable:
             self.output = fn(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        for captured, value in zip(self.inputs, inputs):
+        for captured, value in zip(self.inputs, inputs, strict=True):
+            if captured.shape != value.shape or captured.dtype != value.dtype:   # copy_ would broadcast or cast
+                raise ValueError(f"graph input {tuple(value.shape)} {value.dtype} != captured "
+                                 f"{tuple(captured.shape)} {captured.dtype}")
             if captured.data_ptr() != value.data_ptr():
                 captured.copy_(value)
         self.graph.replay()
@@ -202,10 +210,14 @@ class ChunkProgram:
     warm-ups, then the capture: ~0.2 s on an H100) and replays them after."""
 
     def __init__(self, policy, plan: PromptPlan, num_steps: int, use_cuda_graph: bool, compile_modules: bool = False):
-        self.policy, self.num_steps, self.use_cuda_graph = policy, num_steps, use_cuda_graph
+        # The modules, not the policy: the policy caches programs, and a cycle would keep GPU weights and graph
+        # pools alive after the policy is dropped (until a garbage collection).
+        self.backbone, self.action_expert = policy.backbone, policy.action_expert
+        self.image_processor, self.layers = policy.processor.image_processor, list(policy.config.layers_per_block)
+        self.device, self.num_steps, self.use_cuda_graph = policy.device, num_steps, use_cuda_graph
         self.shape_plan = plan                     # its shape-wide fields; per-prompt ones come with each call
         self.compile_modules = compile_modules     # experimental: VLM layers and RDT blocks through torch.compile
-        self._times = euler_times(num_steps, policy.device)   # uploaded here: no host copies inside a capture
+        self._times = euler_times(num_steps, self.device)   # uploaded here: no host copies inside a capture
         self._vlm: Callable | None = None
         self._sampler: Callable | None = None
         self.capture_errors: dict[str, str] = {}   # stage -> why it runs eagerly although graphs were asked for
@@ -213,17 +225,20 @@ class ChunkProgram:
     def _vlm_eager(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor, image_index: torch.Tensor,
                    cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         plan = replace(self.shape_plan, text_embeds=text_embeds, image_index=image_index, rope=(cos, sin))
-        return vlm_hidden_stack(self.policy.backbone, plan, pixel_values, self.policy.config.layers_per_block,
-                                self.compile_modules)
+        return vlm_hidden_stack(self.backbone, plan, pixel_values, self.layers, self.compile_modules)
 
     def _sampler_eager(self, stack: torch.Tensor, state: torch.Tensor, noise: torch.Tensor,
                        lang_mask: torch.Tensor) -> torch.Tensor:
-        return self.policy.action_expert.integrate(noise, stack, state, lang_mask, self._times,
-                                                   compile_blocks=self.compile_modules)
+        return self.action_expert.integrate(noise, stack, state, lang_mask, self._times,
+                                            compile_blocks=self.compile_modules)
 
     def vlm(self, plan: PromptPlan, pixel_values: torch.Tensor) -> torch.Tensor:
         if plan.shape_key != self.shape_plan.shape_key:
             raise ValueError(f"prompt shape {plan.shape_key} != this program's {self.shape_plan.shape_key}")
+        for name in ("text_position_ids", "causal_mask"):   # shape-wide by construction: taken from the first plan
+            mine, first = getattr(plan, name), getattr(self.shape_plan, name)
+            if (mine is None) != (first is None) or (mine is not None and not torch.equal(mine, first)):
+                raise ValueError(f"prompt {plan.key[0]!r}: {name} differs from its shape's first prompt")
         inputs = [pixel_values, plan.text_embeds, plan.image_index, *plan.rope]
         if self._vlm is None:
             self._vlm = self._runner("VLM", self._vlm_eager, inputs)
@@ -248,10 +263,8 @@ class ChunkProgram:
     def pixel_values(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Normalised patches on the device; camera images at a size the processor keeps are patched there
         (no CPU pass), others go through the library processor's resize."""
-        device = self.policy.device
-        pixels = pixel_values_without_resize(self.policy.processor.image_processor, images, device)
+        pixels = pixel_values_without_resize(self.image_processor, images, self.device)
         if pixels is None:
-            inputs = self.policy.processor.image_processor(images=list(images), return_tensors="pt",
-                                                           input_data_format="channels_last")
-            pixels = inputs["pixel_values"].to(device)
+            inputs = self.image_processor(images=list(images), return_tensors="pt", input_data_format="channels_last")
+            pixels = inputs["pixel_values"].to(self.device)
         return pixels
