@@ -84,3 +84,14 @@ def test_clock_steps_are_whole_physics_steps_so_a_50_hz_sim_time_timer_keeps_its
     periods = np.diff(fires[5:])
     # 25 ms (40 Hz) with the old steps; a busy machine may still make the odd late step skip a tick, hence 10 %.
     assert periods.mean() == pytest.approx(0.02, rel=0.1), np.round(periods, 4)
+
+
+def test_a_tick_that_runs_after_destroy_does_nothing(ros):
+    """Shutdown race seen in CI: the executor had taken a tick when the node was destroyed; pybullet was already
+    disconnected ('Not connected to physics server'). A late tick must return quietly."""
+    sim = SimNode(context=ros.context)
+    sim.tick()
+    ticks = sim._ticks
+    sim.destroy_node()
+    sim.tick()
+    assert sim._ticks == ticks

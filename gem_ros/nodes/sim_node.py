@@ -51,6 +51,7 @@ class SimNode(Node):
             self.get_logger().info(f"step_s {requested} s -> {self.step_s:.6g} s ({physics_steps} physics steps at "
                                    f"{self.sim.cfg.physics_hz:g} Hz)")
         self._lock = threading.Lock()    # physics, rendering and trajectory updates never interleave
+        self._closed = False
         self.instruction = self.sim.reset(get("seed"))
         names, positions, _ = self.sim.joint_state()
         self.follower = TrajectoryFollower(names, positions)
@@ -101,6 +102,8 @@ class SimNode(Node):
 
     def tick(self) -> None:
         with self._lock:
+            if self._closed:   # an executor thread may still run a tick it took before the node was destroyed
+                return
             target = self.follower.target(self.sim.time_s)
             self.sim.set_joint_targets(self.follower.joint_names, target)
             self.sim.step(self.step_s)
@@ -127,7 +130,9 @@ class SimNode(Node):
                 depth_pub.publish(depth_to_image_msg(depth, stamp, cam.frame_id))
 
     def destroy_node(self) -> None:
-        self.sim.close()
+        with self._lock:
+            self._closed = True
+            self.sim.close()
         super().destroy_node()
 
 
