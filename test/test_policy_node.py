@@ -192,3 +192,18 @@ def test_predicted_depth_topic_follows_the_chunks(ros, depth_checkpoint_dir, tin
         Parameter("state_joint_names", value=JOINTS), Parameter("predicted_depth_every_n_chunks", value=1)]))
     assert plain.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "no depth expert" in plain._status_reason
+
+
+def test_diagnostics_name_the_inference_mode_and_warn_when_graph_capture_failed(ros, setup):
+    policy, probe, robot, seen = setup
+    ros.wait_for(lambda: any(st.name == "gem_policy" for d in seen["diag"] for st in d.status), 5, "diagnostics")
+    values = {kv.key: kv.value for kv in seen["diag"][-1].status[0].values}
+    assert values["inference_mode"] == "static"   # auto on a CPU
+    policy.policy.capture_errors["VLM"] = "RuntimeError: operation not permitted when stream is capturing"
+    seen["diag"].clear()
+    ros.wait_for(lambda: any("cuda_graph_capture_failed" in {kv.key for kv in st.values}
+                             for d in seen["diag"] for st in d.status), 5, "capture failure in diagnostics")
+    status = next(st for d in seen["diag"] for st in d.status
+                  if "cuda_graph_capture_failed" in {kv.key for kv in st.values})
+    assert status.level >= DiagnosticStatus.WARN and "not permitted" in {kv.key: kv.value for kv in status.values}[
+        "cuda_graph_capture_failed"]

@@ -107,7 +107,7 @@ class PolicyNode(LifecycleNode):
         self.policy = GemVLAPolicy.from_pretrained(self._checkpoint, device=get("device"),
                                                    keep_full_vlm=depth_every > 0)
         self.policy.inference_mode = get("inference_mode")
-        mode = self.policy.resolved_inference_mode()   # a wrong value fails configure with the allowed ones
+        mode = self._inference_mode = self.policy.resolved_inference_mode()   # a bad value fails configure
         if depth_every and self.policy.depth_expert is None:
             raise ValueError(f"predicted_depth_every_n_chunks={depth_every} but checkpoint {self._checkpoint} has "
                              "no depth expert; set it to 0")
@@ -292,6 +292,14 @@ class PolicyNode(LifecycleNode):
         values = {f"latency_{k}_ms": f"{v:.1f}" for k, v in timings.items()}
         values.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
         values["chunks_produced"] = str(snap.chunks if snap else 0)
+        if self.policy is not None:
+            values["inference_mode"] = self._inference_mode
+            failed = dict(self.policy.capture_errors)   # copied: the inference thread may add to it
+            if failed:   # still correct, but several times slower than configured: say so
+                level = max(level, DiagnosticStatus.WARN)
+                values["cuda_graph_capture_failed"] = "; ".join(f"{stage}: {err[:200]}" for stage, err in failed.items())
+                if not reason:
+                    reason = "CUDA graph capture failed; running eagerly"
         if self._depth_ms is not None:
             values["latency_predicted_depth_ms"] = f"{self._depth_ms:.1f}"
         diag = DiagnosticArray()

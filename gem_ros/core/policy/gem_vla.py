@@ -81,6 +81,7 @@ class GemVLAPolicy(nn.Module):
         self.max_cached_plans = 32        # small: token embeddings and rotary of one prompt
         self.max_cached_programs = 4      # each holds two CUDA graphs' memory pools on a GPU
         self.prompt_pad_to = 32           # prompt lengths are padded to a multiple of this (one program per bucket)
+        self.capture_errors: dict[str, str] = {}   # stage -> why CUDA graph capture failed (it then runs eagerly)
         self.compile_modules = False      # experimental: torch.compile the VLM layers and RDT blocks (static modes)
 
     # ----------------------------------------------------------------------------------------- construction
@@ -210,7 +211,8 @@ class GemVLAPolicy(nn.Module):
                                                   pad_to=self.prompt_pad_to))
         program = _lru_get(self._programs, (plan.shape_key, steps, graphed, self.compile_modules),
                            self.max_cached_programs,
-                           lambda: ChunkProgram(self, plan, steps, graphed, compile_modules=self.compile_modules))
+                           lambda: ChunkProgram(self, plan, steps, graphed, compile_modules=self.compile_modules,
+                                                capture_errors=self.capture_errors))
         return plan, program
 
     def _apply(self, fn, *args, **kwargs):

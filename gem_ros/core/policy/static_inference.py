@@ -209,7 +209,8 @@ class ChunkProgram:
     instruction of that shape. `use_cuda_graph` captures each of the two stages on its first call (two eager
     warm-ups, then the capture: ~0.2 s on an H100) and replays them after."""
 
-    def __init__(self, policy, plan: PromptPlan, num_steps: int, use_cuda_graph: bool, compile_modules: bool = False):
+    def __init__(self, policy, plan: PromptPlan, num_steps: int, use_cuda_graph: bool, compile_modules: bool = False,
+                 capture_errors: dict[str, str] | None = None):
         # The modules, not the policy: the policy caches programs, and a cycle would keep GPU weights and graph
         # pools alive after the policy is dropped (until a garbage collection).
         self.backbone, self.action_expert = policy.backbone, policy.action_expert
@@ -220,7 +221,8 @@ class ChunkProgram:
         self._times = euler_times(num_steps, self.device)   # uploaded here: no host copies inside a capture
         self._vlm: Callable | None = None
         self._sampler: Callable | None = None
-        self.capture_errors: dict[str, str] = {}   # stage -> why it runs eagerly although graphs were asked for
+        # stage -> why it runs eagerly although graphs were asked for (the policy shares one dict over programs)
+        self.capture_errors: dict[str, str] = {} if capture_errors is None else capture_errors
 
     def _vlm_eager(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor, image_index: torch.Tensor,
                    cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
