@@ -303,7 +303,7 @@ class DistillationObjective(nn.Module):
 
 def condition(policy: GemVLAPolicy, batch):
     """VLM hidden-state stack (no grad), policy-space state and language mask of a TrainingBatch."""
-    prompt = bb.build_prompts(policy.processor, batch.images, batch.instructions, policy.device)
+    prompt = policy.build_prompts(batch.images, batch.instructions)
     with torch.no_grad():
         stack, _ = bb.hidden_state_stack(policy.backbone, prompt, policy.config.layers_per_block)
     state = batch.state.to(policy.device, torch.float32)

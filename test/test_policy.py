@@ -293,3 +293,26 @@ def test_noise_scale_scales_the_samplers_starting_noise(policy, make_observation
         policy.action_expert.__dict__.pop("sample", None)
     with pytest.raises(ValueError, match="noise_scale must be in"):
         dataclasses.replace(base, noise_scale=2.0)
+
+
+@pytest.mark.parametrize("sizes", [[(64, 64), (64, 64)], [(64, 96), (64, 64)], [(70, 70), (64, 64)]],
+                         ids=["patched_on_device", "two_sizes", "resized_by_processor"])
+def test_prompt_builder_gives_the_processor_batch(tiny_backbone_dir, sizes):
+    """Cached per-instruction tokens padded as the tokenizer pads, pixels as the processor makes them: the same
+    tensors as `build_prompts`, for a batch mixing instructions of different lengths, on cold and warm cache."""
+    from gem_ros.core.policy import backbone as bb
+
+    processor = bb.load_processor(tiny_backbone_dir)
+    builder = bb.PromptBuilder(processor, max_cached=2)
+    rng = np.random.default_rng(1)
+    for instructions in (["pick up the red cube", "open", "pick up the red cube"],
+                         ["open", "put the cube in the tray and then open the gripper", "open"]):
+        images = [[rng.integers(0, 256, (h, w, 3), np.uint8) for h, w in sizes] for _ in instructions]
+        expected = bb.build_prompts(processor, images, instructions, torch.device("cpu")).inputs
+        for _ in range(2):
+            got = builder(images, instructions, torch.device("cpu")).inputs
+            assert set(got) == set(expected)
+            for key, value in expected.items():
+                assert got[key].dtype == value.dtype, key
+                torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6, msg=key)
+    assert len(builder._samples) == 2   # bounded cache

@@ -5,6 +5,7 @@ checkpoint. We assemble an image-only processor from `AutoImageProcessor` + `Aut
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from gem_ros.core.policy import image_processing
 from gem_ros.core.policy.image_processing import BatchedQwen2VLImageProcessor
 
 REQUIRED_BACKBONE_FILES = ("config.json", "tokenizer_config.json")
@@ -124,6 +126,53 @@ def build_prompts(processor: ImageOnlyQwen3VLProcessor, images: list[list[np.nda
     inputs = processor(text=texts, images=flat_images, return_tensors="pt", padding=True,
                        input_data_format="channels_last")
     return PromptBatch({k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)})
+
+
+class PromptBuilder:
+    """`build_prompts` with each sample's text work (chat template, tokenizer, image-token expansion) done once per
+    (instruction, image sizes), and the pixels patched on the target device when the processor would not resize
+    them. Training batches repeat a few instructions at fixed camera sizes; the library processor took 15 % of a
+    tiny CPU training step and 108 ms of a 526 ms full-size step on an H200. Same tensors as `build_prompts`
+    (test_policy.py)."""
+
+    def __init__(self, processor: ImageOnlyQwen3VLProcessor, max_cached: int = 4096):
+        self.processor, self.max_cached = processor, max_cached
+        self._samples: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+
+    def _sample(self, images: list[np.ndarray], instruction: str) -> dict[str, torch.Tensor]:
+        key = (instruction, tuple(image.shape for image in images))
+        sample = self._samples.pop(key, None)
+        if sample is None:
+            inputs = build_prompts(self.processor, [images], [instruction], torch.device("cpu")).inputs
+            sample = {k: v[0] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        self._samples[key] = sample
+        if len(self._samples) > self.max_cached:
+            self._samples.pop(next(iter(self._samples)))
+        return sample
+
+    def __call__(self, images: list[list[np.ndarray]], instructions: list[str], device: torch.device) -> PromptBatch:
+        samples = [self._sample(list(sample_images), instruction)
+                   for sample_images, instruction in zip(images, instructions)]
+        tokenizer = self.processor.tokenizer
+        length, left = max(len(s["input_ids"]) for s in samples), tokenizer.padding_side == "left"
+        fill = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "mm_token_type_ids": 0}
+        inputs = {key: torch.full((len(samples), length), fill[key], dtype=torch.long) for key in samples[0]}
+        for row, sample in enumerate(samples):   # pad as the tokenizer pads (side, id, mask 0)
+            n = len(sample["input_ids"])
+            cols = slice(length - n, length) if left else slice(0, n)
+            for key, values in sample.items():
+                inputs[key][row, cols] = values
+        flat = [image for sample_images in images for image in sample_images]
+        image_processor = self.processor.image_processor
+        pixels = image_processing.pixel_values_without_resize(image_processor, flat, torch.device(device))
+        if pixels is None:
+            out = image_processor(images=flat, return_tensors="pt", input_data_format="channels_last")
+            pixels, grid = out["pixel_values"], out["image_grid_thw"]
+        else:
+            patch = image_processor.patch_size
+            grid = torch.tensor([[1, image.shape[0] // patch, image.shape[1] // patch] for image in flat])
+        inputs.update(pixel_values=pixels, image_grid_thw=grid)
+        return PromptBatch({k: v.to(device) for k, v in inputs.items()})
 
 
 def hidden_state_stack(model: Qwen3VLForConditionalGeneration, prompt: PromptBatch, layers: list[int],

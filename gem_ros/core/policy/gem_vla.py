@@ -64,6 +64,7 @@ class GemVLAPolicy(nn.Module):
         if vlm_hidden != config.rdt.cond_hidden_size:
             raise ValueError(f"rdt.cond_hidden_size {config.rdt.cond_hidden_size} != backbone hidden size {vlm_hidden}")
         self.config, self.backbone, self.processor = config, backbone, processor
+        self._prompt_builder = bb.PromptBuilder(processor)
         self.action_normalizer, self.state_normalizer = action_normalizer, state_normalizer
         self.action_expert = ActionExpert(config.rdt, io.action_dim, io.state_dim, io.chunk_len)
         self.depth_expert = None
@@ -158,8 +159,12 @@ class GemVLAPolicy(nn.Module):
     def device(self) -> torch.device:
         return next(self.action_expert.parameters()).device
 
+    def build_prompts(self, images: list[list[np.ndarray]], instructions: list[str]) -> bb.PromptBatch:
+        """The VLM inputs of a batch on the policy's device (`backbone.PromptBuilder`: cached per instruction)."""
+        return self._prompt_builder(images, instructions, self.device)
+
     def _encode(self, images: list[list[np.ndarray]], instructions: list[str], need_last: bool = False):
-        prompt = bb.build_prompts(self.processor, images, instructions, self.device)
+        prompt = self.build_prompts(images, instructions)
         stack, last = bb.hidden_state_stack(self.backbone, prompt, self.config.layers_per_block, need_last)
         return prompt, stack, last
 
