@@ -1,20 +1,17 @@
 """gem_policy in-process over rclpy: lifecycle, chunks, action goals (feedback, cancel, pre-emption), stale input."""
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from lifecycle_msgs.msg import State  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from gem_msgs.action import ExecuteInstruction  # noqa: E402
 from gem_msgs.msg import ActionChunk, PolicyStatus  # noqa: E402
 from gem_ros.commander import GemCommander  # noqa: E402
 from gem_ros.nodes.conversions import rgb_to_image_msg  # noqa: E402
