@@ -34,6 +34,7 @@ from gem_ros.core.policy.tiny import (CHAT_TEMPLATE, tiny_backbone_config, tiny_
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration  # noqa: E402
 
 STAGES = ("preprocess", "vlm", "action_expert", "postprocess", "total")
+LABEL_WIDTH, COLUMN_WIDTH, RATIO_WIDTH = 22, 19, 8   # the printed table's columns (read back by read_logged_table)
 
 
 def qwen3_vl_2b_config(tokenizer) -> Qwen3VLConfig:
@@ -105,15 +106,16 @@ def profile_static_stages(policy: GemVLAPolicy, top: int = 8) -> None:
     graphs the launch overhead is gone, and what remains is about kernel count x a few us plus the arithmetic."""
     from torch.profiler import ProfilerActivity, profile
 
-    program, plan = next(reversed(policy._programs.values())), next(reversed(policy._plans.values()))
+    program, plan = policy._programs.values()[-1], policy._plans.values()[-1]
     io = policy.config.io
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in io.cameras]
     pixels = program.pixel_values(images)
     state = torch.zeros(1, io.state_dim, device=policy.device)
     noise = torch.randn(1, io.chunk_len, io.action_dim, device=policy.device)
-    stack = program._vlm_eager(pixels, plan.text_embeds, plan.image_index, *plan.rope)
-    for name, run in (("VLM", lambda: program._vlm_eager(pixels, plan.text_embeds, plan.image_index, *plan.rope)),
+    vlm_inputs = (pixels, plan.input_ids, plan.lang_mask, plan.image_index, *plan.rope)
+    stack = program._vlm_eager(*vlm_inputs)
+    for name, run in (("VLM", lambda: program._vlm_eager(*vlm_inputs)),
                       ("sampler", lambda: program._sampler_eager(stack, state, noise, plan.lang_mask))):
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -165,12 +167,12 @@ def read_logged_table(log: Path, index: int = 0) -> tuple[str, dict[str, dict[st
     start = starts[index]
     title = next(line for line in reversed(lines[:start]) if line.startswith("GEM-VLA chunk latency"))
     header = lines[start]
-    width = 19
-    count = (len(header) - 22 - 8) // width
-    names = [header[22 + k * width: 22 + (k + 1) * width].strip() for k in range(count)]
+    first, width = LABEL_WIDTH, COLUMN_WIDTH
+    count = (len(header) - first - RATIO_WIDTH) // width
+    names = [header[first + k * width: first + (k + 1) * width].strip() for k in range(count)]
     medians: dict[str, dict[str, float]] = {name: {} for name in names}
     for line in lines[start + 2: start + 2 + len(STAGES)]:
-        stage, values = line[:22].strip(), line[22:22 + count * width]
+        stage, values = line[:first].strip(), line[first:first + count * width]
         for k, name in enumerate(names):
             medians[name][stage] = float(values[k * width:(k + 1) * width])
     return title.removeprefix("GEM-VLA chunk latency: "), medians
@@ -247,17 +249,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"params: VLM {n_vlm:.1f} M, action expert {n_rdt:.1f} M; build {build_s:.1f} s; "
           f"peak memory {peak_memory_mb(device):.0f} MiB ({'GPU allocated' if device.type == 'cuda' else 'RSS'})")
     print("columns after the first: truncated VLM; ratio = last column / 'hf'")
-    header = f"{'stage (ms)':<22}" + "".join(f"{name:>19}" for name in results) + f"{'ratio':>8}"
+    label, column, ratio_w = LABEL_WIDTH, COLUMN_WIDTH, RATIO_WIDTH
+    header = f"{'stage (ms)':<{label}}" + "".join(f"{name:>{column}}" for name in results) + f"{'ratio':>{ratio_w}}"
     print(header + "\n" + "-" * len(header))
     base, last = ("hf" if "hf" in results else list(results)[0]), list(results)[-1]
     for stage in STAGES:
         med = {name: statistics.median(r[stage]) for name, r in results.items()}
         ratio = med[last] / med[base] if med[base] > 0 else float("nan")
-        print(f"{stage:<22}" + "".join(f"{m:>19.2f}" for m in med.values()) + f"{ratio:>8.2f}")
+        print(f"{stage:<{label}}" + "".join(f"{m:>{column}.2f}" for m in med.values()) + f"{ratio:>{ratio_w}.2f}")
     p95 = [float(np.percentile(r["total"], 95)) for r in results.values()]
-    print(f"{'total p95':<22}" + "".join(f"{m:>19.2f}" for m in p95))
-    print(f"{'first chunk (plan+capture)':<22}" + "".join(f"{m:>19.1f}" for m in first.values()))
-    print(f"{'new instr., same shape':<22}" + "".join(f"{renewed[name]:>19.1f}" for name in first))
+    print(f"{'total p95':<{label}}" + "".join(f"{m:>{column}.2f}" for m in p95))
+    print(f"{'first chunk (plan+capture)':<{label}}" + "".join(f"{m:>{column}.1f}" for m in first.values()))
+    print(f"{'new instr., same shape':<{label}}" + "".join(f"{renewed[name]:>{column}.1f}" for name in first))
     if args.plot:
         medians = {name: {stage: statistics.median(r[stage]) for stage in STAGES} for name, r in results.items()}
         title = (f"{label}, {gpu}, {dtype}, 2 x {image_size}², {args.steps} steps")

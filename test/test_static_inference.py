@@ -46,8 +46,8 @@ def test_static_vlm_stack_equals_library_hidden_states(policy, shapes):
     images = images_of(shapes)
     prompt = bb.build_prompts(policy.processor, [images], ["pick up the red cube"], policy.device)
     reference = backbone.model(**prompt.inputs, output_hidden_states=True, use_cache=False).hidden_states
-    plan = si.build_prompt_plan(backbone, policy.processor, images, "pick up the red cube", policy.device)
-    pixels = pixel_values_without_resize(policy.processor.image_processor, images, policy.device)
+    plan = si.build_prompt_plan(backbone, policy._prompt_builder, images, "pick up the red cube", policy.device)
+    pixels, _ = pixel_values_without_resize(policy.processor.image_processor, images, policy.device)
     # Bit-equal to our batched processor; the library's torchvision backend (used where torchvision is installed)
     # fuses rescale and normalise in float32, so it differs in the last bits.
     torch.testing.assert_close(pixels, prompt.inputs["pixel_values"], rtol=0, atol=1e-6)
@@ -66,13 +66,14 @@ def test_one_program_serves_other_instructions_and_images_exactly(policy):
     """A program built for one prompt, fed another instruction's plan and other pixels, gives that prompt's
     library hidden states (stack level: the tiny action expert would blur a stale input)."""
     backbone, processor, layers = policy.backbone, policy.processor, [0, 1, 2, 3]
-    first = si.build_prompt_plan(backbone, processor, images_of([(64, 64, 3)] * 2), "pick up the red cube", "cpu")
+    first = si.build_prompt_plan(backbone, policy._prompt_builder, images_of([(64, 64, 3)] * 2),
+                                 "pick up the red cube", "cpu")
     program = si.ChunkProgram(policy, first, num_steps=2, use_cuda_graph=False)
     program.layers = layers
     stacks = []
     for seed, instruction in ((1, "put the cube in the tray"), (2, "put the cube in the tray"), (2, "open it")):
         images = images_of([(64, 64, 3)] * 2, seed=seed)
-        plan = si.build_prompt_plan(backbone, processor, images, instruction, "cpu")
+        plan = si.build_prompt_plan(backbone, policy._prompt_builder, images, instruction, "cpu")
         assert plan.shape_key == first.shape_key
         prompt = bb.build_prompts(processor, [images], [instruction], policy.device)
         reference = backbone.model(**prompt.inputs, output_hidden_states=True, use_cache=False).hidden_states
@@ -91,8 +92,8 @@ def test_deepstack_on_the_last_layer_is_normed_after_it_as_in_the_library(policy
     images = images_of([(64, 64, 3)] * 2)
     prompt = bb.build_prompts(policy.processor, [images], ["pick up the red cube"], policy.device)
     reference = backbone.model(**prompt.inputs, output_hidden_states=True, use_cache=False).hidden_states
-    plan = si.build_prompt_plan(backbone, policy.processor, images, "pick up the red cube", policy.device)
-    pixels = pixel_values_without_resize(policy.processor.image_processor, images, policy.device)
+    plan = si.build_prompt_plan(backbone, policy._prompt_builder, images, "pick up the red cube", policy.device)
+    pixels, _ = pixel_values_without_resize(policy.processor.image_processor, images, policy.device)
     stack = si.vlm_hidden_stack(backbone, plan, pixels, [0, 1])
     for i in (0, 1):
         torch.testing.assert_close(stack[:, i, :plan.length], reference[i], rtol=1e-5, atol=1e-5)
@@ -130,27 +131,41 @@ def test_instructions_of_one_padded_length_share_a_program_and_caches_are_bounde
                                                                                    make_observation):
     config = tiny_policy_config()
     policy = GemVLAPolicy.build(config, tiny_backbone_dir, MinMaxNormalizer.identity(9), device="cpu").eval()
-    policy.inference_mode, policy.max_cached_programs, policy.max_cached_plans = "static", 1, 2
+    with torch.no_grad():   # not the zero-initialised identity: chunks depend on the VLM
+        for p in policy.action_expert.parameters():
+            p.normal_(0, 0.3)
+    policy.inference_mode, policy._programs.capacity, policy._plans.capacity = "static", 1, 2
     for instruction in ("pick up the red cube", "pick up the blue cube", "put the cube in the tray"):
         policy.predict_action_chunk(make_observation(config, instruction=instruction), seed=0)
     assert len(policy._programs) == 1   # one shape, one program
-    assert [key[0][0] for key in policy._plans] == ["pick up the blue cube", "put the cube in the tray"]   # LRU
-    program = next(iter(policy._programs.values()))
+    assert [key[0][0] for key in policy._plans.keys()] == ["pick up the blue cube", "put the cube in the tray"]
+    program = policy._programs.values()[0]
     long = "pick up the red cube " * 12   # a longer prompt: another padded length, another program
     policy.predict_action_chunk(make_observation(config, instruction=long), seed=0)
-    assert len(policy._programs) == 1 and next(iter(policy._programs.values())) is not program
-    plan = next(reversed(policy._plans.values()))
+    assert len(policy._programs) == 1 and policy._programs.values()[0] is not program
+    plan = policy._plans.values()[-1]
     with pytest.raises(ValueError, match="prompt shape"):
         program.vlm(plan, torch.zeros(1))
-    # Weights loaded into the policy invalidate plans (they hold embeddings) and programs (graphs read by address).
+    # Plans hold nothing computed from weights: an in-place update (an optimizer step) reaches the next chunk.
+    observation = make_observation(config)
+    before = policy.predict_action_chunk(observation, seed=0)
+    cached = len(policy._plans)
+    with torch.no_grad():
+        policy.backbone.model.language_model.embed_tokens.weight.mul_(3.0)
+        policy.backbone.model.visual.pos_embed.weight.add_(0.5)
+    after = policy.predict_action_chunk(observation, seed=0)
+    assert len(policy._plans) == cached and not np.allclose(after, before, atol=1e-4)
+    policy.inference_mode = "hf"
+    np.testing.assert_allclose(after, policy.predict_action_chunk(observation, seed=0), rtol=1e-4, atol=1e-5)
+    # Moved or reloaded parameters are other memory: the caches go.
     policy.load_state_dict(policy.state_dict())
     assert not policy._programs and not policy._plans
-    policy.predict_action_chunk(make_observation(config), seed=0)
-    policy.train()
+    policy.inference_mode = "static"
+    policy.predict_action_chunk(observation, seed=0)
+    policy.float()
     assert not policy._programs and not policy._plans
     # Programs do not refer back to the policy: dropping it frees the weights at once, no garbage collection.
-    policy.eval()
-    policy.predict_action_chunk(make_observation(config), seed=0)
+    policy.predict_action_chunk(observation, seed=0)
     gone = weakref.ref(policy)
     gc.disable()
     try:
@@ -158,6 +173,22 @@ def test_instructions_of_one_padded_length_share_a_program_and_caches_are_bounde
         assert gone() is None
     finally:
         gc.enable()
+
+
+def test_a_failed_graph_capture_runs_the_stage_eagerly_and_says_why(policy, make_observation, monkeypatch):
+    """Without a GPU the capture itself cannot run; the fallback around it can: a capture that raises leaves the
+    stage eager, the chunk correct, and the reason in `capture_errors` (gem_policy turns it into a WARN)."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(si, "CudaGraphCallable", refuse)
+    plan = si.build_prompt_plan(policy.backbone, policy._prompt_builder, images_of([(64, 64, 3)] * 2),
+                                "pick up the red cube", policy.device)
+    eager = si.ChunkProgram(policy, plan, 2, use_cuda_graph=False)
+    graphed = si.ChunkProgram(policy, plan, 2, use_cuda_graph=True)
+    pixels = eager.pixel_values(images_of([(64, 64, 3)] * 2))
+    torch.testing.assert_close(graphed.vlm(plan, pixels), eager.vlm(plan, pixels))
+    assert set(graphed.capture_errors) == {"VLM"} and "not permitted" in graphed.capture_errors["VLM"]
 
 
 def test_cuda_graph_mode_needs_a_cuda_policy(policy):
@@ -190,14 +221,14 @@ def test_cuda_graph_replays_match_eager_static(tiny_backbone_dir, make_observati
     observations = [make_observation(config, seed=s, instruction=instruction)
                     for s, instruction in enumerate(["pick up the red cube", "put the cube in the tray",
                                                      "pick up the red cube"])]
-    plan0 = si.build_prompt_plan(policy.backbone, policy.processor, list(observations[0].images.values()),
+    plan0 = si.build_prompt_plan(policy.backbone, policy._prompt_builder, list(observations[0].images.values()),
                                  observations[0].instruction, policy.device)
     eager = si.ChunkProgram(policy, plan0, 3, use_cuda_graph=False)
     graphed = si.ChunkProgram(policy, plan0, 3, use_cuda_graph=True)
     stacks = []
     for obs in observations:
         images = [obs.images[name] for name in config.io.camera_names]
-        plan = si.build_prompt_plan(policy.backbone, policy.processor, images, obs.instruction, policy.device)
+        plan = si.build_prompt_plan(policy.backbone, policy._prompt_builder, images, obs.instruction, policy.device)
         pixels = eager.pixel_values(images)
         expected, got = eager.vlm(plan, pixels), graphed.vlm(plan, pixels).clone()
         torch.testing.assert_close(got, expected, **tol)

@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gem_ros.core.lru import LRUCache
+
 
 def decode_image_bytes(buffer: bytes, color: bool, swap_rb: bool) -> np.ndarray:
     """JPEG/PNG bytes -> array. `color` forces 3 channels; otherwise the stored depth (8/16 bit) is kept."""
@@ -76,7 +78,7 @@ class EncodedFrames:
         return frames if dtype is None else frames.astype(dtype)
 
 
-class SegmentCache:
+class SegmentCache(LRUCache):
     """LRU of decoded video segments shared by the `VideoFrames` of one dataset.
 
     Decoding a whole segment once is far cheaper than seeking per frame in a long-GOP video. Pickling (to a
@@ -84,23 +86,10 @@ class SegmentCache:
     """
 
     def __init__(self, capacity: int = 8) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._segments: OrderedDict[tuple, np.ndarray] = OrderedDict()
-
-    def get(self, key: tuple, decode) -> np.ndarray:
-        if key in self._segments:
-            self._segments.move_to_end(key)
-            return self._segments[key]
-        frames = decode()
-        self._segments[key] = frames
-        while len(self._segments) > self.capacity:
-            self._segments.popitem(last=False)
-        return frames
+        super().__init__(capacity)
 
     def __getstate__(self) -> dict:
-        return {"capacity": self.capacity, "_segments": OrderedDict()}
+        return {"capacity": self.capacity, "_items": OrderedDict()}
 
 
 class VideoFrames:

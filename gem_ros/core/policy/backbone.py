@@ -5,7 +5,6 @@ checkpoint. We assemble an image-only processor from `AutoImageProcessor` + `Aut
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from gem_ros.core.lru import LRUCache
 from gem_ros.core.policy import image_processing
 from gem_ros.core.policy.image_processing import BatchedQwen2VLImageProcessor
 
@@ -113,6 +113,11 @@ class PromptBatch:
         return self.inputs["input_ids"]
 
 
+def prompt_key(images, instruction: str) -> tuple:
+    """What fixes a sample's tokens: the instruction and the camera image shapes (they set the image tokens)."""
+    return (instruction, tuple(tuple(image.shape) for image in images))
+
+
 def build_prompts(processor: ImageOnlyQwen3VLProcessor, images: list[list[np.ndarray]], instructions: list[str],
                   device: torch.device) -> PromptBatch:
     """Training prompt format: one user turn holding each camera image (fixed camera order) then the instruction;
@@ -136,22 +141,16 @@ class PromptBuilder:
     `build_prompts` (test_policy.py)."""
 
     def __init__(self, processor: ImageOnlyQwen3VLProcessor, max_cached: int = 4096):
-        self.processor, self.max_cached = processor, max_cached
-        self._samples: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self.processor = processor
+        self._samples: LRUCache[dict[str, torch.Tensor]] = LRUCache(max_cached)
 
-    def _sample(self, images: list[np.ndarray], instruction: str) -> dict[str, torch.Tensor]:
-        key = (instruction, tuple(image.shape for image in images))
-        sample = self._samples.pop(key, None)
-        if sample is None:
-            inputs = build_prompts(self.processor, [images], [instruction], torch.device("cpu")).inputs
-            sample = {k: v[0] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        self._samples[key] = sample
-        if len(self._samples) > self.max_cached:
-            self._samples.pop(next(iter(self._samples)))
-        return sample
+    def _tokens(self, images: list[np.ndarray], instruction: str) -> dict[str, torch.Tensor]:
+        inputs = build_prompts(self.processor, [images], [instruction], torch.device("cpu")).inputs
+        return {k: v[0] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
 
     def __call__(self, images: list[list[np.ndarray]], instructions: list[str], device: torch.device) -> PromptBatch:
-        samples = [self._sample(list(sample_images), instruction)
+        samples = [self._samples.get(prompt_key(sample_images, instruction),
+                                     lambda: self._tokens(list(sample_images), instruction))
                    for sample_images, instruction in zip(images, instructions)]
         tokenizer = self.processor.tokenizer
         length, left = max(len(s["input_ids"]) for s in samples), tokenizer.padding_side == "left"
@@ -163,14 +162,7 @@ class PromptBuilder:
             for key, values in sample.items():
                 inputs[key][row, cols] = values
         flat = [image for sample_images in images for image in sample_images]
-        image_processor = self.processor.image_processor
-        pixels = image_processing.pixel_values_without_resize(image_processor, flat, torch.device(device))
-        if pixels is None:
-            out = image_processor(images=flat, return_tensors="pt", input_data_format="channels_last")
-            pixels, grid = out["pixel_values"], out["image_grid_thw"]
-        else:
-            patch = image_processor.patch_size
-            grid = torch.tensor([[1, image.shape[0] // patch, image.shape[1] // patch] for image in flat])
+        pixels, grid = image_processing.device_pixel_values(self.processor.image_processor, flat, torch.device(device))
         inputs.update(pixel_values=pixels, image_grid_thw=grid)
         return PromptBatch({k: v.to(device) for k, v in inputs.items()})
 

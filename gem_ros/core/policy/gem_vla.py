@@ -6,7 +6,6 @@ once per chunk; the action expert runs `num_inference_steps` Euler steps (1 for 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,14 +14,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from gem_ros.core.lru import LRUCache
 from gem_ros.core.policy import backbone as bb
 from gem_ros.core.policy import checkpoint as ckpt
 from gem_ros.core.policy.action_expert import ActionExpert
 from gem_ros.core.policy.config import GemVLAConfig, IOSchema
 from gem_ros.core.policy.normalizer import MinMaxNormalizer, load_normalizers, save_normalizers
 from gem_ros.core.policy.observation import Observation, validate_observation
-from gem_ros.core.policy.static_inference import (INFERENCE_MODES, ChunkProgram, PromptPlan, build_prompt_plan,
-                                                  prompt_key)
+from gem_ros.core.policy.static_inference import INFERENCE_MODES, ChunkProgram, PromptPlan, build_prompt_plan
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -50,10 +49,10 @@ class GemVLAPolicy(nn.Module):
     def __init__(self, config: GemVLAConfig, backbone: nn.Module, processor, action_normalizer: MinMaxNormalizer,
                  state_normalizer: MinMaxNormalizer | None = None):
         super().__init__()
-        # Inference caches, least recently used first: prompt plans per (instruction, image sizes), and chunk
-        # programs (with their CUDA graphs) per prompt shape (padded length, image sizes); see static_inference.
-        self._plans: OrderedDict[tuple, PromptPlan] = OrderedDict()
-        self._programs: OrderedDict[tuple, ChunkProgram] = OrderedDict()
+        # Inference caches: prompt plans per (instruction, image sizes), and chunk programs (with their CUDA graphs)
+        # per prompt shape (padded length, image sizes); see static_inference.
+        self._plans: LRUCache[PromptPlan] = LRUCache(32)         # small: token ids and rotary of one prompt
+        self._programs: LRUCache[ChunkProgram] = LRUCache(4)     # each holds two CUDA graphs' memory pools
         self.register_load_state_dict_post_hook(lambda module, incompatible: module.clear_inference_caches())
         io = config.io
         if action_normalizer.dim != io.action_dim:
@@ -79,8 +78,6 @@ class GemVLAPolicy(nn.Module):
         self.last_timings: dict[str, float] = {}
         self._rng: torch.Generator | None = None
         self.inference_mode = "auto"      # see resolved_inference_mode
-        self.max_cached_plans = 32        # small: token embeddings and rotary of one prompt
-        self.max_cached_programs = 4      # each holds two CUDA graphs' memory pools on a GPU
         self.prompt_pad_to = 32           # prompt lengths are padded to a multiple of this (one program per bucket)
         self.capture_errors: dict[str, str] = {}   # stage -> why CUDA graph capture failed (it then runs eagerly)
         self.compile_modules = False      # experimental: torch.compile the VLM layers and RDT blocks (static modes)
@@ -211,27 +208,20 @@ class GemVLAPolicy(nn.Module):
 
     def _chunk_program(self, images: list[np.ndarray], instruction: str, steps: int,
                        graphed: bool) -> tuple[PromptPlan, ChunkProgram]:
-        plan = _lru_get(self._plans, (prompt_key(images, instruction), self.prompt_pad_to), self.max_cached_plans,
-                        lambda: build_prompt_plan(self.backbone, self.processor, images, instruction, self.device,
-                                                  pad_to=self.prompt_pad_to))
-        program = _lru_get(self._programs, (plan.shape_key, steps, graphed, self.compile_modules),
-                           self.max_cached_programs,
-                           lambda: ChunkProgram(self, plan, steps, graphed, compile_modules=self.compile_modules,
-                                                capture_errors=self.capture_errors))
+        plan = self._plans.get((bb.prompt_key(images, instruction), self.prompt_pad_to), lambda: build_prompt_plan(
+            self.backbone, self._prompt_builder, images, instruction, self.device, pad_to=self.prompt_pad_to))
+        program = self._programs.get((plan.shape_key, steps, graphed, self.compile_modules), lambda: ChunkProgram(
+            self, plan, steps, graphed, compile_modules=self.compile_modules, capture_errors=self.capture_errors))
         return plan, program
 
     def _apply(self, fn, *args, **kwargs):
-        self.clear_inference_caches()   # plans hold tensors of the old device/dtype
+        self.clear_inference_caches()   # parameters move: graphs would read the old memory
         return super()._apply(fn, *args, **kwargs)
 
-    def train(self, mode: bool = True):
-        self.clear_inference_caches()   # plans hold values computed from the weights (embeddings, position tables)
-        return super().train(mode)
-
     def clear_inference_caches(self) -> None:
-        """Drop prompt plans and chunk programs (CUDA graphs). Plans hold values computed from the weights and
-        graphs read parameters by address: call this after changing weights in place or moving a submodule
-        (`.to()`, `train()` and `load_state_dict` on the policy itself do it)."""
+        """Drop prompt plans and chunk programs (CUDA graphs). Graphs read parameters by address: call this after
+        replacing parameter tensors (in-place updates, e.g. an optimizer step, need nothing); `.to()` and
+        `load_state_dict` on the policy itself do it."""
         self._plans.clear()
         self._programs.clear()
 
@@ -298,17 +288,6 @@ class GemVLAPolicy(nn.Module):
         rng = torch.Generator(device=self.device).manual_seed(seed)
         out = self.depth_expert.generate(last, prompt.input_ids, num_steps=num_steps, generator=rng)
         return ((out.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _lru_get(cache: OrderedDict, key, capacity: int, build):
-    """cache[key] (built on a miss), marked most recently used; the least recently used beyond capacity go."""
-    value = cache.pop(key, None)
-    if value is None:
-        value = build()
-    cache[key] = value
-    while len(cache) > capacity:
-        cache.pop(next(iter(cache)))
-    return value
 
 
 def _cpu_contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,6 +11,8 @@ backend is batched already and `load_processor` leaves it alone.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from transformers.image_processing_utils import BatchFeature
@@ -63,13 +65,21 @@ def _rescale_normalize(batch: torch.Tensor, do_rescale: bool, rescale_factor: fl
         batch = (batch.double() * rescale_factor).float()
     batch = batch.float()
     if do_normalize:
-        channels = batch.shape[1]
-        mean = torch.as_tensor(np.broadcast_to(np.asarray(image_mean, np.float32), (channels,)).copy(),
-                               device=batch.device)
-        std = torch.as_tensor(np.broadcast_to(np.asarray(image_std, np.float32), (channels,)).copy(),
-                              device=batch.device)
+        mean, std = _channel_stats(_as_tuple(image_mean), _as_tuple(image_std), batch.shape[1], str(batch.device))
         batch = (batch - mean[:, None, None]) / std[:, None, None]
     return batch
+
+
+def _as_tuple(value) -> tuple[float, ...]:
+    return tuple(float(v) for v in np.atleast_1d(value))
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], channels: int,
+                   device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std as float32 on `device`, uploaded once instead of per call."""
+    return tuple(torch.as_tensor(np.broadcast_to(np.asarray(values, np.float32), (channels,)).copy(), device=device)
+                 for values in (mean, std))
 
 
 def _patchify(batch: torch.Tensor, patch: int, merge: int, temporal: int) -> tuple[torch.Tensor, int, int]:
@@ -83,22 +93,36 @@ def _patchify(batch: torch.Tensor, patch: int, merge: int, temporal: int) -> tup
     return x.reshape(n * grid_h * grid_w, channels * temporal * patch * patch), grid_h, grid_w
 
 
-def pixel_values_without_resize(image_processor, images, device: torch.device) -> torch.Tensor | None:
-    """(H, W, 3) uint8 RGB camera images -> the processor's `pixel_values`, computed on `device` (one upload of
-    the raw bytes instead of a CPU pass), when the processor would not resize them; None when it would.
-
-    Same arithmetic as `BatchedQwen2VLImageProcessor` (test_image_processing.py)."""
+def pixel_values_without_resize(image_processor, images, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(H, W, 3) uint8 RGB camera images -> the processor's (`pixel_values`, `image_grid_thw`), computed on
+    `device` (one upload of the raw bytes instead of a CPU pass), when the processor would not resize them; None
+    when it would. Same arithmetic as `BatchedQwen2VLImageProcessor` (test_image_processing.py)."""
     p = image_processor
     factor = p.patch_size * p.merge_size
     for image in images:
-        height, width = image.shape[:2]
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             return None
+        height, width = image.shape[:2]
         if p.do_resize and smart_resize(height, width, factor, min_pixels=p.size["shortest_edge"],
                                         max_pixels=p.size["longest_edge"]) != (height, width):
             return None
-    if len({image.shape for image in images}) != 1:
-        return torch.cat([pixel_values_without_resize(p, [image], device) for image in images])
-    batch = torch.from_numpy(np.stack(images)).to(device, non_blocking=True).permute(0, 3, 1, 2)
-    batch = _rescale_normalize(batch, p.do_rescale, p.rescale_factor, p.do_normalize, p.image_mean, p.image_std)
-    return _patchify(batch, p.patch_size, p.merge_size, p.temporal_patch_size)[0]
+    # One batch when every image has one size (cameras usually do), else one image at a time, in input order.
+    groups = [list(images)] if len({image.shape for image in images}) == 1 else [[image] for image in images]
+    pixels, grids = [], []
+    for group in groups:
+        batch = torch.from_numpy(np.stack(group)).to(device, non_blocking=True).permute(0, 3, 1, 2)
+        batch = _rescale_normalize(batch, p.do_rescale, p.rescale_factor, p.do_normalize, p.image_mean, p.image_std)
+        flat, grid_h, grid_w = _patchify(batch, p.patch_size, p.merge_size, p.temporal_patch_size)
+        pixels.append(flat)
+        grids += [[1, grid_h, grid_w]] * len(group)
+    return torch.cat(pixels), torch.tensor(grids, dtype=torch.long, device=device)
+
+
+def device_pixel_values(image_processor, images, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`pixel_values`, `image_grid_thw`) on `device`: patched there when the processor keeps the sizes
+    (`pixel_values_without_resize`), else through the library processor's resize on the CPU."""
+    done = pixel_values_without_resize(image_processor, images, device)
+    if done is None:
+        out = image_processor(images=list(images), return_tensors="pt", input_data_format="channels_last")
+        done = out["pixel_values"].to(device), out["image_grid_thw"].to(device)
+    return done

@@ -7,7 +7,6 @@ so reference RDT weights load unchanged.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gem_ros.core.policy.compiled import compiled
 from gem_ros.core.policy.config import RDTConfig
 
 
@@ -262,19 +262,11 @@ class RDT(nn.Module):
     def run(self, x: torch.Tensor, plan: SamplingPlan, compile_blocks: bool = False) -> torch.Tensor:
         b = x.shape[0]
         x = torch.cat([x, self.register_tokens.expand(b, -1, -1)], dim=1) + self.x_pos_emb
-        run_block = compiled_block_run() if compile_blocks else RDTBlock.run
+        run_block = compiled(RDTBlock.run) if compile_blocks else RDTBlock.run
         for block, modulation, cross_kv in zip(self.blocks, plan.block_modulations, plan.cross_kv):
             x = run_block(block, x, modulation, cross_kv, plan.lang_mask)
         x = self.final_layer.run(x, plan.final_modulation)
         return x[:, : self.horizon]
-
-
-@functools.cache
-def compiled_block_run():
-    """`RDTBlock.run` through torch.compile (experimental, `RDT.run(compile_blocks=True)`): inductor fuses the norms,
-    modulations and gates into a few kernels, which is what is left of a step once CUDA graphs remove the launch
-    overhead. Parameters are graph inputs, so one compiled graph serves every block."""
-    return torch.compile(RDTBlock.run, dynamic=False)
 
 
 @dataclass

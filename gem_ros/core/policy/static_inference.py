@@ -11,7 +11,6 @@ library's own layers; test_static_inference.py holds it to the library's hidden 
 """
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -26,7 +25,8 @@ from transformers.vision_utils import get_vision_interpolation_indices_and_weigh
 
 from gem_ros.core.policy import backbone as bb
 from gem_ros.core.policy.action_expert import euler_times
-from gem_ros.core.policy.image_processing import pixel_values_without_resize
+from gem_ros.core.policy.compiled import compiled
+from gem_ros.core.policy.image_processing import device_pixel_values
 
 INFERENCE_MODES = ("auto", "hf", "static", "cuda_graph")
 log = logging.getLogger(__name__)
@@ -37,27 +37,25 @@ class PromptPlan:
     """What one (instruction, camera image sizes) prompt fixes, on the policy's device, right-padded to a multiple
     of `pad_to` tokens. The VLM is causal and the pads come last, so the real tokens' hidden states are exactly the
     unpadded ones; the RDT masks the pads out (`lang_mask`). Prompts of one `shape_key` (padded length, image
-    sizes) share a `ChunkProgram`, and so its CUDA graphs and compiled kernels."""
+    sizes) share a `ChunkProgram`, and so its CUDA graphs and compiled kernels. Nothing here is computed from
+    trainable weights (embeddings and position tables are looked up inside the program), so a plan stays valid
+    while weights change in place."""
     key: tuple
     length: int                                      # real tokens
-    text_embeds: torch.Tensor                        # (1, L_pad, D) embeddings, image tokens placeholders, pads 0
+    input_ids: torch.Tensor                          # (1, L_pad), pads hold id 0 (their embeddings are zeroed)
+    lang_mask: torch.Tensor                          # (1, L_pad) True = real token
     image_index: torch.Tensor                        # (N_img_tokens,) positions of the image tokens
     rope: tuple[torch.Tensor, torch.Tensor]          # text M-RoPE cos, sin over L_pad
-    lang_mask: torch.Tensor                          # (1, L_pad) True = real token
     # The same for every prompt of one shape_key:
     text_position_ids: torch.Tensor | None
     causal_mask: torch.Tensor | None                 # None: SDPA's own causal path
-    vision_pos_embeds: torch.Tensor                  # (patches, D_vision)
+    vision_interpolation: tuple[torch.Tensor, torch.Tensor]   # indices, weights into the vision position table
     vision_rope: tuple[torch.Tensor, torch.Tensor]
     patches_per_image: list[int]
 
     @property
     def shape_key(self) -> tuple:
-        return (self.key[1], self.text_embeds.shape[1])
-
-
-def prompt_key(images: Sequence[np.ndarray], instruction: str) -> tuple:
-    return (instruction, tuple(tuple(image.shape) for image in images))
+        return (self.key[1], self.input_ids.shape[1])
 
 
 def _pad_positions(position_ids: torch.Tensor, pads: int) -> torch.Tensor:
@@ -68,40 +66,40 @@ def _pad_positions(position_ids: torch.Tensor, pads: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_prompt_plan(backbone: Qwen3VLForConditionalGeneration, processor, images: Sequence[np.ndarray],
-                      instruction: str, device: torch.device, pad_to: int = 32) -> PromptPlan:
-    """Run the library's processor and position code once for this prompt (the images only set their sizes)."""
-    prompt = bb.build_prompts(processor, [list(images)], [instruction], device)
-    inputs = prompt.inputs
+def build_prompt_plan(backbone: Qwen3VLForConditionalGeneration, prompts: bb.PromptBuilder,
+                      images: Sequence[np.ndarray], instruction: str, device: torch.device,
+                      pad_to: int = 32) -> PromptPlan:
+    """The library's prompt format and position code, once for this prompt (the images only set their sizes)."""
+    inputs = prompts([list(images)], [instruction], device).inputs
     model = backbone.model
     input_ids, grid = inputs["input_ids"], inputs["image_grid_thw"]
     length = input_ids.shape[1]
     pads = -length % pad_to
-    # Zeros stay finite through every layer; a NaN in a pad would reach real outputs as 0 * NaN in attention.
-    embeds = F.pad(model.get_input_embeddings()(input_ids), (0, 0, 0, pads))
-    position_ids = model.compute_3d_position_ids(input_ids=input_ids, inputs_embeds=embeds[:, :length],
-                                                 image_grid_thw=grid, attention_mask=inputs["attention_mask"],
+    embeds = model.get_input_embeddings()(input_ids)   # only their shape, dtype and device are used here
+    position_ids = model.compute_3d_position_ids(input_ids=input_ids, inputs_embeds=embeds, image_grid_thw=grid,
+                                                 attention_mask=inputs["attention_mask"],
                                                  mm_token_type_ids=inputs.get("mm_token_type_ids"))
     position_ids = _pad_positions(position_ids, pads)
     text_position_ids = None
     if position_ids.ndim == 3 and position_ids.shape[0] == 4:   # as Qwen3VLTextModel.forward splits them
         text_position_ids, position_ids = position_ids[0], position_ids[1:]
-    lm = model.language_model
+    embeds = F.pad(embeds, (0, 0, 0, pads))
+    lm, visual = model.language_model, model.visual
     everything = torch.ones(1, length + pads, dtype=inputs["attention_mask"].dtype, device=device)
     causal_mask = create_causal_mask(config=lm.config, inputs_embeds=embeds, attention_mask=everything,
                                      past_key_values=None, position_ids=text_position_ids)
-    visual = model.visual
-    interp_index, interp_weight = get_vision_interpolation_indices_and_weights(
+    interpolation = get_vision_interpolation_indices_and_weights(
         grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
         align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
-    vision_pos_embeds = (visual.pos_embed(interp_index) * interp_weight[:, :, None]).sum(1)
     vision_position_ids = get_vision_position_ids(grid, visual.spatial_merge_size)
     return PromptPlan(
-        key=prompt_key(images, instruction), length=length, text_embeds=embeds,
+        key=bb.prompt_key(images, instruction), length=length,
+        input_ids=F.pad(input_ids, (0, pads)),   # pad id 0: any valid id, its embedding is zeroed
+        lang_mask=F.pad(inputs["attention_mask"].bool(), (0, pads), value=False),
         image_index=(input_ids[0] == model.config.image_token_id).nonzero()[:, 0],
-        rope=lm.rotary_emb(embeds, position_ids), lang_mask=F.pad(prompt.attention_mask, (0, pads), value=False),
-        text_position_ids=text_position_ids, causal_mask=causal_mask, vision_pos_embeds=vision_pos_embeds,
-        vision_rope=visual.rotary_pos_emb(vision_pos_embeds, vision_position_ids),
+        rope=lm.rotary_emb(embeds, position_ids), text_position_ids=text_position_ids, causal_mask=causal_mask,
+        vision_interpolation=interpolation,
+        vision_rope=visual.rotary_pos_emb(embeds, vision_position_ids),
         patches_per_image=[int(n) for n in grid.prod(-1).tolist()])
 
 
@@ -135,13 +133,6 @@ def _text_layer(layer, hidden: torch.Tensor, plan: PromptPlan) -> torch.Tensor:
                  past_key_values=None, position_embeddings=plan.rope)
 
 
-@functools.cache
-def compiled(fn: Callable) -> Callable:
-    """`fn` through torch.compile (experimental, `ChunkProgram(compile_modules=True)`); the module is an argument,
-    so one compiled graph serves every layer of the same shapes."""
-    return torch.compile(fn, dynamic=False)
-
-
 def vlm_hidden_stack(backbone: Qwen3VLForConditionalGeneration, plan: PromptPlan, pixel_values: torch.Tensor,
                      layers: list[int], compile_modules: bool = False) -> torch.Tensor:
     """(patches, C*T*P*P) pixels -> (1, len(layers), L, D), the stack `backbone.hidden_state_stack` returns."""
@@ -150,15 +141,17 @@ def vlm_hidden_stack(backbone: Qwen3VLForConditionalGeneration, plan: PromptPlan
     vision_block = compiled(_vision_block) if compile_modules else _vision_block
     text_layer = compiled(_text_layer) if compile_modules else _text_layer
     hidden = visual.patch_embed(pixel_values.to(backbone.dtype))
-    hidden = hidden + plan.vision_pos_embeds.to(hidden.dtype)
+    index, weight = plan.vision_interpolation   # the learned position table resampled to these grids
+    hidden = hidden + (visual.pos_embed(index) * weight[:, :, None]).sum(1).to(hidden.dtype)
     deepstack = []
     for index, block in enumerate(visual.blocks):
         hidden = vision_block(block, hidden, plan.vision_rope, plan.patches_per_image)
         if index in visual.deepstack_visual_indexes:
             merger = visual.deepstack_merger_list[visual.deepstack_visual_indexes.index(index)]
             deepstack.append(merger(hidden))
-    image_embeds = visual.merger(hidden).to(plan.text_embeds.dtype)
-    hidden = plan.text_embeds.index_copy(1, plan.image_index, image_embeds.unsqueeze(0))
+    # Pads get zero embeddings: finite through every layer (a NaN there would reach real tokens as 0 * NaN).
+    text = model.get_input_embeddings()(plan.input_ids) * plan.lang_mask[..., None]
+    hidden = text.index_copy(1, plan.image_index, visual.merger(hidden).to(text.dtype).unsqueeze(0))
     # hidden_states[0] = embeddings, [i] = output of decoder layer i-1 (before DeepStack), and the last one is the
     # final norm of the last layer's output (after DeepStack): as the library's output_hidden_states. Layers past
     # the last one read are not run (a policy loaded with its full VLM for the depth expert).
@@ -215,7 +208,7 @@ class ChunkProgram:
         # pools alive after the policy is dropped (until a garbage collection).
         self.backbone, self.action_expert = policy.backbone, policy.action_expert
         self.image_processor, self.layers = policy.processor.image_processor, list(policy.config.layers_per_block)
-        self.device, self.num_steps, self.use_cuda_graph = policy.device, num_steps, use_cuda_graph
+        self.device, self.use_cuda_graph = policy.device, use_cuda_graph
         self.shape_plan = plan                     # its shape-wide fields; per-prompt ones come with each call
         self.compile_modules = compile_modules     # experimental: VLM layers and RDT blocks through torch.compile
         self._times = euler_times(num_steps, self.device)   # uploaded here: no host copies inside a capture
@@ -224,9 +217,10 @@ class ChunkProgram:
         # stage -> why it runs eagerly although graphs were asked for (the policy shares one dict over programs)
         self.capture_errors: dict[str, str] = {} if capture_errors is None else capture_errors
 
-    def _vlm_eager(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor, image_index: torch.Tensor,
-                   cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        plan = replace(self.shape_plan, text_embeds=text_embeds, image_index=image_index, rope=(cos, sin))
+    def _vlm_eager(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, lang_mask: torch.Tensor,
+                   image_index: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        plan = replace(self.shape_plan, input_ids=input_ids, lang_mask=lang_mask, image_index=image_index,
+                       rope=(cos, sin))
         return vlm_hidden_stack(self.backbone, plan, pixel_values, self.layers, self.compile_modules)
 
     def _sampler_eager(self, stack: torch.Tensor, state: torch.Tensor, noise: torch.Tensor,
@@ -241,7 +235,7 @@ class ChunkProgram:
             mine, first = getattr(plan, name), getattr(self.shape_plan, name)
             if (mine is None) != (first is None) or (mine is not None and not torch.equal(mine, first)):
                 raise ValueError(f"prompt {plan.key[0]!r}: {name} differs from its shape's first prompt")
-        inputs = [pixel_values, plan.text_embeds, plan.image_index, *plan.rope]
+        inputs = [pixel_values, plan.input_ids, plan.lang_mask, plan.image_index, *plan.rope]
         if self._vlm is None:
             self._vlm = self._runner("VLM", self._vlm_eager, inputs)
         return self._vlm(*inputs)
@@ -263,10 +257,5 @@ class ChunkProgram:
             return eager
 
     def pixel_values(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Normalised patches on the device; camera images at a size the processor keeps are patched there
-        (no CPU pass), others go through the library processor's resize."""
-        pixels = pixel_values_without_resize(self.image_processor, images, self.device)
-        if pixels is None:
-            inputs = self.image_processor(images=list(images), return_tensors="pt", input_data_format="channels_last")
-            pixels = inputs["pixel_values"].to(self.device)
-        return pixels
+        """Normalised patches on the device (`image_processing.device_pixel_values`)."""
+        return device_pixel_values(self.image_processor, images, self.device)[0]
