@@ -94,9 +94,9 @@ def _patchify(batch: torch.Tensor, patch: int, merge: int, temporal: int) -> tup
 
 
 def pixel_values_without_resize(image_processor, images, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(H, W, 3) uint8 RGB camera images -> the processor's (`pixel_values`, `image_grid_thw`), computed on
-    `device` (one upload of the raw bytes instead of a CPU pass), when the processor would not resize them; None
-    when it would. Same arithmetic as `BatchedQwen2VLImageProcessor` (test_image_processing.py)."""
+    """(H, W, 3) uint8 RGB camera images -> the processor's (`pixel_values`, `image_grid_thw`), the pixels
+    computed on `device` (one upload of the raw bytes instead of a CPU pass; the grid stays on the CPU), when the
+    processor would not resize them; None when it would. Same arithmetic as `BatchedQwen2VLImageProcessor` (test_image_processing.py)."""
     p = image_processor
     factor = p.patch_size * p.merge_size
     for image in images:
@@ -115,14 +115,14 @@ def pixel_values_without_resize(image_processor, images, device: torch.device) -
         flat, grid_h, grid_w = _patchify(batch, p.patch_size, p.merge_size, p.temporal_patch_size)
         pixels.append(flat)
         grids += [[1, grid_h, grid_w]] * len(group)
-    return torch.cat(pixels), torch.tensor(grids, dtype=torch.long, device=device)
+    return torch.cat(pixels), torch.tensor(grids, dtype=torch.long)
 
 
 def device_pixel_values(image_processor, images, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(`pixel_values`, `image_grid_thw`) on `device`: patched there when the processor keeps the sizes
+    """(`pixel_values` on `device`, `image_grid_thw` on the CPU): patched there when the processor keeps the sizes
     (`pixel_values_without_resize`), else through the library processor's resize on the CPU."""
     done = pixel_values_without_resize(image_processor, images, device)
     if done is None:
         out = image_processor(images=list(images), return_tensors="pt", input_data_format="channels_last")
-        done = out["pixel_values"].to(device), out["image_grid_thw"].to(device)
+        done = out["pixel_values"].to(device), out["image_grid_thw"]
     return done
