@@ -204,3 +204,15 @@ def test_diagnostics_name_the_inference_mode_and_warn_when_graph_capture_failed(
                   if "cuda_graph_capture_failed" in {kv.key for kv in st.values})
     assert status.level >= DiagnosticStatus.WARN and "not permitted" in {kv.key: kv.value for kv in status.values}[
         "cuda_graph_capture_failed"]
+
+
+def test_warmup_instructions_prepare_their_prompt_plans_at_configure(ros, tiny_checkpoint_dir):
+    """On a GPU this is what captures the CUDA graphs before the first goal; on a CPU the plans show it."""
+    long = "pick up the red cube " * 12   # another prompt-length bucket
+    node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(tiny_checkpoint_dir)), Parameter("device", value="cpu"),
+        Parameter("state_joint_names", value=JOINTS),
+        Parameter("warmup_instructions", value=["pick up the red cube", long])]))
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert [key[0][0] for key in node.policy._plans.keys()] == ["pick up the red cube", long]
+    assert len(node.policy._programs) == 2

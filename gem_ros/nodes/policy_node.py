@@ -49,6 +49,9 @@ class PolicyNode(LifecycleNode):
         p("checkpoint", "")
         p("device", "auto")
         p("inference_mode", "auto")                   # auto | hf | static | cuda_graph (GemVLAPolicy)
+        # Run once each at configure: builds their prompt plans and, on a GPU, captures the CUDA graphs of their
+        # prompt-length buckets, so goals with these (or equally long) instructions start without that pause.
+        p("warmup_instructions", ["warm up"])
         p("camera_names", ["scene", "wrist"])
         p("camera_topics", ["/camera/scene/image_raw", "/camera/wrist/image_raw"])
         p("camera_transports", ["raw", "raw"])      # raw | compressed, per camera
@@ -156,9 +159,11 @@ class PolicyNode(LifecycleNode):
 
     def _warm_up(self) -> None:
         io = self.policy.config.io
-        dummy = Observation({c.name: np.zeros((c.height, c.width, 3), np.uint8) for c in io.cameras},
-                            np.zeros(io.state_dim, np.float32), "warm up")
-        self.policy.predict_action_chunk(dummy, seed=0)
+        instructions = [text for text in self.get_parameter("warmup_instructions").value if text.strip()]
+        for instruction in instructions or ["warm up"]:
+            dummy = Observation({c.name: np.zeros((c.height, c.width, 3), np.uint8) for c in io.cameras},
+                                np.zeros(io.state_dim, np.float32), instruction)
+            self.policy.predict_action_chunk(dummy, seed=0)
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.worker.start()
