@@ -103,6 +103,9 @@ def test_pixels_need_the_processor_when_it_would_resize(policy):
     processor = policy.processor.image_processor
     assert pixel_values_without_resize(processor, images_of([(64, 64, 3), (70, 70, 3)]), policy.device) is None
     assert pixel_values_without_resize(processor, [np.zeros((64, 64, 3), np.float32)], policy.device) is None
+    sized_otherwise = copy.copy(processor)
+    sized_otherwise.size = {"height": 64, "width": 64}
+    assert pixel_values_without_resize(sized_otherwise, images_of([(64, 64, 3)]), policy.device) is None
 
 
 @pytest.mark.parametrize("size", [64, 70], ids=["patched_here", "resized_by_processor"])

@@ -154,6 +154,8 @@ class PromptBuilder:
                    for sample_images, instruction in zip(images, instructions)]
         tokenizer = self.processor.tokenizer
         length, left = max(len(s["input_ids"]) for s in samples), tokenizer.padding_side == "left"
+        if tokenizer.pad_token_id is None and any(len(s["input_ids"]) != length for s in samples):
+            raise ValueError("the tokenizer has no pad token, so prompts of different lengths cannot be batched")
         fill = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "mm_token_type_ids": 0}
         inputs = {key: torch.full((len(samples), length), fill[key], dtype=torch.long) for key in samples[0]}
         for row, sample in enumerate(samples):   # pad as the tokenizer pads (side, id, mask 0)

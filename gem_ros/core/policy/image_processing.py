@@ -99,12 +99,18 @@ def pixel_values_without_resize(image_processor, images, device: torch.device) -
     processor would not resize them; None when it would. Same arithmetic as `BatchedQwen2VLImageProcessor` (test_image_processing.py)."""
     p = image_processor
     factor = p.patch_size * p.merge_size
+    try:
+        min_pixels, max_pixels = p.size["shortest_edge"], p.size["longest_edge"]
+    except (KeyError, TypeError):   # a processor sized another way: let the library do all of it
+        return None
+    if p.do_resize and (min_pixels is None or max_pixels is None):
+        return None
     for image in images:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             return None
         height, width = image.shape[:2]
-        if p.do_resize and smart_resize(height, width, factor, min_pixels=p.size["shortest_edge"],
-                                        max_pixels=p.size["longest_edge"]) != (height, width):
+        if p.do_resize and smart_resize(height, width, factor, min_pixels=min_pixels,
+                                        max_pixels=max_pixels) != (height, width):
             return None
     # One batch when every image has one size (cameras usually do), else one image at a time, in input order.
     groups = [list(images)] if len({image.shape for image in images}) == 1 else [[image] for image in images]
