@@ -168,13 +168,16 @@ def make_executor(context, record: dict, replan: bool = True, subscribe: bool = 
     return node
 
 
-def spin(context, nodes, until, on_start=None, threads: int = 1) -> float:
-    """Spin `nodes` (threads > 1: MultiThreadedExecutor, else SingleThreadedExecutor) until `until()` is true,
-    after `on_start`. Returns the process CPU use in % of one core over the spin."""
-    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+def spin(context, nodes, until, on_start=None, executor_kind: str = "single") -> float:
+    """Spin `nodes` on an executor of `executor_kind` ("multi-N": MultiThreadedExecutor with N threads, else one of
+    gem_ros.nodes.spinning's kinds) until `until()` is true, after `on_start`. Returns the process CPU use in % of
+    one core over the spin."""
+    from rclpy.executors import MultiThreadedExecutor
 
-    executor = MultiThreadedExecutor(num_threads=threads, context=context) if threads > 1 \
-        else SingleThreadedExecutor(context=context)
+    from gem_ros.nodes.spinning import make_executor
+
+    executor = MultiThreadedExecutor(num_threads=int(executor_kind[6:]), context=context) \
+        if executor_kind.startswith("multi-") else make_executor(executor_kind, context)
     for node in nodes:
         executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -204,7 +207,7 @@ def _start_policy(node) -> None:
 
 # ------------------------------------------------------------------------------------------------ layouts
 def node_process(role: str, out: str, duration_s: float, checkpoint: str, standin_s: float, width: int,
-                 height: int, names: list[str], stop, threads: int, replan: bool) -> None:
+                 height: int, names: list[str], stop, executor_kind: str, replan: bool) -> None:
     """One node in its own process; writes what it recorded to `out` as JSON. The policy runs `duration_s` once
     its inputs flow; the robot and the executor run until the parent sets `stop`."""
     import rclpy
@@ -224,7 +227,7 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
         hand_over(*nodes, record)
     policy = nodes[0] if role in ("policy", "composed") else None
     record[f"cpu_{role}"] = spin(context, nodes, for_seconds(duration_s) if policy else stop.is_set,
-                                 (lambda: _start_policy(policy)) if policy else None, threads)
+                                 (lambda: _start_policy(policy)) if policy else None, executor_kind)
     if policy:
         record["worker_reason"] = policy.worker.snapshot().reason
         policy.worker.shutdown()
@@ -236,14 +239,14 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
     Path(out).write_text(json.dumps(record, default=float))
 
 
-def run_processes(standin_s, duration_s, checkpoint, width, height, names, threads, replan,
+def run_processes(standin_s, duration_s, checkpoint, width, height, names, executor_kind, replan,
                   roles=("robot", "executor", "policy")) -> dict:
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
     with tempfile.TemporaryDirectory() as tmp:
         outs = {role: str(Path(tmp) / f"{role}.json") for role in roles}
         procs = {role: spawn.Process(target=node_process, args=(
-            role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop, threads, replan))
+            role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop, executor_kind, replan))
             for role in outs}
         for proc in procs.values():
             proc.start()
@@ -264,7 +267,7 @@ def run_processes(standin_s, duration_s, checkpoint, width, height, names, threa
     return record
 
 
-def run_one_process(standin_s, duration_s, checkpoint, width, height, names, threads, replan) -> dict:
+def run_one_process(standin_s, duration_s, checkpoint, width, height, names, executor_kind, replan) -> dict:
     import rclpy
 
     context = rclpy.context.Context()
@@ -273,7 +276,7 @@ def run_one_process(standin_s, duration_s, checkpoint, width, height, names, thr
     nodes = [make_policy(context, checkpoint, standin_s, record),
              make_executor(context, record, replan, subscribe=False), make_robot(context, width, height, names, record)]
     hand_over(nodes[0], nodes[1], record)   # as gem_demo
-    record["cpu_all"] = spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]), threads)
+    record["cpu_all"] = spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]), executor_kind)
     nodes[0].worker.shutdown()
     record["stats"] = nodes[1].controller.stats
     for node in nodes:
@@ -442,7 +445,9 @@ def main(argv=None) -> None:
     parser.add_argument("--standin-ms", type=float, nargs="+", default=[50.0, 300.0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of policy activity per run")
     parser.add_argument("--layout", choices=["all", *RUNNERS], default="all")
-    parser.add_argument("--threads", type=int, default=1, help="> 1: MultiThreadedExecutor with this many threads")
+    parser.add_argument("--executor", nargs="+", default=["single", "events"],
+                        help="executors to compare side by side: single, events (gem_ros.nodes.spinning), multi-N "
+                             "(rclpy's MultiThreadedExecutor with N threads)")
     parser.add_argument("--no-replan", action="store_true",
                         help="replan_on_chunk false: trajectories only at the 50 Hz ticks (as before 2026-11-26)")
     parser.add_argument("--width", type=int, default=640)
@@ -462,16 +467,16 @@ def main(argv=None) -> None:
         checkpoint = make_random_sim_checkpoint(Path(tmp))
         for layout in layouts:
             for d in args.standin_ms:
-                raw = RUNNERS[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names,
-                                      args.threads, not args.no_replan)
-                results[(layout, d)] = analyse(raw)
+                for kind in args.executor:
+                    raw = RUNNERS[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names,
+                                          kind, not args.no_replan)
+                    results[(layout, d, kind)] = analyse(raw)
     print(f"\nROS overhead: 2 cameras {args.width}x{args.height} rgb8 at 30 Hz, joint states 100 Hz, executor 50 Hz, "
-          f"{args.duration:.0f} s per run, wall clock, "
-          f"{'SingleThreadedExecutor' if args.threads == 1 else f'MultiThreadedExecutor({args.threads})'} per process")
+          f"{args.duration:.0f} s per run, wall clock; one executor of the named kind per process")
     keys = list(results)
-    print(f"{'':46}" + "".join(f"{f'{layout} {d:.0f} ms':>24}" for layout, d in keys))
+    print(f"{'':46}" + "".join(f"{f'{layout} {d:.0f} ms {kind}':>28}" for layout, d, kind in keys))
     for label, fmt in ROWS:
-        print(f"{label:46}" + "".join(f"{fmt(results[k]):>24}" for k in keys))
+        print(f"{label:46}" + "".join(f"{fmt(results[k]):>28}" for k in keys))
     floor = compute_floor(names)
     print(f"\nexecutor compute alone (no ROS, quiet loop) p50 ms: chunk planning {floor['planning']:.2f}, tick "
           f"{floor['tick']:.2f}, JointTrajectory message {floor['message']:.2f}; sum "

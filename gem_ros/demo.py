@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gem_ros.nodes.spinning import EXECUTOR_KINDS
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CHECKPOINT = REPO / "checkpoints" / "sim_pick_tiny"
 ARM_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arm", default="panda")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--gui", action="store_true", help="open pybullet's window (needs a display)")
+    parser.add_argument("--executor", choices=EXECUTOR_KINDS, default="auto",
+                        help="rclpy executor of the nodes (gem_ros.nodes.spinning): auto = events where available")
     # One process shares one GIL: pybullet rendering holds it, so a sim racing at full speed starves inference.
     # Sim time keeps every node consistent at any factor; 0.5 leaves the policy its share of a 2-core laptop.
     parser.add_argument("--real-time-factor", type=float, default=0.5, help="sim seconds per wall second")
@@ -170,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from tqdm import tqdm
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from gem_ros.nodes.params import bringup_config, node_parameters
     from gem_ros.nodes.policy_node import PolicyNode
     from gem_ros.nodes.sim_node import SimNode
+    from gem_ros.nodes.spinning import make_executor
 
     checkpoint = args.checkpoint
     scratch = tempfile.TemporaryDirectory(prefix="gem_demo_")
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     # On sim time like the other nodes: the recorder stamps trajectories with it (trajectories per sim second).
     tools = Node("gem_demo", parameter_overrides=[Parameter("use_sim_time", value=True)])
     recorder = Recorder(tools)
-    executor = SingleThreadedExecutor()   # rclpy's multi-threaded one burns a core on this load
+    executor = make_executor(args.executor)   # one thread: rclpy's multi-threaded one burns a core on this load
     for node in (sim, policy, executor_node, tools):
         executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)

@@ -56,17 +56,18 @@ def _make_observation(config, seed: int = 0, instruction: str = "pick up the red
 
 @pytest.fixture
 def ros():
-    """An isolated rclpy context with a single-threaded executor spinning in the background (as the nodes' mains).
+    """An isolated rclpy context with the nodes' default executor (GEM_TEST_EXECUTOR=single|events overrides) spinning
+    in the background, as the nodes' mains.
 
     `ros.add(node)` spins a node; `ros.wait_for(predicate, timeout)` polls a condition (never a fixed sleep)."""
     rclpy = pytest.importorskip("rclpy")
-    from rclpy.executors import SingleThreadedExecutor
+    from gem_ros.nodes.spinning import make_executor
 
     class Ros:
         def __init__(self):
             self.context = rclpy.context.Context()
             rclpy.init(context=self.context)
-            self.executor = SingleThreadedExecutor(context=self.context)
+            self.executor = make_executor(os.environ.get("GEM_TEST_EXECUTOR", "auto"), self.context)
             self.nodes = []
             self._thread = threading.Thread(target=self._spin, daemon=True)
             self._thread.start()

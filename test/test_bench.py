@@ -31,7 +31,7 @@ def test_ros_overhead_pairs_chunks_with_trajectories_and_replans_at_once(tmp_pat
     names = next(list(p.value) for p in node_parameters(bringup_config("panda"), "gem_policy")
                  if p.name == "state_joint_names")
     checkpoint = make_random_sim_checkpoint(tmp_path)
-    result = bench.analyse(bench.run_one_process(0.05, 2.0, checkpoint, 320, 240, names, 1, True))
+    result = bench.analyse(bench.run_one_process(0.05, 2.0, checkpoint, 320, 240, names, "events", True))
     assert result["chunks"] >= 5, result["chunks"]
     assert len(result["overhead"]) >= result["chunks"] - 3        # all but the first / last few are matched
     assert all(v >= 0 for key in ("transport", "planning", "tick_cost") for v in result[key])

@@ -11,6 +11,7 @@ twice. rclpy has no intra-process transport; this is the in-process hand-over th
         -p gem_policy:checkpoint:=/path -p gem_executor:urdf_path:=/path/panda.urdf
 
 Unlike the launch file's managed gem_policy, this entry point configures and activates the policy itself.
+`--executor events|single|auto` (before --ros-args) picks the rclpy executor (gem_ros.nodes.spinning).
 """
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ def connect_in_process(policy: PolicyNode, executor: ExecutorNode) -> None:
 
 def main(args=None) -> None:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
 
+    from gem_ros.nodes.spinning import executor_from_args, make_executor, resolve_kind
+
+    kind = resolve_kind(executor_from_args(args))
     rclpy.init(args=args)
     nodes = []
     try:
@@ -44,8 +48,9 @@ def main(args=None) -> None:
         if policy.trigger_configure() != TransitionCallbackReturn.SUCCESS \
                 or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS:
             raise SystemExit("gem_policy did not come up: see its error above")
-        policy.get_logger().info("active; gem_executor composed in this process (chunks handed over in memory)")
-        executor = SingleThreadedExecutor()   # inference has its own thread (see policy_node.main)
+        policy.get_logger().info(f"active; gem_executor composed in this process (chunks handed over in memory), "
+                                 f"{kind} executor")
+        executor = make_executor(kind)   # one thread: inference has its own (see policy_node.main)
         for node in nodes:
             executor.add_node(node)
         executor.spin()

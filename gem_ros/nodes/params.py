@@ -18,16 +18,21 @@ def node_parameters(yaml_path: Path, node_name: str, **overrides) -> list[Parame
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
-def spin_node(make_node, args=None, executor_factory=None) -> None:
-    """`main()` of every gem node: init, build, spin until Ctrl-C or shutdown, always clean up."""
+def spin_node(make_node, args=None) -> None:
+    """`main()` of every gem node: init, build, spin (executor from `--executor`) until Ctrl-C or shutdown,
+    always clean up."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
 
+    from gem_ros.nodes.spinning import executor_from_args, make_executor, resolve_kind
+
+    kind = resolve_kind(executor_from_args(args))   # a bad argument fails before anything starts
     rclpy.init(args=args)
     node = None
     try:
         node = make_node()
-        executor = (executor_factory or SingleThreadedExecutor)()
+        executor = make_executor(kind)
+        node.get_logger().info(f"spinning on the {kind} executor")
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -388,8 +388,8 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    # Single-threaded on purpose: inference has its own thread and goals are coroutines. rclpy's
-    # MultiThreadedExecutor spent a whole core here (2 x 640x480 x 30 Hz) and dropped half the frames; this one
-    # uses ~15 % (bench/ros_overhead.py).
+    # One executor thread on purpose: inference has its own thread and goals are coroutines. rclpy's
+    # MultiThreadedExecutor spent a whole core here (2 x 640x480 x 30 Hz) and dropped half the frames; the
+    # single-threaded one uses ~24 %, the events one ~14 % (bench/ros_overhead.py).
     spin_node(PolicyNode, args)
 

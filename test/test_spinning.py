@@ -1,0 +1,98 @@
+"""gem_ros.nodes.spinning: executor choice on the command line and in the launch file, and the events executor
+spun so that other Python threads (inference, publishers) keep running and shutdown is bounded."""
+from __future__ import annotations
+
+import ast
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from gem_ros.nodes.spinning import (EXECUTOR_KINDS, EventsSpinner, events_executor_available,  # noqa: E402
+                                    executor_from_args, make_executor, resolve_kind)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_executor_from_the_command_line_leaves_ros_arguments_to_rclpy():
+    assert executor_from_args(["gem_policy"]) == "auto"
+    assert executor_from_args(["gem_policy", "--executor", "single", "--ros-args", "-p", "checkpoint:=/x"]) == "single"
+    with pytest.raises(SystemExit):
+        executor_from_args(["gem_policy", "--executor", "fastest"])
+    with pytest.raises(SystemExit):   # a typo is refused, not ignored
+        executor_from_args(["gem_policy", "--executr", "single"])
+
+
+def test_unknown_kind_is_refused_and_auto_prefers_events():
+    with pytest.raises(ValueError, match="unknown executor"):
+        make_executor("multi")
+    assert resolve_kind("single") == "single"
+    assert resolve_kind("auto") == ("events" if events_executor_available() else "single")
+
+
+def _spin_publish_and_stop(result) -> None:
+    """In a child process: a GIL-holding spin (rclpy 9.1.2's EventsExecutor.spin) hangs it instead of the suite."""
+    from std_msgs.msg import Header
+
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("spinning_test", context=context)
+    received, ticks = [], []
+    node.create_subscription(Header, "/spinning_test", received.append, 100)
+    node.create_timer(0.02, lambda: ticks.append(time.monotonic()))
+    publisher = node.create_publisher(Header, "/spinning_test", 100)
+    spinner = make_executor("events", context)
+    spinner.add_node(node)
+    thread = threading.Thread(target=spinner.spin, daemon=True)
+    thread.start()
+    for i in range(50):   # this (main) thread must keep running while the executor spins
+        publisher.publish(Header(frame_id=str(i)))
+        time.sleep(0.005)
+    deadline = time.monotonic() + 5.0
+    while len(received) < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    start = time.monotonic()
+    stopped = spinner.shutdown(timeout_sec=2.0)
+    thread.join(2.0)
+    result.update(received=[m.frame_id for m in received], ticks=len(ticks), stopped=stopped,
+                  joined=not thread.is_alive(), stop_s=time.monotonic() - start,
+                  kind=type(spinner).__name__)
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+@pytest.mark.skipif(not events_executor_available(), reason="rclpy has no EventsExecutor (before Kilted)")
+def test_events_spinner_delivers_while_other_threads_publish_and_stops_promptly():
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager:
+        result = manager.dict()
+        child = spawn.Process(target=_spin_publish_and_stop, args=(result,))
+        child.start()
+        child.join(30.0)
+        if child.is_alive():
+            child.kill()
+            pytest.fail("the events executor starved the other threads (no result within 30 s)")
+        result = dict(result)
+    assert child.exitcode == 0
+    assert result["kind"] == EventsSpinner.__name__
+    assert result["received"] == [str(i) for i in range(50)]
+    assert result["ticks"] >= 5, "the timer did not fire"
+    assert result["stopped"] and result["joined"] and result["stop_s"] < 1.0
+
+
+def test_every_launch_configuration_is_declared_and_passed_to_the_nodes():
+    """launch_ros is not installable here: check the launch file's wiring statically."""
+    tree = ast.parse((REPO / "gem_bringup" / "launch" / "gem.launch.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    first_arg = lambda name: {c.args[0].value for c in calls if c.func.id == name and c.args}  # noqa: E731
+    assert first_arg("LaunchConfiguration") <= first_arg("DeclareLaunchArgument")
+    executor_default = next(kw.value.value for c in calls if c.func.id == "DeclareLaunchArgument"
+                            and c.args[0].value == "executor" for kw in c.keywords if kw.arg == "default_value")
+    assert executor_default in EXECUTOR_KINDS
+    nodes = [c for c in calls if c.func.id in ("Node", "LifecycleNode")]
+    assert nodes and all(any(kw.arg == "arguments" for kw in c.keywords) for c in nodes), \
+        "every node gets --executor"
