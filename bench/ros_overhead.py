@@ -1,7 +1,7 @@
 """ROS overhead of the closed loop, with the policy replaced by a constant-time stand-in.
 
-    python bench/ros_overhead.py                         # all layouts, stand-ins of 50 and 300 ms
-    python bench/ros_overhead.py --layout processes --duration 10
+    python bench/ros_overhead.py                         # all layouts, stand-ins of 50 and 300 ms, both executors
+    python bench/ros_overhead.py --layout processes --duration 10 --executor events
 
 A fake robot publishes 2 cameras (640x480 rgb8, 30 Hz) and /joint_states (100 Hz). gem_policy (tiny checkpoint,
 predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in production, in one of 3 layouts:
@@ -9,9 +9,10 @@ predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in
                camera driver is its own process too); the chunk goes policy -> executor over DDS
   composed     robot in its own process; gem_policy and gem_executor in one (gem_policy_executor), the chunk
                handed over in memory on the inference thread (gem_ros.nodes.composed)
-  one-process  all three nodes in one process under one SingleThreadedExecutor, handed over in memory (gem_demo)
-Every node spins a SingleThreadedExecutor, as the nodes' main()s do: rclpy's MultiThreadedExecutor burned a whole
-core in the policy process on this load and dropped half the camera frames (--threads 4 shows it).
+  one-process  all three nodes in one process under one executor, handed over in memory (gem_demo)
+Each layout runs once per --executor (default: single, and auto = what the nodes' main()s pick per process:
+events where no inference runs, single where it does; gem_ros.nodes.spinning), one executor thread per process: rclpy's MultiThreadedExecutor burned a whole core in the policy
+process on this load and dropped half the camera frames (--executor multi-4 shows it).
 Every node times its own work with the wall clock (one machine, one clock), per chunk:
   frame age     observation stamp -> inference start: waiting for the newest frame (<= 1 / camera rate), not
                 overhead. Inference is started by the worker's poll (every 10 ms), so this also holds the poll wait.
@@ -115,7 +116,10 @@ def make_policy(context, checkpoint: Path, standin_s: float, record: dict):
         record["inference"].append((start, time.time()))
         return chunk, {"total": standin_s * 1e3}
 
-    node.worker.predict = predict
+    if standin_s > 0:
+        node.worker.predict = predict
+    else:   # the tiny policy itself: shows what the executor thread's GIL use does to inference
+        node.worker.predict = timed(node.worker.predict, record["inference"])
     publish = node.chunk_pub.publish
 
     def publish_and_note(msg):   # the chunk has left the policy when publish returns ...
@@ -168,16 +172,16 @@ def make_executor(context, record: dict, replan: bool = True, subscribe: bool = 
     return node
 
 
-def spin(context, nodes, until, on_start=None, executor_kind: str = "single") -> float:
+def spin(context, nodes, until, on_start=None, executor_kind: str = "single", runs_inference: bool = False) -> float:
     """Spin `nodes` on an executor of `executor_kind` ("multi-N": MultiThreadedExecutor with N threads, else one of
-    gem_ros.nodes.spinning's kinds) until `until()` is true, after `on_start`. Returns the process CPU use in % of
-    one core over the spin."""
+    gem_ros.nodes.spinning's kinds; `auto` picks as production does for a process that does or does not run
+    inference) until `until()` is true, after `on_start`. Returns the process CPU use in % of one core."""
     from rclpy.executors import MultiThreadedExecutor
 
     from gem_ros.nodes.spinning import make_executor
 
     executor = MultiThreadedExecutor(num_threads=int(executor_kind[6:]), context=context) \
-        if executor_kind.startswith("multi-") else make_executor(executor_kind, context)
+        if executor_kind.startswith("multi-") else make_executor(executor_kind, context, runs_inference)
     for node in nodes:
         executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -227,7 +231,8 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
         hand_over(*nodes, record)
     policy = nodes[0] if role in ("policy", "composed") else None
     record[f"cpu_{role}"] = spin(context, nodes, for_seconds(duration_s) if policy else stop.is_set,
-                                 (lambda: _start_policy(policy)) if policy else None, executor_kind)
+                                 (lambda: _start_policy(policy)) if policy else None, executor_kind,
+                                 runs_inference=policy is not None)
     if policy:
         record["worker_reason"] = policy.worker.snapshot().reason
         policy.worker.shutdown()
@@ -276,7 +281,8 @@ def run_one_process(standin_s, duration_s, checkpoint, width, height, names, exe
     nodes = [make_policy(context, checkpoint, standin_s, record),
              make_executor(context, record, replan, subscribe=False), make_robot(context, width, height, names, record)]
     hand_over(nodes[0], nodes[1], record)   # as gem_demo
-    record["cpu_all"] = spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]), executor_kind)
+    record["cpu_all"] = spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]), executor_kind,
+                             runs_inference=True)
     nodes[0].worker.shutdown()
     record["stats"] = nodes[1].controller.stats
     for node in nodes:
@@ -292,7 +298,7 @@ def run_composed(*args) -> dict:
 RUNNERS = {"processes": run_processes, "composed": run_composed, "one-process": run_one_process}
 
 
-def _hop_listener(ready, stop, out: str) -> None:
+def _hop_listener(ready, stop, out: str, executor_kind: str) -> None:
     import rclpy
     from std_msgs.msg import Header
 
@@ -302,15 +308,15 @@ def _hop_listener(ready, stop, out: str) -> None:
     delays = []
     node.create_subscription(Header, "/bench/hop", lambda m: delays.append(time.time() - float(m.frame_id)), 100)
     ready.set()
-    spin(context, [node], stop.is_set)
+    spin(context, [node], stop.is_set, executor_kind=executor_kind)
     node.destroy_node()
     rclpy.shutdown(context=context)
     Path(out).write_text(json.dumps(delays))
 
 
-def bare_hop(count: int = 300) -> list[float]:
-    """The platform's floor: one small message from one rclpy process to another (publish -> subscriber callback,
-    both SingleThreadedExecutor, nothing else running), in ms. The OVERHEAD row has two such hops."""
+def bare_hop(executor_kind: str, count: int = 300) -> list[float]:
+    """The platform's floor: one small message from one rclpy process to another (publish -> subscriber callback
+    spun by an executor of `executor_kind`, nothing else running), in ms."""
     import rclpy
     from std_msgs.msg import Header
 
@@ -318,7 +324,7 @@ def bare_hop(count: int = 300) -> list[float]:
     ready, stop = spawn.Event(), spawn.Event()
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "hop.json")
-        listener = spawn.Process(target=_hop_listener, args=(ready, stop, out))
+        listener = spawn.Process(target=_hop_listener, args=(ready, stop, out, executor_kind))
         listener.start()
         ready.wait(30)
         context = rclpy.context.Context()
@@ -407,7 +413,7 @@ def analyse(record: dict) -> dict:
     return {"chunks": len(published), "frame_age": ms(frame_age), "after_inference": ms(after_inference),
             "transport": ms(transport), "planning": ms(planning), "tick_wait": ms(tick_wait),
             "tick_cost": ms(tick_cost), "overhead": ms(overhead), "image_callback": ms(callbacks),
-            "tick_work": ms([e - s for s, e in ticks]),
+            "tick_work": ms([e - s for s, e in ticks]), "inference": ms([e - s for s, e in inference]),
             "period_mean_ms": stats["tick_period_mean_s"] * 1e3, "period_std_ms": stats["tick_period_std_s"] * 1e3,
             "jitter_max_ms": stats["tick_jitter_max_s"] * 1e3, "holds": len(holds),
             "cpu": " / ".join(f"{record[k]:.0f}" for k in ("cpu_robot", "cpu_policy", "cpu_executor", "cpu_composed", "cpu_all")
@@ -424,6 +430,7 @@ def p50_p95(key, digits=2):
 
 ROWS = [
     ("chunks produced", lambda r: f"{r['chunks']}"),
+    ("inference p50 / p95 ms", p50_p95("inference", 1)),
     ("OVERHEAD per chunk p50 / p95 ms (goal <= 1)", p50_p95("overhead")),
     ("  inference end -> chunk published p50 ms", p50("after_inference")),
     ("  DDS policy -> executor p50 ms", p50("transport")),
@@ -442,11 +449,13 @@ ROWS = [
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--standin-ms", type=float, nargs="+", default=[50.0, 300.0])
+    parser.add_argument("--standin-ms", type=float, nargs="+", default=[50.0, 300.0],
+                        help="stand-in inference durations; 0: the tiny random policy itself (CPU inference)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of policy activity per run")
-    parser.add_argument("--layout", choices=["all", *RUNNERS], default="all")
-    parser.add_argument("--executor", nargs="+", default=["single", "events"],
-                        help="executors to compare side by side: single, events (gem_ros.nodes.spinning), multi-N "
+    parser.add_argument("--layout", nargs="+", choices=["all", *RUNNERS], default=["all"])
+    parser.add_argument("--executor", nargs="+", default=["single", "auto"],
+                        help="executors to compare side by side: single, events, auto (per process as the nodes' "
+                             "mains pick: events without inference, single with; gem_ros.nodes.spinning), multi-N "
                              "(rclpy's MultiThreadedExecutor with N threads)")
     parser.add_argument("--no-replan", action="store_true",
                         help="replan_on_chunk false: trajectories only at the 50 Hz ticks (as before 2026-11-26)")
@@ -461,7 +470,7 @@ def main(argv=None) -> None:
 
     names = next(list(p.value) for p in node_parameters(bringup_config("panda"), "gem_policy")
                  if p.name == "state_joint_names")
-    layouts = list(RUNNERS) if args.layout == "all" else [args.layout]
+    layouts = list(RUNNERS) if "all" in args.layout else args.layout
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = make_random_sim_checkpoint(Path(tmp))
@@ -474,17 +483,22 @@ def main(argv=None) -> None:
     print(f"\nROS overhead: 2 cameras {args.width}x{args.height} rgb8 at 30 Hz, joint states 100 Hz, executor 50 Hz, "
           f"{args.duration:.0f} s per run, wall clock; one executor of the named kind per process")
     keys = list(results)
-    print(f"{'':46}" + "".join(f"{f'{layout} {d:.0f} ms {kind}':>28}" for layout, d, kind in keys))
+    label = lambda layout, d, kind: f"{layout} {f'{d:.0f} ms' if d else 'policy'} {kind}"  # noqa: E731
+    print(f"{'':46}" + "".join(f"{label(*key):>28}" for key in keys))
     for label, fmt in ROWS:
         print(f"{label:46}" + "".join(f"{fmt(results[k]):>28}" for k in keys))
     floor = compute_floor(names)
     print(f"\nexecutor compute alone (no ROS, quiet loop) p50 ms: chunk planning {floor['planning']:.2f}, tick "
           f"{floor['tick']:.2f}, JointTrajectory message {floor['message']:.2f}; sum "
           f"{sum(floor.values()):.2f} (the rest of OVERHEAD is publishing, DDS, executor wake-ups and CPU sharing)")
-    hops = bare_hop()
-    print(f"one rclpy hop between two otherwise idle processes (small message) p50 / p95 ms: {pct(hops, 50):.2f} / "
-          f"{pct(hops, 95):.2f} ({len(hops)} messages, publish included); OVERHEAD holds one such hop (policy -> executor) plus the executor's "
-          f"compute and the trajectory's publish, so <= 1 ms is at this platform's floor")
+    from gem_ros.nodes.spinning import resolve_kind
+
+    for kind in dict.fromkeys(resolve_kind(k) if not k.startswith("multi-") else k for k in args.executor):
+        hops = bare_hop(kind)
+        print(f"one rclpy hop between two otherwise idle processes (small message, {kind} listener) p50 / p95 ms: "
+              f"{pct(hops, 50):.2f} / {pct(hops, 95):.2f} ({len(hops)} messages, publish included)")
+    print("OVERHEAD across processes holds one such hop (policy -> executor) plus the executor's compute and the "
+          "trajectory's publish")
 
 
 if __name__ == "__main__":

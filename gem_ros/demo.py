@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--gui", action="store_true", help="open pybullet's window (needs a display)")
     parser.add_argument("--executor", choices=EXECUTOR_KINDS, default="auto",
-                        help="rclpy executor of the nodes (gem_ros.nodes.spinning): auto = events where available")
+                        help="rclpy executor of the nodes (gem_ros.nodes.spinning); auto = single here: with the "
+                             "events one, pybullet rendering on its thread starves inference (3x slower chunks)")
     # One process shares one GIL: pybullet rendering holds it, so a sim racing at full speed starves inference.
     # Sim time keeps every node consistent at any factor; 0.5 leaves the policy its share of a 2-core laptop.
     parser.add_argument("--real-time-factor", type=float, default=0.5, help="sim seconds per wall second")
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     # On sim time like the other nodes: the recorder stamps trajectories with it (trajectories per sim second).
     tools = Node("gem_demo", parameter_overrides=[Parameter("use_sim_time", value=True)])
     recorder = Recorder(tools)
-    executor = make_executor(args.executor)   # one thread: rclpy's multi-threaded one burns a core on this load
+    executor = make_executor(args.executor, runs_inference=True)   # one thread: rclpy's multi-threaded one burns a core on this load
     for node in (sim, policy, executor_node, tools):
         executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)

@@ -56,8 +56,8 @@ def _make_observation(config, seed: int = 0, instruction: str = "pick up the red
 
 @pytest.fixture
 def ros():
-    """An isolated rclpy context with the nodes' default executor (GEM_TEST_EXECUTOR=single|events overrides) spinning
-    in the background, as the nodes' mains.
+    """An isolated rclpy context with gem_demo's executor (GEM_TEST_EXECUTOR=single|events overrides) spinning in
+    the background.
 
     `ros.add(node)` spins a node; `ros.wait_for(predicate, timeout)` polls a condition (never a fixed sleep)."""
     rclpy = pytest.importorskip("rclpy")
@@ -67,7 +67,9 @@ def ros():
         def __init__(self):
             self.context = rclpy.context.Context()
             rclpy.init(context=self.context)
-            self.executor = make_executor(os.environ.get("GEM_TEST_EXECUTOR", "auto"), self.context)
+            # The policy runs here: `auto` picks what gem_demo and gem_policy spin (gem_ros.nodes.spinning).
+            self.executor = make_executor(os.environ.get("GEM_TEST_EXECUTOR", "auto"), self.context,
+                                          runs_inference=True)
             self.nodes = []
             self._thread = threading.Thread(target=self._spin, daemon=True)
             self._thread.start()

@@ -17,7 +17,6 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
@@ -30,6 +29,7 @@ from gem_ros.nodes.backends import BackendUnavailable  # noqa: E402
 from gem_ros.nodes.conversions import s_to_stamp, stamp_to_s  # noqa: E402
 from gem_ros.core.executor_setup import PARAMETERS, build_controller  # noqa: E402
 from gem_ros.nodes.executor_node import make_executor_node  # noqa: E402
+from gem_ros.nodes.spinning import make_executor  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -104,7 +104,7 @@ def harness():
         rclpy.init(context=context)
         executor_node = make_executor_node(context=context, **{**PARAMS, **params})
         robot = FakeRobot(context)
-        executor = SingleThreadedExecutor(context=context)
+        executor = make_executor("auto", context)   # as gem_executor's main: events where rclpy has it
         executor.add_node(executor_node)
         executor.add_node(robot)
         thread = threading.Thread(target=executor.spin, daemon=True)

@@ -27,11 +27,12 @@ def test_executor_from_the_command_line_leaves_ros_arguments_to_rclpy():
         executor_from_args(["gem_policy", "--executr", "single"])
 
 
-def test_unknown_kind_is_refused_and_auto_prefers_events():
+def test_unknown_kind_is_refused_and_auto_keeps_inference_processes_on_the_single_executor():
     with pytest.raises(ValueError, match="unknown executor"):
         make_executor("multi")
-    assert resolve_kind("single") == "single"
+    assert resolve_kind("single") == "single" and resolve_kind("events", runs_inference=True) == "events"
     assert resolve_kind("auto") == ("events" if events_executor_available() else "single")
+    assert resolve_kind("auto", runs_inference=True) == "single"
 
 
 def _spin_publish_and_stop(result) -> None:

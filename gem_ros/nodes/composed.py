@@ -36,7 +36,7 @@ def main(args=None) -> None:
 
     from gem_ros.nodes.spinning import executor_from_args, make_executor, resolve_kind
 
-    kind = resolve_kind(executor_from_args(args))
+    kind = resolve_kind(executor_from_args(args), runs_inference=True)
     rclpy.init(args=args)
     nodes = []
     try:

@@ -18,15 +18,15 @@ def node_parameters(yaml_path: Path, node_name: str, **overrides) -> list[Parame
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
-def spin_node(make_node, args=None) -> None:
-    """`main()` of every gem node: init, build, spin (executor from `--executor`) until Ctrl-C or shutdown,
-    always clean up."""
+def spin_node(make_node, args=None, runs_inference: bool = False) -> None:
+    """`main()` of every gem node: init, build, spin (executor from `--executor`; see gem_ros.nodes.spinning for
+    what `auto` picks) until Ctrl-C or shutdown, always clean up."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     from gem_ros.nodes.spinning import executor_from_args, make_executor, resolve_kind
 
-    kind = resolve_kind(executor_from_args(args))   # a bad argument fails before anything starts
+    kind = resolve_kind(executor_from_args(args), runs_inference)   # a bad argument fails before anything starts
     rclpy.init(args=args)
     node = None
     try:

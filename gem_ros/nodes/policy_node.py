@@ -389,7 +389,7 @@ class PolicyNode(LifecycleNode):
 
 def main(args=None) -> None:
     # One executor thread on purpose: inference has its own thread and goals are coroutines. rclpy's
-    # MultiThreadedExecutor spent a whole core here (2 x 640x480 x 30 Hz) and dropped half the frames; the
-    # single-threaded one uses ~24 %, the events one ~14 % (bench/ros_overhead.py).
-    spin_node(PolicyNode, args)
+    # MultiThreadedExecutor spent a whole core here (2 x 640x480 x 30 Hz) and dropped half the frames
+    # (bench/ros_overhead.py). auto = single here: the events one slows CPU inference (gem_ros.nodes.spinning).
+    spin_node(PolicyNode, args, runs_inference=True)
 

@@ -1,10 +1,15 @@
-"""Which rclpy executor spins the gem nodes: `events`, `single` or `auto` (the default: events where rclpy has it).
+"""Which rclpy executor spins a gem process: `events`, `single`, or `auto` (the default, chosen per process).
 
 `events` is rclpy's experimental EventsExecutor (Kilted and newer): the middleware's on-new-data callbacks feed a
-C++ event queue, so there is no wait set to rebuild in Python on every wake-up. bench/ros_overhead.py, 2-core box,
-2 x 640x480 at 30 Hz: the policy -> executor hop 0.82 -> 0.43 ms p50 and the CPU of the three processes
-27/24/16 -> 21/14/9 % of a core (one process: 40 -> 23 %). `single` is rclpy's SingleThreadedExecutor, the one
-every ROS 2 distribution has (`auto` falls back to it).
+C++ event queue, so there is no wait set to rebuild in Python on every wake-up. `single` is rclpy's
+SingleThreadedExecutor, the one every ROS 2 distribution has.
+
+bench/ros_overhead.py on a 2-core box, 2 x 640x480 at 30 Hz, the policy replaced by a 50 ms sleep:
+events takes the policy -> executor hop from 1.13 to 0.45 ms p50 and roughly halves every process's CPU. But in a
+process that also runs CPU inference, its C++ callbacks win the GIL over the inference thread: the tiny policy's
+chunk 38 -> 51 ms in one process, and in gem_demo (pybullet rendering on the executor thread) 77 -> 250 ms.
+So `auto` is `events` for processes without an inference thread (gem_executor, gem_sim, gem_recorder) and `single`
+for those with one (gem_policy, gem_policy_executor, gem_demo); either is the fallback where rclpy lacks events.
 
 Its `spin()` in rclpy 9.1.2 never lets another Python thread run nor delivers a message (seen here with a plain
 subscription and a publisher thread), while `spin_once(timeout)` does both, so `EventsSpinner` spins it one event
@@ -55,18 +60,19 @@ def events_executor_available() -> bool:
     return True
 
 
-def resolve_kind(kind: str) -> str:
-    """`auto` -> `events` where rclpy has it, else `single`; an unknown kind is refused."""
+def resolve_kind(kind: str, runs_inference: bool = False) -> str:
+    """`auto` -> `single` for a process with an inference thread, else `events` where rclpy has it; an unknown
+    kind is refused."""
     if kind not in EXECUTOR_KINDS:
         raise ValueError(f"unknown executor '{kind}'; choose one of {EXECUTOR_KINDS}")
     if kind == "auto":
-        return "events" if events_executor_available() else "single"
+        return "events" if not runs_inference and events_executor_available() else "single"
     return kind
 
 
-def make_executor(kind: str = "auto", context=None):
+def make_executor(kind: str = "auto", context=None, runs_inference: bool = False):
     """A fresh executor of `kind` (one of EXECUTOR_KINDS) on `context` (None: the default context)."""
-    kind = resolve_kind(kind)
+    kind = resolve_kind(kind, runs_inference)
     if kind == "single":
         from rclpy.executors import SingleThreadedExecutor
 
@@ -90,5 +96,6 @@ def executor_from_args(args=None) -> str:
     parser = argparse.ArgumentParser(prog=argv[0] if argv else None,
                                      description="a gem node; its parameters come after --ros-args")
     parser.add_argument("--executor", choices=EXECUTOR_KINDS, default="auto",
-                        help="rclpy executor: events (experimental, Kilted+), single, auto (events where available)")
+                        help="rclpy executor: events (experimental, Kilted+), single, auto (single in a process that "
+                             "runs inference, else events where available)")
     return parser.parse_args(argv[1:]).executor
