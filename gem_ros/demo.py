@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arm", default="panda")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--gui", action="store_true", help="open pybullet's window (needs a display)")
+    parser.add_argument("--cpu-threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
+                        help="torch threads of a CPU policy (default: all cores but one, left to the sim's "
+                             "rendering; 2 on 2 cores doubled the chunk latency)")
     parser.add_argument("--executor", choices=EXECUTOR_KINDS, default="auto",
                         help="rclpy executor of the nodes (gem_ros.nodes.spinning); auto = single here: with the "
                              "events one, pybullet rendering on its thread starves inference (3x slower chunks)")
@@ -211,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed, gui=args.gui,
                                                       real_time_factor=args.real_time_factor, **scene))
     policy = PolicyNode(parameter_overrides=node_parameters(config, "gem_policy", checkpoint=str(checkpoint),
+                                                            cpu_threads=args.cpu_threads,
                                                             **policy_overrides(Path(checkpoint))))
     executor_node = ExecutorNode(parameter_overrides=node_parameters(
         config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf"),

@@ -206,6 +206,24 @@ def test_diagnostics_name_the_inference_mode_and_warn_when_graph_capture_failed(
         "cuda_graph_capture_failed"]
 
 
+def test_cpu_threads_set_torch_threads_and_a_negative_count_is_refused(ros, tiny_checkpoint_dir):
+    import torch
+
+    base = [Parameter("checkpoint", value=str(tiny_checkpoint_dir)), Parameter("device", value="cpu"),
+            Parameter("state_joint_names", value=JOINTS)]
+    bad = ros.add(PolicyNode(context=ros.context, parameter_overrides=base + [Parameter("cpu_threads", value=-1)]))
+    assert bad.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "cpu_threads must be >= 0" in bad._status_reason
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        one = ros.add(PolicyNode(context=ros.context, parameter_overrides=base + [Parameter("cpu_threads", value=1)]))
+        assert one.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)   # process-wide: the rest of the suite keeps its threads
+
+
 def test_warmup_instructions_prepare_their_prompt_plans_at_configure(ros, tiny_checkpoint_dir):
     """On a GPU this is what captures the CUDA graphs before the first goal; on a CPU the plans show it."""
     long = "pick up the red cube " * 12   # another prompt-length bucket

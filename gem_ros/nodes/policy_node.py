@@ -48,6 +48,10 @@ class PolicyNode(LifecycleNode):
         p = self.declare_parameter
         p("checkpoint", "")
         p("device", "auto")
+        # torch intra-op threads when the policy runs on the CPU (process-wide); 0 = torch's default, all cores.
+        # Leave a core to the rest of the process: with pybullet rendering on the executor thread (gem_demo, 2 cores)
+        # 1 thread halved the chunk latency that 2 gave (OpenMP workers then fight the sim for the cores).
+        p("cpu_threads", 0)
         p("inference_mode", "auto")                   # auto | hf | static | cuda_graph (GemVLAPolicy)
         # Run once each at configure: builds their prompt plans and, on a GPU, captures the CUDA graphs of their
         # prompt-length buckets, so goals with these (or equally long) instructions start without that pause.
@@ -90,6 +94,8 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
+        import torch
+
         from gem_ros.core.policy.gem_vla import GemVLAPolicy
 
         get = lambda name: self.get_parameter(name).value  # noqa: E731
@@ -103,12 +109,17 @@ class PolicyNode(LifecycleNode):
         self._checkpoint = get("checkpoint")
         if not self._checkpoint:
             raise ValueError("parameter 'checkpoint' is empty: give the path of a GEM-VLA checkpoint folder")
+        cpu_threads = int(get("cpu_threads"))
+        if cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be >= 0 (0 = torch's default), got {cpu_threads}")
         depth_every, depth_steps = int(get("predicted_depth_every_n_chunks")), int(get("predicted_depth_steps"))
         if depth_every < 0 or depth_steps < 1:
             raise ValueError(f"predicted_depth_every_n_chunks must be >= 0 and predicted_depth_steps >= 1, got "
                              f"{depth_every} and {depth_steps}")
         self.policy = GemVLAPolicy.from_pretrained(self._checkpoint, device=get("device"),
                                                    keep_full_vlm=depth_every > 0)
+        if cpu_threads and self.policy.device.type == "cpu":
+            torch.set_num_threads(cpu_threads)
         self.policy.inference_mode = get("inference_mode")
         mode = self._inference_mode = self.policy.resolved_inference_mode()   # a bad value fails configure
         if depth_every and self.policy.depth_expert is None:
@@ -154,7 +165,8 @@ class PolicyNode(LifecycleNode):
             goal_callback=self._on_goal, cancel_callback=lambda _: CancelResponse.ACCEPT,
             callback_group=self._group))
         self._status_state, self._status_reason = PolicyStatus.IDLE, "configured"
-        self.get_logger().info(f"loaded {self._checkpoint} on {self.policy.device} (inference {mode}); "
+        threads = f", {torch.get_num_threads()} CPU threads" if self.policy.device.type == "cpu" else ""
+        self.get_logger().info(f"loaded {self._checkpoint} on {self.policy.device}{threads} (inference {mode}); "
                                f"cameras {names}")
 
     def _warm_up(self) -> None:
