@@ -416,6 +416,7 @@ def analyse(record: dict) -> dict:
             "tick_work": ms([e - s for s, e in ticks]), "inference": ms([e - s for s, e in inference]),
             "period_mean_ms": stats["tick_period_mean_s"] * 1e3, "period_std_ms": stats["tick_period_std_s"] * 1e3,
             "jitter_max_ms": stats["tick_jitter_max_s"] * 1e3, "holds": len(holds),
+            "hold_reason": max(set(holds), key=holds.count)[:40] if holds else "",
             "cpu": " / ".join(f"{record[k]:.0f}" for k in ("cpu_robot", "cpu_policy", "cpu_executor", "cpu_composed", "cpu_all")
                               if k in record)}
 
@@ -443,6 +444,7 @@ ROWS = [
     ("tick period mean / std ms (50 Hz = 20)", lambda r: f"{r['period_mean_ms']:.2f} / {r['period_std_ms']:.2f}"),
     ("tick jitter max ms", lambda r: f"{r['jitter_max_ms']:.2f}"),
     ("holds while the policy ran (starvation etc.)", lambda r: f"{r['holds']}"),
+    ("  most frequent reason", lambda r: r["hold_reason"] or "-"),
     ("CPU % of a core: robot / policy / executor", lambda r: r["cpu"]),
 ]
 
