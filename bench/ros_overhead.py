@@ -11,7 +11,8 @@ predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in
                handed over in memory on the inference thread (gem_ros.nodes.composed)
   one-process  all three nodes in one process under one executor, handed over in memory (gem_demo)
 Each layout runs once per --executor (default: single, and auto = what the nodes' main()s pick per process:
-events where no inference runs, single where it does; gem_ros.nodes.spinning), one executor thread per process: rclpy's MultiThreadedExecutor burned a whole core in the policy
+events where no inference runs, single where it does; gem_ros.nodes.spinning), one executor thread per process:
+rclpy's MultiThreadedExecutor burned a whole core in the policy
 process on this load and dropped half the camera frames (--executor multi-4 shows it).
 Every node times its own work with the wall clock (one machine, one clock), per chunk:
   frame age     observation stamp -> inference start: waiting for the newest frame (<= 1 / camera rate), not
@@ -251,7 +252,8 @@ def run_processes(standin_s, duration_s, checkpoint, width, height, names, execu
     with tempfile.TemporaryDirectory() as tmp:
         outs = {role: str(Path(tmp) / f"{role}.json") for role in roles}
         procs = {role: spawn.Process(target=node_process, args=(
-            role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop, executor_kind, replan))
+            role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop, executor_kind,
+            replan))
             for role in outs}
         for proc in procs.values():
             proc.start()
@@ -449,13 +451,21 @@ ROWS = [
 ]
 
 
+def executor_kind_arg(value: str) -> str:
+    from gem_ros.nodes.spinning import EXECUTOR_KINDS
+
+    if value in EXECUTOR_KINDS or (value.startswith("multi-") and value[6:].isdigit() and int(value[6:]) > 1):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: one of {EXECUTOR_KINDS} or multi-N (N > 1)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--standin-ms", type=float, nargs="+", default=[50.0, 300.0],
                         help="stand-in inference durations; 0: the tiny random policy itself (CPU inference)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of policy activity per run")
     parser.add_argument("--layout", nargs="+", choices=["all", *RUNNERS], default=["all"])
-    parser.add_argument("--executor", nargs="+", default=["single", "auto"],
+    parser.add_argument("--executor", nargs="+", default=["single", "auto"], type=executor_kind_arg,
                         help="executors to compare side by side: single, events, auto (per process as the nodes' "
                              "mains pick: events without inference, single with; gem_ros.nodes.spinning), multi-N "
                              "(rclpy's MultiThreadedExecutor with N threads)")

@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     # On sim time like the other nodes: the recorder stamps trajectories with it (trajectories per sim second).
     tools = Node("gem_demo", parameter_overrides=[Parameter("use_sim_time", value=True)])
     recorder = Recorder(tools)
-    executor = make_executor(args.executor, runs_inference=True)   # one thread: rclpy's multi-threaded one burns a core on this load
+    # One thread: rclpy's multi-threaded executor burns a core on this load.
+    executor = make_executor(args.executor, runs_inference=True)
     for node in (sim, policy, executor_node, tools):
         executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)

@@ -27,6 +27,15 @@ def test_executor_from_the_command_line_leaves_ros_arguments_to_rclpy():
         executor_from_args(["gem_policy", "--executr", "single"])
 
 
+def test_an_abbreviated_or_unavailable_executor_is_refused_on_the_command_line(monkeypatch):
+    with pytest.raises(SystemExit):
+        executor_from_args(["gem_policy", "--exec", "single"])
+    monkeypatch.setattr("gem_ros.nodes.spinning.events_executor_available", lambda: False)
+    with pytest.raises(SystemExit):
+        executor_from_args(["gem_policy", "--executor", "events"])
+    assert resolve_kind("auto") == "single"
+
+
 def test_unknown_kind_is_refused_and_auto_keeps_inference_processes_on_the_single_executor():
     with pytest.raises(ValueError, match="unknown executor"):
         make_executor("multi")
@@ -94,6 +103,35 @@ def test_every_launch_configuration_is_declared_and_passed_to_the_nodes():
     executor_default = next(kw.value.value for c in calls if c.func.id == "DeclareLaunchArgument"
                             and c.args[0].value == "executor" for kw in c.keywords if kw.arg == "default_value")
     assert executor_default in EXECUTOR_KINDS
+    # Every node gets --executor: `arguments=<a list variable>` whose literal starts with "--executor".
+    lists = {t.id: n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
+             if isinstance(t, ast.Name) and isinstance(n.value, ast.List)}
     nodes = [c for c in calls if c.func.id in ("Node", "LifecycleNode")]
-    assert nodes and all(any(kw.arg == "arguments" for kw in c.keywords) for c in nodes), \
-        "every node gets --executor"
+    passed = [next((kw.value for kw in c.keywords if kw.arg == "arguments"), None) for c in nodes]
+    assert len(nodes) == 3 and all(isinstance(v, ast.Name) and v.id in lists for v in passed), "arguments missing"
+    assert all(lists[v.id].elts[0].value == "--executor" for v in passed)
+
+
+@pytest.mark.skipif(not events_executor_available(), reason="rclpy has no EventsExecutor (before Kilted)")
+def test_events_spinner_returns_quietly_when_the_context_shuts_down_first():
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("spinning_shutdown_test", context=context)
+    spinner = make_executor("events", context)
+    spinner.add_node(node)
+    errors = []
+    thread = threading.Thread(target=lambda: _record_errors(spinner.spin, errors), daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+    thread.join(2.0)
+    assert not thread.is_alive() and errors == []
+    spinner.shutdown(timeout_sec=1.0)
+
+
+def _record_errors(fn, errors: list) -> None:
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001 - the test asserts there is none
+        errors.append(error)

@@ -2,8 +2,9 @@
 
 Robot facts live in config/<arm>/gem.yaml; this file only composes nodes. With sim:=true the embedded pybullet
 arm stands in for ros2_control (and publishes /clock). gem_policy is a managed node: it is configured and
-activated here with lifecycle events, so the chain comes up in one command. executor:=events|single|auto picks
-the rclpy executor every node spins (gem_ros.nodes.spinning; auto = events where rclpy has it).
+activated here with lifecycle events, so the chain comes up in one command. executor:=auto|events|single picks
+the rclpy executor of gem_sim and gem_executor, policy_executor:= that of gem_policy (gem_ros.nodes.spinning;
+auto = events for the first two where rclpy has it, single for the policy, whose inference it would slow).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
@@ -19,10 +20,12 @@ from lifecycle_msgs.msg import Transition
 def generate_launch_description():
     arm, sim, checkpoint = LaunchConfiguration("arm"), LaunchConfiguration("sim"), LaunchConfiguration("checkpoint")
     executor = ["--executor", LaunchConfiguration("executor")]
+    policy_executor = ["--executor", LaunchConfiguration("policy_executor")]
     params = PathJoinSubstitution([FindPackageShare("gem_bringup"), "config", arm, "gem.yaml"])
     urdf = PathJoinSubstitution([FindPackageShare("gem_ros"), "urdf", arm, [arm, ".urdf"]])
     policy = LifecycleNode(package="gem_ros", executable="gem_policy", name="gem_policy", namespace="",
-                           parameters=[params, {"checkpoint": checkpoint}], arguments=executor, output="screen")
+                           parameters=[params, {"checkpoint": checkpoint}], arguments=policy_executor,
+                           output="screen")
     configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=lambda node: node is policy,
                                             transition_id=Transition.TRANSITION_CONFIGURE))
     activate_when_configured = RegisterEventHandler(OnStateTransition(
@@ -33,7 +36,8 @@ def generate_launch_description():
         DeclareLaunchArgument("arm", default_value="panda", description="folder under gem_bringup/config"),
         DeclareLaunchArgument("sim", default_value="true", description="start the embedded pybullet arm"),
         DeclareLaunchArgument("checkpoint", description="GEM-VLA checkpoint folder"),
-        DeclareLaunchArgument("executor", default_value="auto", description="rclpy executor: auto, events, single"),
+        DeclareLaunchArgument("executor", default_value="auto", description="gem_sim/gem_executor: auto|events|single"),
+        DeclareLaunchArgument("policy_executor", default_value="auto", description="gem_policy: auto|events|single"),
         Node(package="gem_ros", executable="gem_sim", name="gem_sim", parameters=[params], arguments=executor,
              condition=IfCondition(sim), output="screen"),
         Node(package="gem_ros", executable="gem_executor", name="gem_executor",

@@ -38,7 +38,7 @@ def main(args=None) -> None:
 
     kind = resolve_kind(executor_from_args(args), runs_inference=True)
     rclpy.init(args=args)
-    nodes = []
+    nodes, executor = [], None
     try:
         policy = PolicyNode()
         nodes.append(policy)
@@ -57,6 +57,8 @@ def main(args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if executor is not None:
+            executor.shutdown()
         for node in nodes:   # the policy first: destroying it stops the inference thread that feeds the executor
             node.destroy_node()
         rclpy.try_shutdown()

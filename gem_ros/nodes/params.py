@@ -28,7 +28,7 @@ def spin_node(make_node, args=None, runs_inference: bool = False) -> None:
 
     kind = resolve_kind(executor_from_args(args), runs_inference)   # a bad argument fails before anything starts
     rclpy.init(args=args)
-    node = None
+    node = executor = None
     try:
         node = make_node()
         executor = make_executor(kind)
@@ -38,6 +38,8 @@ def spin_node(make_node, args=None, runs_inference: bool = False) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if executor is not None:
+            executor.shutdown()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

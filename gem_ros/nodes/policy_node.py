@@ -48,7 +48,8 @@ class PolicyNode(LifecycleNode):
         p = self.declare_parameter
         p("checkpoint", "")
         p("device", "auto")
-        # torch intra-op threads when the policy runs on the CPU (process-wide); 0 = torch's default, all cores.
+        # torch intra-op threads when the policy runs on the CPU (process-wide, kept after cleanup); 0 = leave
+        # torch's setting (by default all cores).
         # Leave a core to the rest of the process: with pybullet rendering on the executor thread (gem_demo, 2 cores)
         # 1 thread halved the chunk latency that 2 gave (OpenMP workers then fight the sim for the cores).
         p("cpu_threads", 0)

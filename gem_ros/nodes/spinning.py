@@ -9,7 +9,7 @@ events takes the policy -> executor hop from 1.13 to 0.45 ms p50 and roughly hal
 process that also runs CPU inference, its C++ callbacks win the GIL over the inference thread: the tiny policy's
 chunk 38 -> 51 ms in one process, and in gem_demo (pybullet rendering on the executor thread) 77 -> 250 ms.
 So `auto` is `events` for processes without an inference thread (gem_executor, gem_sim, gem_recorder) and `single`
-for those with one (gem_policy, gem_policy_executor, gem_demo); either is the fallback where rclpy lacks events.
+for those with one (gem_policy, gem_policy_executor, gem_demo); single is the fallback where rclpy lacks events.
 
 Its `spin()` in rclpy 9.1.2 never lets another Python thread run nor delivers a message (seen here with a plain
 subscription and a publisher thread), while `spin_once(timeout)` does both, so `EventsSpinner` spins it one event
@@ -41,8 +41,14 @@ class EventsSpinner:
         self._executor.remove_node(node)
 
     def spin(self) -> None:
-        while not self._stopped.is_set() and self._context.ok():
-            self._executor.spin_once(timeout_sec=self._poll_s)
+        """Until shutdown() or the context shuts down (then spin_once raises ExternalShutdownException)."""
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            while not self._stopped.is_set() and self._context.ok():
+                self._executor.spin_once(timeout_sec=self._poll_s)
+        except ExternalShutdownException:
+            pass
 
     def spin_once(self, timeout_sec: float | None = None) -> None:
         self._executor.spin_once(timeout_sec=timeout_sec)
@@ -67,6 +73,8 @@ def resolve_kind(kind: str, runs_inference: bool = False) -> str:
         raise ValueError(f"unknown executor '{kind}'; choose one of {EXECUTOR_KINDS}")
     if kind == "auto":
         return "events" if not runs_inference and events_executor_available() else "single"
+    if kind == "events" and not events_executor_available():
+        raise ValueError("executor 'events' needs rclpy.experimental.EventsExecutor (ROS 2 Kilted or newer)")
     return kind
 
 
@@ -77,11 +85,7 @@ def make_executor(kind: str = "auto", context=None, runs_inference: bool = False
         from rclpy.executors import SingleThreadedExecutor
 
         return SingleThreadedExecutor(context=context)
-    try:
-        return EventsSpinner(context=context)
-    except ImportError as error:
-        raise ValueError(f"executor 'events' needs rclpy.experimental.EventsExecutor (ROS 2 Kilted or newer): "
-                         f"{error}") from error
+    return EventsSpinner(context=context)
 
 
 def executor_from_args(args=None) -> str:
@@ -93,9 +97,14 @@ def executor_from_args(args=None) -> str:
     from rclpy.utilities import remove_ros_args
 
     argv = remove_ros_args(sys.argv if args is None else args)
-    parser = argparse.ArgumentParser(prog=argv[0] if argv else None,
+    parser = argparse.ArgumentParser(prog=argv[0] if argv else None, allow_abbrev=False,
                                      description="a gem node; its parameters come after --ros-args")
     parser.add_argument("--executor", choices=EXECUTOR_KINDS, default="auto",
                         help="rclpy executor: events (experimental, Kilted+), single, auto (single in a process that "
                              "runs inference, else events where available)")
-    return parser.parse_args(argv[1:]).executor
+    kind = parser.parse_args(argv[1:]).executor
+    try:
+        resolve_kind(kind)
+    except ValueError as error:
+        parser.error(str(error))
+    return kind
