@@ -94,12 +94,13 @@ def _stamp_s(msg) -> float:
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
-def make_policy(context, checkpoint: Path, standin_s: float, record: dict):
+def make_policy(context, checkpoint: Path, standin_s: float, record: dict, request_threshold_s: float):
     from gem_ros.nodes.params import bringup_config, node_parameters
     from gem_ros.nodes.policy_node import PolicyNode
 
     node = PolicyNode(context=context, parameter_overrides=node_parameters(
-        bringup_config("panda"), "gem_policy", checkpoint=str(checkpoint), device="cpu", use_sim_time=False))
+        bringup_config("panda"), "gem_policy", checkpoint=str(checkpoint), device="cpu", use_sim_time=False,
+        request_threshold_s=request_threshold_s))
     node.trigger_configure()
     io = node.policy.config.io
     # Hold the pose the fake robot reports: the gripper channel is the finger *width* (2 x 0.04 m). A width of 0.04
@@ -212,7 +213,7 @@ def _start_policy(node) -> None:
 
 # ------------------------------------------------------------------------------------------------ layouts
 def node_process(role: str, out: str, duration_s: float, checkpoint: str, standin_s: float, width: int,
-                 height: int, names: list[str], stop, executor_kind: str, replan: bool) -> None:
+                 height: int, names: list[str], stop, executor_kind: str, replan: bool, threshold_s: float) -> None:
     """One node in its own process; writes what it recorded to `out` as JSON. The policy runs `duration_s` once
     its inputs flow; the robot and the executor run until the parent sets `stop`."""
     import rclpy
@@ -223,11 +224,11 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
     if role == "robot":
         nodes = [make_robot(context, width, height, names, record)]
     elif role == "policy":
-        nodes = [make_policy(context, Path(checkpoint), standin_s, record)]
+        nodes = [make_policy(context, Path(checkpoint), standin_s, record, threshold_s)]
     elif role == "executor":
         nodes = [make_executor(context, record, replan)]
     else:   # "composed": gem_policy_executor, the chunk handed over in memory
-        nodes = [make_policy(context, Path(checkpoint), standin_s, record),
+        nodes = [make_policy(context, Path(checkpoint), standin_s, record, threshold_s),
                  make_executor(context, record, replan, subscribe=False)]
         hand_over(*nodes, record)
     policy = nodes[0] if role in ("policy", "composed") else None
@@ -245,7 +246,7 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
     Path(out).write_text(json.dumps(record, default=float))
 
 
-def run_processes(standin_s, duration_s, checkpoint, width, height, names, executor_kind, replan,
+def run_processes(standin_s, duration_s, checkpoint, width, height, names, executor_kind, replan, threshold_s=0.8,
                   roles=("robot", "executor", "policy")) -> dict:
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
@@ -253,7 +254,7 @@ def run_processes(standin_s, duration_s, checkpoint, width, height, names, execu
         outs = {role: str(Path(tmp) / f"{role}.json") for role in roles}
         procs = {role: spawn.Process(target=node_process, args=(
             role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop, executor_kind,
-            replan))
+            replan, threshold_s))
             for role in outs}
         for proc in procs.values():
             proc.start()
@@ -274,13 +275,14 @@ def run_processes(standin_s, duration_s, checkpoint, width, height, names, execu
     return record
 
 
-def run_one_process(standin_s, duration_s, checkpoint, width, height, names, executor_kind, replan) -> dict:
+def run_one_process(standin_s, duration_s, checkpoint, width, height, names, executor_kind, replan,
+                    threshold_s=0.8) -> dict:
     import rclpy
 
     context = rclpy.context.Context()
     rclpy.init(context=context)
     record: dict = {}
-    nodes = [make_policy(context, checkpoint, standin_s, record),
+    nodes = [make_policy(context, checkpoint, standin_s, record, threshold_s),
              make_executor(context, record, replan, subscribe=False), make_robot(context, width, height, names, record)]
     hand_over(nodes[0], nodes[1], record)   # as gem_demo
     record["cpu_all"] = spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]), executor_kind,
@@ -471,6 +473,11 @@ def main(argv=None) -> None:
                              "(rclpy's MultiThreadedExecutor with N threads)")
     parser.add_argument("--no-replan", action="store_true",
                         help="replan_on_chunk false: trajectories only at the 50 Hz ticks (as before 2026-11-26)")
+    # 0.8 s (> the stand-in checkpoint's 0.8 s horizon minus latency): the policy re-plans back to back, many chunks
+    # per run, comparable with the logs before 2026-11-26. The panda YAML's 0.3 gives one chunk per ~0.45 s, and
+    # with the executor's code colder between chunks its per-chunk overhead reads ~0.1-0.3 ms higher.
+    parser.add_argument("--request-threshold", type=float, default=0.8,
+                        help="gem_policy request_threshold_s in s (default 0.8: back-to-back chunks)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     args = parser.parse_args(argv)
@@ -490,7 +497,7 @@ def main(argv=None) -> None:
             for d in args.standin_ms:
                 for kind in args.executor:
                     raw = RUNNERS[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names,
-                                          kind, not args.no_replan)
+                                          kind, not args.no_replan, args.request_threshold)
                     results[(layout, d, kind)] = analyse(raw)
     print(f"\nROS overhead: 2 cameras {args.width}x{args.height} rgb8 at 30 Hz, joint states 100 Hz, executor 50 Hz, "
           f"{args.duration:.0f} s per run, wall clock; one executor of the named kind per process")
