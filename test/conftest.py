@@ -55,9 +55,9 @@ def _make_observation(config, seed: int = 0, instruction: str = "pick up the red
 
 
 @pytest.fixture
-def ros():
-    """An isolated rclpy context with gem_demo's executor (GEM_TEST_EXECUTOR=single|events overrides) spinning in
-    the background.
+def ros(request):
+    """An isolated rclpy context with gem_demo's executor spinning in the background (GEM_TEST_EXECUTOR=single|events,
+    or an indirect parametrization `@pytest.mark.parametrize("ros", ["events"], indirect=True)`, picks another).
 
     `ros.add(node)` spins a node; `ros.wait_for(predicate, timeout)` polls a condition (never a fixed sleep)."""
     rclpy = pytest.importorskip("rclpy")
@@ -68,8 +68,8 @@ def ros():
             self.context = rclpy.context.Context()
             rclpy.init(context=self.context)
             # The policy runs here: `auto` picks what gem_demo and gem_policy spin (gem_ros.nodes.spinning).
-            self.executor = make_executor(os.environ.get("GEM_TEST_EXECUTOR", "auto"), self.context,
-                                          runs_inference=True)
+            kind = getattr(request, "param", None) or os.environ.get("GEM_TEST_EXECUTOR", "auto")
+            self.executor = make_executor(kind, self.context, runs_inference=True)
             self.nodes = []
             self._thread = threading.Thread(target=self._spin, daemon=True)
             self._thread.start()

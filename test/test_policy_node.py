@@ -16,6 +16,7 @@ from gem_msgs.msg import ActionChunk, PolicyStatus  # noqa: E402
 from gem_ros.commander import GemCommander  # noqa: E402
 from gem_ros.nodes.conversions import rgb_to_image_msg  # noqa: E402
 from gem_ros.nodes.policy_node import PolicyNode  # noqa: E402
+from gem_ros.nodes.spinning import events_executor_available  # noqa: E402
 
 JOINTS = [f"j{i}" for i in range(9)]
 
@@ -59,6 +60,8 @@ def setup(ros, tiny_checkpoint_dir):
     policy.worker.shutdown()
 
 
+@pytest.mark.parametrize("ros", ["auto", pytest.param("events", marks=pytest.mark.skipif(
+    not events_executor_available(), reason="rclpy has no EventsExecutor"))], indirect=True)  # policy_executor:=events
 def test_goal_produces_chunks_feedback_and_cancel_holds(ros, setup):
     policy, probe, robot, seen = setup
     commander = GemCommander(node=probe)
