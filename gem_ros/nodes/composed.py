@@ -38,7 +38,7 @@ def main(args=None) -> None:
 
     kind = resolve_kind(executor_from_args(args), runs_inference=True)
     rclpy.init(args=args)
-    nodes, executor = [], None
+    nodes = []
     try:
         policy = PolicyNode()
         nodes.append(policy)
@@ -56,9 +56,7 @@ def main(args=None) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    finally:
-        if executor is not None:
-            executor.shutdown()
+    finally:   # no executor.shutdown() first: it destroys the guard condition the inference thread may still wake
         for node in nodes:   # the policy first: destroying it stops the inference thread that feeds the executor
             node.destroy_node()
         rclpy.try_shutdown()

@@ -28,7 +28,7 @@ def spin_node(make_node, args=None, runs_inference: bool = False) -> None:
 
     kind = resolve_kind(executor_from_args(args), runs_inference)   # a bad argument fails before anything starts
     rclpy.init(args=args)
-    node = executor = None
+    node = None
     try:
         node = make_node()
         executor = make_executor(kind)
@@ -37,9 +37,7 @@ def spin_node(make_node, args=None, runs_inference: bool = False) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    finally:
-        if executor is not None:
-            executor.shutdown()
+    finally:   # no executor.shutdown() before destroy_node: a policy's inference thread may still wake the executor
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
