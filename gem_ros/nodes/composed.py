@@ -15,6 +15,8 @@ Unlike the launch file's managed gem_policy, this entry point configures and act
 """
 from __future__ import annotations
 
+import faulthandler
+
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
@@ -37,6 +39,7 @@ def main(args=None) -> None:
     from gem_ros.nodes.spinning import executor_from_args, make_executor, resolve_kind
 
     kind = resolve_kind(executor_from_args(args), runs_inference=True)
+    faulthandler.enable()   # a crash in a C extension (DDS, torch) leaves the Python stacks in the log
     rclpy.init(args=args)
     nodes = []
     try:

@@ -4,6 +4,7 @@ Lets one-process tools (gem_demo, tests) use exactly the per-robot YAML that `ro
 """
 from __future__ import annotations
 
+import faulthandler
 from pathlib import Path
 
 import yaml
@@ -27,6 +28,7 @@ def spin_node(make_node, args=None, runs_inference: bool = False) -> None:
     from gem_ros.nodes.spinning import executor_from_args, make_executor, resolve_kind
 
     kind = resolve_kind(executor_from_args(args), runs_inference)   # a bad argument fails before anything starts
+    faulthandler.enable()   # a crash in a C extension (DDS, torch) leaves the Python stacks in the log
     rclpy.init(args=args)
     node = None
     try:
