@@ -249,18 +249,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"params: VLM {n_vlm:.1f} M, action expert {n_rdt:.1f} M; build {build_s:.1f} s; "
           f"peak memory {peak_memory_mb(device):.0f} MiB ({'GPU allocated' if device.type == 'cuda' else 'RSS'})")
     print("columns after the first: truncated VLM; ratio = last column / 'hf'")
-    label, column, ratio_w = LABEL_WIDTH, COLUMN_WIDTH, RATIO_WIDTH
-    header = f"{'stage (ms)':<{label}}" + "".join(f"{name:>{column}}" for name in results) + f"{'ratio':>{ratio_w}}"
+    width, column, ratio_w = LABEL_WIDTH, COLUMN_WIDTH, RATIO_WIDTH
+    header = f"{'stage (ms)':<{width}}" + "".join(f"{name:>{column}}" for name in results) + f"{'ratio':>{ratio_w}}"
     print(header + "\n" + "-" * len(header))
     base, last = ("hf" if "hf" in results else list(results)[0]), list(results)[-1]
     for stage in STAGES:
         med = {name: statistics.median(r[stage]) for name, r in results.items()}
         ratio = med[last] / med[base] if med[base] > 0 else float("nan")
-        print(f"{stage:<{label}}" + "".join(f"{m:>{column}.2f}" for m in med.values()) + f"{ratio:>{ratio_w}.2f}")
+        print(f"{stage:<{width}}" + "".join(f"{m:>{column}.2f}" for m in med.values()) + f"{ratio:>{ratio_w}.2f}")
     p95 = [float(np.percentile(r["total"], 95)) for r in results.values()]
-    print(f"{'total p95':<{label}}" + "".join(f"{m:>{column}.2f}" for m in p95))
-    print(f"{'first chunk (plan+capture)':<{label}}" + "".join(f"{m:>{column}.1f}" for m in first.values()))
-    print(f"{'new instr., same shape':<{label}}" + "".join(f"{renewed[name]:>{column}.1f}" for name in first))
+    print(f"{'total p95':<{width}}" + "".join(f"{m:>{column}.2f}" for m in p95))
+    print(f"{'first chunk (plan+capture)':<{width}}" + "".join(f"{m:>{column}.1f}" for m in first.values()))
+    print(f"{'new instr., same shape':<{width}}" + "".join(f"{renewed[name]:>{column}.1f}" for name in first))
     if args.plot:
         medians = {name: {stage: statistics.median(r[stage]) for stage in STAGES} for name, r in results.items()}
         title = (f"{label}, {gpu}, {dtype}, 2 x {image_size}², {args.steps} steps")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 from gem_ros.core.policy.action_expert import ActionExpert, distillation_loss, euler_integrate
 from gem_ros.core.policy.config import RDTConfig
-from gem_ros.core.policy.rdt import Attention, RDTBlock, modulate, timestep_embedding
+from gem_ros.core.policy.rdt import Attention, RDTBlock, RMSNorm, modulate, timestep_embedding
 
 TINY = RDTConfig(hidden_size=16, depth=2, num_heads=4, num_kv_heads=2, num_register_tokens=2,
                  ffn_multiple_of=8, timestep_freq_dim=8, cond_hidden_size=12)
@@ -21,6 +22,23 @@ def test_full_size_shapes_match_reference():
     block = RDTBlock(cfg)
     assert block.attn.wkv.weight.shape == (1024, 1024)          # 4 kv heads x 128 x (K, V)
     assert block.adaLN_modulation[1].weight.shape == (9 * 1024, 2048)
+
+
+def test_rmsnorm_keeps_the_fused_kernel_under_autocast_and_matches_torch():
+    """Training runs fp32 weights under bf16 autocast: torch's RMSNorm then drops to a composite with a warning."""
+    torch.manual_seed(0)
+    ours, reference = RMSNorm(16, eps=1e-5), torch.nn.RMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        reference.weight.copy_(ours.weight)
+    x = torch.randn(3, 16)
+    assert torch.equal(ours(x), reference(x))                         # fp32: exactly torch's
+    assert list(ours.state_dict()) == ["weight"]                      # checkpoint keys unchanged
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("error")                                # the dtype-mismatch warning fails here
+        y = ours(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), reference(x.bfloat16().float()), atol=0.05, rtol=0.02)
 
 
 def test_wkv_interleaves_k_and_v_elementwise():
@@ -192,3 +210,24 @@ def test_masked_pad_tokens_change_nothing_in_the_sampler():
     torch.testing.assert_close(expert.sample(padded, state, mask, num_steps=3, noise=noise), expected,
                                rtol=1e-5, atol=1e-5)
     assert (expert.sample(padded, state, None, num_steps=3, noise=noise) - expected).abs().max() > 1e-3
+
+
+def test_padded_prompt_trains_under_autocast():
+    """Training: fp32 weights, bf16 autocast, padded prompts (the key bias is built in the adapted prompt's dtype):
+    pads still must not move the velocity, and gradients reach the weights."""
+    expert = tiny_expert(seed=9)
+    with torch.no_grad():
+        for p in expert.parameters():
+            p.normal_(0, 0.3)
+    hidden, state, x = torch.randn(1, 2, 5, 12), torch.randn(1, 5), torch.randn(1, 6, 3)
+    padded = torch.cat([hidden, 50 * torch.randn(1, 2, 3, 12)], dim=2)
+    mask = torch.tensor([[True] * 5 + [False] * 3])
+    t = torch.tensor([0.3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lang, state_token = expert.encode_condition(padded, state)
+        velocity = expert.velocity(x, t, lang, state_token, mask)
+        lang_ref, state_ref = expert.encode_condition(hidden, state)
+        reference = expert.velocity(x, t, lang_ref, state_ref, None)
+    torch.testing.assert_close(velocity.float(), reference.float(), rtol=0.05, atol=0.05)
+    velocity.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in expert.model.blocks.parameters())

@@ -17,6 +17,8 @@ import torch
 from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
 from torch import nn
 
+from gem_ros.core.policy.rdt import RMSNorm
+
 DEPTH_PREFIXES = ("sana.", "vae.", "diffusion_connector.")
 
 
@@ -153,7 +155,7 @@ class DepthExpert(nn.Module):
             nn.Linear(config.vlm_hidden_size, config.caption_channels),
             nn.GELU(approximate="tanh"),
             nn.Linear(config.caption_channels, config.caption_channels),
-            nn.RMSNorm(config.caption_channels, eps=1e-5, elementwise_affine=True),
+            RMSNorm(config.caption_channels, eps=1e-5, elementwise_affine=True),
         )
         # Training draws (timestep, sigma) from the scheduler's fixed 1000-entry tables. Plain fp32 CPU
         # tensors, not buffers: they stay out of the checkpoint and a bf16 cast cannot round them.

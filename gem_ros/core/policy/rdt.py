@@ -53,12 +53,31 @@ def multimodal_pos_embed(dim: int, lengths: list[int]) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(rows, axis=0)).float()
 
 
+def key_bias(key_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, L) True = valid key -> additive attention bias (B, 1, 1, L): 0 or -inf. SDPA gets the bias rather than
+    the boolean mask: on CUDA a boolean mask costs a conversion inside every call (cross-attention 55-120 vs 33 us on
+    an H100, `bench/attention_backends.py`); the bias is built once per chunk."""
+    if key_mask is None:
+        return None
+    bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device).masked_fill(~key_mask.bool(), -torch.inf)
+    return bias[:, None, None, :]
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1e4) -> torch.Tensor:
     """DiT sinusoid of flow time t in [0, 1] (not scaled by 1000); cos half first, then sin. (B,) -> (B, dim)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose weight follows the input's dtype. Under autocast (training: fp32 weights, bf16 activations)
+    torch's RMSNorm otherwise leaves its fused kernel for a slower composite (and warns)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight if self.weight is None or self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
 
 
 class TimestepEmbedder(nn.Module):
@@ -84,8 +103,8 @@ class Attention(nn.Module):
         self.wq = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=False)
         self.wkv = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim * 2, bias=False)
         self.wo = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
-        self.norm_q = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
-        self.norm_k = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.norm_q = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.norm_k = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
 
     def split_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, _ = source.shape
@@ -93,23 +112,29 @@ class Attention(nn.Module):
         return k, v
 
     def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N, D) -> normalised keys and values (B, kv_heads, N, head_dim). For cross-attention the source is
-        the same at every denoising step, so the sampler computes these once per chunk."""
+        """(B, N, D) -> normalised keys and values (B, num_heads, N, head_dim), kv head j repeated for query heads
+        j*g .. j*g+g-1. Repeated rather than SDPA's `enable_gqa`: GQA can leave CUDA's fused kernels for the math
+        one, which runs in fp32 (`bench/attention_backends.py` shows which kernel each call gets). For
+        cross-attention the source is the same at every denoising step, so the sampler computes these once per
+        chunk."""
         k, v = self.split_kv(source)
-        return self.norm_k(k).transpose(1, 2), v.transpose(1, 2)
+        group = self.num_heads // self.num_kv_heads
+        return (self.norm_k(k).transpose(1, 2).repeat_interleave(group, dim=1),
+                v.transpose(1, 2).repeat_interleave(group, dim=1))
 
     def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               key_mask: torch.Tensor | None = None) -> torch.Tensor:
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`bias`: additive key bias (`key_bias`), in the keys' dtype."""
         b, n, _ = x.shape
         q = self.norm_q(self.wq(x).view(b, n, self.num_heads, self.head_dim)).transpose(1, 2)
-        mask = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)  # True = attend
-        # GQA inside SDPA (kv head j serves query heads j*g .. j*g+g-1, as repeat_interleave would) without copies.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.wo(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.attend(x, *self.keys_values(x if cond is None else cond), key_mask)
+        """`key_mask` (B, L): True = attend to that key."""
+        source = x if cond is None else cond
+        return self.attend(x, *self.keys_values(source), key_bias(key_mask, source.dtype))
 
 
 class SwiGLU(nn.Module):
@@ -129,12 +154,12 @@ class RDTBlock(nn.Module):
     def __init__(self, cfg: RDTConfig):
         super().__init__()
         d = cfg.hidden_size
-        self.attn_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(d, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
-        self.cross_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
-        self.cond_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.cross_norm = RMSNorm(d, eps=cfg.norm_eps)
+        self.cond_norm = RMSNorm(d, eps=cfg.norm_eps)
         self.cross_attn = Attention(cfg)
-        self.ffn_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(d, eps=cfg.norm_eps)
         self.ffn = SwiGLU(d, cfg.ffn_hidden_size)
         # Condition c = [timestep emb, state token] has width 2d; 9 chunks: (shift, scale, gate) x (attn, cross, ffn).
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(2 * d, 9 * d))
@@ -142,28 +167,24 @@ class RDTBlock(nn.Module):
         self.register_buffer("scale_offsets", scale_offsets(9, (1, 4, 7), d), persistent=False)
 
     def cross_keys_values(self, lang: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Computed once per chunk and read at every step: contiguous, and with each kv head already repeated for
-        its query heads, so masked cross-attention (padded prompts) can use a fused SDPA kernel (GQA + mask
-        would fall back to the unfused one)."""
-        k, v = self.cross_attn.keys_values(self.cond_norm(lang))
-        group = self.cross_attn.num_heads // self.cross_attn.num_kv_heads
-        return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        """Computed once per chunk and read at every step."""
+        return self.cross_attn.keys_values(self.cond_norm(lang))
 
     def modulation(self, c: torch.Tensor) -> torch.Tensor:
         """adaLN output (B, 9D) with 1 added to the three scales (see `scale_offsets`)."""
         return self.adaLN_modulation(c) + self.scale_offsets
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, lang: torch.Tensor, lang_mask: torch.Tensor | None):
-        return self.run(x, self.modulation(c), self.cross_keys_values(lang), lang_mask)
+        return self.run(x, self.modulation(c), self.cross_keys_values(lang), key_bias(lang_mask, lang.dtype))
 
     def run(self, x: torch.Tensor, modulation: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor],
-            lang_mask: torch.Tensor | None) -> torch.Tensor:
-        """The block with its `modulation` and cross-attention keys/values computed beforehand."""
+            lang_bias: torch.Tensor | None) -> torch.Tensor:
+        """The block with its `modulation`, cross-attention keys/values and key bias computed beforehand."""
         (shift_attn, scale_attn, gate_attn, shift_cross, scale_cross, gate_cross,
          shift_ffn, scale_ffn, gate_ffn) = modulation.chunk(9, dim=1)
         x = _gated(x, gate_attn, self.attn(_modulate(self.attn_norm(x), shift_attn, scale_attn)))
         x = _gated(x, gate_cross, self.cross_attn.attend(
-            _modulate(self.cross_norm(x), shift_cross, scale_cross), *cross_kv, key_mask=lang_mask))
+            _modulate(self.cross_norm(x), shift_cross, scale_cross), *cross_kv, bias=lang_bias))
         return _gated(x, gate_ffn, self.ffn(_modulate(self.ffn_norm(x), shift_ffn, scale_ffn)))
 
 
@@ -182,7 +203,7 @@ class FinalLayer(nn.Module):
     def __init__(self, cfg: RDTConfig, out_dim: int):
         super().__init__()
         d = cfg.hidden_size
-        self.ffn_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(d, eps=cfg.norm_eps)
         self.ffn = FinalMlp(d, 4 * d, out_dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(2 * d, 2 * d))
         self.register_buffer("scale_offsets", scale_offsets(2, (1,), d), persistent=False)
@@ -242,7 +263,8 @@ class RDT(nn.Module):
         lang (B, depth, L, D) adapted VLM layers, one per block; lang_mask (B, L) True = valid token."""
         c = self.condition(t, state_token)
         plan = SamplingPlan([block.modulation(c) for block in self.blocks], self.final_layer.modulation(c),
-                            [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)], lang_mask)
+                            [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)],
+                            key_bias(lang_mask, lang.dtype))
         return self.run(x, plan)
 
     def plan_sampling(self, times: torch.Tensor, state_token: torch.Tensor, lang: torch.Tensor,
@@ -256,7 +278,8 @@ class RDT(nn.Module):
         cross_kv = [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)]
         block_mods = [block.modulation(c).split(b) for block in self.blocks]   # [block][step] (B, 9D)
         final_mods = self.final_layer.modulation(c).split(b)
-        return [SamplingPlan([mods[s] for mods in block_mods], final_mods[s], cross_kv, lang_mask)
+        lang_bias = key_bias(lang_mask, lang.dtype)
+        return [SamplingPlan([mods[s] for mods in block_mods], final_mods[s], cross_kv, lang_bias)
                 for s in range(steps)]
 
     def run(self, x: torch.Tensor, plan: SamplingPlan, compile_blocks: bool = False) -> torch.Tensor:
@@ -264,7 +287,7 @@ class RDT(nn.Module):
         x = torch.cat([x, self.register_tokens.expand(b, -1, -1)], dim=1) + self.x_pos_emb
         run_block = compiled(RDTBlock.run) if compile_blocks else RDTBlock.run
         for block, modulation, cross_kv in zip(self.blocks, plan.block_modulations, plan.cross_kv):
-            x = run_block(block, x, modulation, cross_kv, plan.lang_mask)
+            x = run_block(block, x, modulation, cross_kv, plan.lang_bias)
         x = self.final_layer.run(x, plan.final_modulation)
         return x[:, : self.horizon]
 
@@ -274,5 +297,5 @@ class SamplingPlan:
     """What the RDT needs at one flow time besides the noisy actions (see `RDT.plan_sampling`)."""
     block_modulations: list[torch.Tensor]                  # per block (B, 9D), `RDTBlock.modulation`
     final_modulation: torch.Tensor                         # (B, 2D), `FinalLayer.modulation`
-    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]      # per block, keys/values (B, kv_heads, L, head_dim)
-    lang_mask: torch.Tensor | None                         # (B, L) True = valid token
+    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]      # per block, keys/values (B, heads, L, head_dim)
+    lang_bias: torch.Tensor | None                         # (B, 1, 1, L) `key_bias` of the prompt's pad mask
