@@ -2,6 +2,7 @@
 
     python bench/ros_overhead.py                         # all layouts, stand-ins of 50 and 300 ms, both executors
     python bench/ros_overhead.py --layout processes --duration 10 --executor events
+    python bench/ros_overhead.py --layout processes --executor auto --realtime-priority 0 50
 
 A fake robot publishes 2 cameras (640x480 rgb8, 30 Hz) and /joint_states (100 Hz). gem_policy (tiny checkpoint,
 predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in production, in one of 3 layouts:
@@ -40,12 +41,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785, 0.04, 0.04]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ros_overhead_report import HOME, ROWS, analyse, compute_floor, pct  # noqa: E402,F401  (compute_floor: tests)
 INSTRUCTION = "pick up the red cube"
-
-
-def pct(values, q):
-    return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
 def timed(fn, sink):
@@ -213,11 +211,19 @@ def _start_policy(node) -> None:
 
 # ------------------------------------------------------------------------------------------------ layouts
 def node_process(role: str, out: str, duration_s: float, checkpoint: str, standin_s: float, width: int,
-                 height: int, names: list[str], stop, executor_kind: str, replan: bool, threshold_s: float) -> None:
+                 height: int, names: list[str], stop, executor_kind: str, replan: bool, threshold_s: float,
+                 priority: int) -> None:
     """One node in its own process; writes what it recorded to `out` as JSON. The policy runs `duration_s` once
-    its inputs flow; the robot and the executor run until the parent sets `stop`."""
+    its inputs flow; the robot and the executor run until the parent sets `stop`. `priority` > 0: the executor
+    process under SCHED_FIFO, applied before rclpy starts as gem_executor's --realtime-priority does."""
     import rclpy
 
+    from gem_ros.core.realtime import make_calling_thread_realtime
+
+    if priority and role == "executor":
+        applied, line = make_calling_thread_realtime(priority)
+        if not applied:
+            raise SystemExit(line)
     context = rclpy.context.Context()
     rclpy.init(context=context)
     record: dict = {}
@@ -247,14 +253,14 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
 
 
 def run_processes(standin_s, duration_s, checkpoint, width, height, names, executor_kind, replan, threshold_s=0.8,
-                  roles=("robot", "executor", "policy")) -> dict:
+                  priority=0, roles=("robot", "executor", "policy")) -> dict:
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
     with tempfile.TemporaryDirectory() as tmp:
         outs = {role: str(Path(tmp) / f"{role}.json") for role in roles}
         procs = {role: spawn.Process(target=node_process, args=(
             role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop, executor_kind,
-            replan, threshold_s))
+            replan, threshold_s, priority))
             for role in outs}
         for proc in procs.values():
             proc.start()
@@ -276,9 +282,11 @@ def run_processes(standin_s, duration_s, checkpoint, width, height, names, execu
 
 
 def run_one_process(standin_s, duration_s, checkpoint, width, height, names, executor_kind, replan,
-                    threshold_s=0.8) -> dict:
+                    threshold_s=0.8, priority=0) -> dict:
     import rclpy
 
+    if priority:
+        raise ValueError("only gem_executor in its own process takes --realtime-priority")
     context = rclpy.context.Context()
     rclpy.init(context=context)
     record: dict = {}
@@ -295,8 +303,10 @@ def run_one_process(standin_s, duration_s, checkpoint, width, height, names, exe
     return record
 
 
-def run_composed(*args) -> dict:
-    return run_processes(*args, roles=("robot", "composed"))
+def run_composed(*args, priority=0, **kwargs) -> dict:
+    if priority:
+        raise ValueError("only gem_executor in its own process takes --realtime-priority")
+    return run_processes(*args, **kwargs, roles=("robot", "composed"))
 
 
 RUNNERS = {"processes": run_processes, "composed": run_composed, "one-process": run_one_process}
@@ -350,109 +360,6 @@ def bare_hop(executor_kind: str, count: int = 300) -> list[float]:
         return [1e3 * d for d in json.loads(Path(out).read_text())]
 
 
-def compute_floor(names: list[str], repeats: int = 2000) -> dict:
-    """The executor's own work per chunk with no ROS, no DDS and no other process: `on_chunk` (planning) and one
-    50 Hz `tick` (segment + safety filter) plus building the JointTrajectory message, in a quiet loop (p50, ms).
-    What the OVERHEAD row adds on top of this is scheduling, GIL and transport on a shared machine."""
-    from gem_ros.core.executor_setup import PARAMETERS, build_controller
-    from gem_ros.nodes.backends import to_joint_trajectory
-    from gem_ros.nodes.params import bringup_config, node_parameters
-
-    values = dict(PARAMETERS)
-    values.update({p.name: p.value for p in node_parameters(
-        bringup_config("panda"), "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"), use_sim_time=False)})
-    controller = build_controller(values)
-    chunk = np.tile(np.r_[HOME[:7], HOME[7] + HOME[8]], (16, 1))
-    planning, ticking, message = [], [], []
-    for i in range(repeats):
-        now = 100.0 + 0.02 * i
-        controller.on_joint_state(names, HOME, [0.0] * len(names), now, now)
-        if i % 10 == 0:   # a new chunk every 0.2 s, as a 50 ms policy with re-planning does
-            start = time.perf_counter()
-            controller.on_chunk(controller.expected_channels, 0.1, chunk, controller.mapper.cfg.kind, now - 0.01, now)
-            planning.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        command = controller.tick(now)
-        ticking.append(time.perf_counter() - start)
-        if command.kind == "trajectory":
-            start = time.perf_counter()
-            to_joint_trajectory(command.trajectory)
-            message.append(time.perf_counter() - start)
-    ms = lambda values: 1e3 * float(np.median(values[len(values) // 10:]))  # noqa: E731  (after warm-up)
-    return {"planning": ms(planning), "tick": ms(ticking), "message": ms(message)}
-
-
-# ------------------------------------------------------------------------------------------------ analysis
-def analyse(record: dict) -> dict:
-    """Per chunk: match the policy's publish to the executor's planning of it (by arrival order after it)."""
-    inference = record["inference"]
-    published = record["published"]
-    chunk_work = sorted(record["chunk_work"])
-    ticks = sorted(record["tick_work"])
-    # With replan_on_chunk the executor sends the new plan from the chunk callback; otherwise the next tick does.
-    senders = sorted(ticks + record["replan_work"])
-    sent = sorted(record["sent"])
-    frame_age, after_inference, transport, planning, tick_wait, tick_cost, overhead = ([] for _ in range(7))
-    for (index, obs_stamp, published_at), (started, ended) in zip(published[1:], inference[1:]):
-        planned = next(((s, e) for s, e in chunk_work if s >= published_at), None)
-        if planned is None:
-            continue
-        tick = next(((s, e) for s, e in senders if s >= planned[1]), None)
-        out = next(((s, e) for s, e in sent if tick and s >= tick[0]), None)
-        if tick is None or out is None:
-            continue
-        frame_age.append(started - obs_stamp)
-        after_inference.append(published_at - ended)
-        transport.append(planned[0] - published_at)
-        planning.append(planned[1] - planned[0])
-        tick_wait.append(tick[0] - planned[1])
-        tick_cost.append(out[1] - tick[0])
-        overhead.append(after_inference[-1] + transport[-1] + planning[-1] + tick_cost[-1])
-    # Holds while the policy was producing (the bench stops the policy first; the hold after it is expected).
-    horizon_end = published[-1][2] if published else 0.0
-    holds = [reason for at, reason in record["holds"] if published and published[0][2] < at < horizon_end]
-    ms = lambda values: [v * 1e3 for v in values]  # noqa: E731
-    stats = record["stats"]
-    callbacks = [e - s for s, e in record["image_callback"]]
-    return {"chunks": len(published), "frame_age": ms(frame_age), "after_inference": ms(after_inference),
-            "transport": ms(transport), "planning": ms(planning), "tick_wait": ms(tick_wait),
-            "tick_cost": ms(tick_cost), "overhead": ms(overhead), "image_callback": ms(callbacks),
-            "tick_work": ms([e - s for s, e in ticks]), "inference": ms([e - s for s, e in inference]),
-            "period_mean_ms": stats["tick_period_mean_s"] * 1e3, "period_std_ms": stats["tick_period_std_s"] * 1e3,
-            "jitter_max_ms": stats["tick_jitter_max_s"] * 1e3, "holds": len(holds),
-            "hold_reason": max(set(holds), key=holds.count)[:40] if holds else "",
-            "cpu": " / ".join(f"{record[k]:.0f}" for k in ("cpu_robot", "cpu_policy", "cpu_executor", "cpu_composed", "cpu_all")
-                              if k in record)}
-
-
-def p50(key, digits=2):
-    return lambda r: f"{pct(r[key], 50):.{digits}f}"
-
-
-def p50_p95(key, digits=2):
-    return lambda r: f"{pct(r[key], 50):.{digits}f} / {pct(r[key], 95):.{digits}f}"
-
-
-ROWS = [
-    ("chunks produced", lambda r: f"{r['chunks']}"),
-    ("inference p50 / p95 ms", p50_p95("inference", 1)),
-    ("OVERHEAD per chunk p50 / p95 ms (goal <= 1)", p50_p95("overhead")),
-    ("  inference end -> chunk published p50 ms", p50("after_inference")),
-    ("  DDS policy -> executor p50 ms", p50("transport")),
-    ("  executor chunk planning p50 ms", p50("planning")),
-    ("  replan/tick: segment + safety + publish p50 ms", p50("tick_cost")),
-    ("frame age at inference start p50 / p95 ms", p50_p95("frame_age", 1)),
-    ("chunk planned -> plan sent p50 ms", p50("tick_wait", 2)),
-    ("image callback (640x480) p50 / p95 ms", p50_p95("image_callback")),
-    ("tick work p50 / p95 ms", p50_p95("tick_work")),
-    ("tick period mean / std ms (50 Hz = 20)", lambda r: f"{r['period_mean_ms']:.2f} / {r['period_std_ms']:.2f}"),
-    ("tick jitter max ms", lambda r: f"{r['jitter_max_ms']:.2f}"),
-    ("holds while the policy ran (starvation etc.)", lambda r: f"{r['holds']}"),
-    ("  most frequent reason", lambda r: r["hold_reason"] or "-"),
-    ("CPU % of a core: robot / policy / executor", lambda r: r["cpu"]),
-]
-
-
 def executor_kind_arg(value: str) -> str:
     from gem_ros.nodes.spinning import EXECUTOR_KINDS
 
@@ -478,6 +385,9 @@ def main(argv=None) -> None:
     # with the executor's code colder between chunks its per-chunk overhead reads ~0.1-0.3 ms higher.
     parser.add_argument("--request-threshold", type=float, default=0.8,
                         help="gem_policy request_threshold_s in s (default 0.8: back-to-back chunks)")
+    parser.add_argument("--realtime-priority", type=int, nargs="+", default=[0], metavar="N",
+                        help="SCHED_FIFO priorities to compare (0 = off) for the gem_executor process, as its "
+                             "--realtime-priority (processes layout only)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     args = parser.parse_args(argv)
@@ -493,16 +403,17 @@ def main(argv=None) -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = make_random_sim_checkpoint(Path(tmp))
-        for layout in layouts:
-            for d in args.standin_ms:
-                for kind in args.executor:
-                    raw = RUNNERS[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names,
-                                          kind, not args.no_replan, args.request_threshold)
-                    results[(layout, d, kind)] = analyse(raw)
+        runs = [(layout, d, kind, priority) for layout in layouts for d in args.standin_ms for kind in args.executor
+                for priority in args.realtime_priority if not (priority and layout != "processes")]
+        for layout, d, kind, priority in runs:
+            raw = RUNNERS[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names, kind,
+                                  not args.no_replan, args.request_threshold, priority=priority)
+            results[(layout, d, kind, priority)] = analyse(raw)
     print(f"\nROS overhead: 2 cameras {args.width}x{args.height} rgb8 at 30 Hz, joint states 100 Hz, executor 50 Hz, "
           f"{args.duration:.0f} s per run, wall clock; one executor of the named kind per process")
     keys = list(results)
-    label = lambda layout, d, kind: f"{layout} {f'{d:.0f} ms' if d else 'policy'} {kind}"  # noqa: E731
+    label = lambda layout, d, kind, rt: (f"{layout} {f'{d:.0f} ms' if d else 'policy'} {kind}"  # noqa: E731
+                                         f"{f' rt{rt}' if rt else ''}")
     print(f"{'':46}" + "".join(f"{label(*key):>28}" for key in keys))
     for label, fmt in ROWS:
         print(f"{label:46}" + "".join(f"{fmt(results[k]):>28}" for k in keys))

@@ -1,6 +1,7 @@
 """gem_policy in-process over rclpy: lifecycle, chunks, action goals (feedback, cancel, pre-emption), stale input."""
 from __future__ import annotations
 
+import contextlib
 
 import numpy as np
 import pytest
@@ -127,13 +128,23 @@ def test_configure_fails_clearly_on_schema_mismatch(ros, tiny_checkpoint_dir):
     assert "checkpoint" in missing._status_reason
 
 
-def test_lifecycle_deactivate_cleanup_and_configure_again(ros, setup):
+def test_lifecycle_deactivate_cleanup_and_configure_again(ros, setup, monkeypatch):
     policy, probe, robot, seen = setup
     assert policy.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     assert policy.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert policy.policy is None and policy.worker is None
     ros.wait_for(lambda: probe.count_publishers("/gem/action_chunk") == 0, 10, "chunk publisher removed")
+    loaded_at_normal_priority = []
+
+    @contextlib.contextmanager
+    def recording_normal_priority():   # a re-configure may come from a real-time executor thread (composed)
+        loaded_at_normal_priority.append(False)
+        yield
+        loaded_at_normal_priority[-1] = policy.policy is not None
+
+    monkeypatch.setattr("gem_ros.nodes.policy_node.normal_priority", recording_normal_priority)
     assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert loaded_at_normal_priority == [True]
     assert policy.trigger_activate() == TransitionCallbackReturn.SUCCESS
     ros.wait_for(lambda: probe.count_publishers("/gem/action_chunk") == 1, 10, "chunk publisher back")
 

@@ -13,7 +13,11 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from gem_ros.nodes.spinning import (EXECUTOR_KINDS, EventsSpinner, events_executor_available,  # noqa: E402
-                                    executor_from_args, make_executor, resolve_kind)
+                                    make_executor, process_options, resolve_kind)
+
+
+def executor_from_args(argv):
+    return process_options(argv).executor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +29,17 @@ def test_executor_from_the_command_line_leaves_ros_arguments_to_rclpy():
         executor_from_args(["gem_policy", "--executor", "fastest"])
     with pytest.raises(SystemExit):   # a typo is refused, not ignored
         executor_from_args(["gem_policy", "--executr", "single"])
+
+
+def test_realtime_priority_from_the_command_line_is_checked_and_refused_where_inference_runs():
+    assert process_options(["gem_executor"]).realtime_priority == 0
+    assert process_options(["gem_executor", "--realtime-priority", "50", "--ros-args", "-p", "x:=1"]) == ("auto", 50)
+    for bad in ("0.5", "-1", "100"):
+        with pytest.raises(SystemExit):
+            process_options(["gem_executor", "--realtime-priority", bad])
+    with pytest.raises(SystemExit):   # gem_policy: configure/warm-up run on its executor thread
+        process_options(["gem_policy", "--realtime-priority", "50"], realtime=False)
+    assert process_options(["gem_policy", "--realtime-priority", "0"], realtime=False).realtime_priority == 0
 
 
 def test_an_abbreviated_or_unavailable_executor_is_refused_on_the_command_line(monkeypatch):
@@ -110,6 +125,13 @@ def test_every_launch_configuration_is_declared_and_passed_to_the_nodes():
     passed = [next((kw.value for kw in c.keywords if kw.arg == "arguments"), None) for c in nodes]
     assert len(nodes) == 3 and all(isinstance(v, ast.Name) and v.id in lists for v in passed), "arguments missing"
     assert all(lists[v.id].elts[0].value == "--executor" for v in passed)
+    # gem_executor also gets --realtime-priority <realtime_priority> (declared: checked above).
+    executor_node = next(c for c in nodes if any(kw.arg == "name" and kw.value.value == "gem_executor"
+                                                 for kw in c.keywords))
+    control = lists[next(kw.value.id for kw in executor_node.keywords if kw.arg == "arguments")]
+    flag = next(i for i, e in enumerate(control.elts) if isinstance(e, ast.Constant) and e.value == "--realtime-priority")
+    assert control.elts[flag + 1].func.id == "LaunchConfiguration"
+    assert control.elts[flag + 1].args[0].value == "realtime_priority"
 
 
 @pytest.mark.skipif(not events_executor_available(), reason="rclpy has no EventsExecutor (before Kilted)")

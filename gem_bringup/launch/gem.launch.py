@@ -5,6 +5,7 @@ arm stands in for ros2_control (and publishes /clock). gem_policy is a managed n
 activated here with lifecycle events, so the chain comes up in one command. executor:=auto|events|single picks
 the rclpy executor of gem_sim and gem_executor, policy_executor:= that of gem_policy (gem_ros.nodes.spinning;
 auto = events for the first two where rclpy has it, single for the policy, whose inference it would slow).
+realtime_priority:=N (1-99) runs gem_executor's threads under SCHED_FIFO (gem_ros.core.realtime; 0 = off).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
@@ -21,6 +22,8 @@ def generate_launch_description():
     arm, sim, checkpoint = LaunchConfiguration("arm"), LaunchConfiguration("sim"), LaunchConfiguration("checkpoint")
     executor = ["--executor", LaunchConfiguration("executor")]
     policy_executor = ["--executor", LaunchConfiguration("policy_executor")]
+    control = ["--executor", LaunchConfiguration("executor"),
+               "--realtime-priority", LaunchConfiguration("realtime_priority")]
     params = PathJoinSubstitution([FindPackageShare("gem_bringup"), "config", arm, "gem.yaml"])
     urdf = PathJoinSubstitution([FindPackageShare("gem_ros"), "urdf", arm, [arm, ".urdf"]])
     policy = LifecycleNode(package="gem_ros", executable="gem_policy", name="gem_policy", namespace="",
@@ -38,9 +41,11 @@ def generate_launch_description():
         DeclareLaunchArgument("checkpoint", description="GEM-VLA checkpoint folder"),
         DeclareLaunchArgument("executor", default_value="auto", description="gem_sim/gem_executor: auto|events|single"),
         DeclareLaunchArgument("policy_executor", default_value="auto", description="gem_policy: auto|events|single"),
+        DeclareLaunchArgument("realtime_priority", default_value="0",
+                              description="gem_executor: SCHED_FIFO priority 1-99 of its threads (0 = off)"),
         Node(package="gem_ros", executable="gem_sim", name="gem_sim", parameters=[params], arguments=executor,
              condition=IfCondition(sim), output="screen"),
         Node(package="gem_ros", executable="gem_executor", name="gem_executor",
-             parameters=[params, {"urdf_path": urdf}], arguments=executor, output="screen"),
+             parameters=[params, {"urdf_path": urdf}], arguments=control, output="screen"),
         policy, activate_when_configured, configure,
     ])

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gem_ros.core.observation import ObservationBuffer, StaleObservation
+from gem_ros.core.realtime import leave_realtime
 
 Clock = Callable[[], float]
 
@@ -159,6 +160,7 @@ class InferenceWorker:
             self.on_hold(reason)
 
     def _loop(self) -> None:
+        leave_realtime()   # if started from a real-time executor thread: inference never runs real-time
         while not self._stop.is_set():
             try:
                 produced = self.step()

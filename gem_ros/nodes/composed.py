@@ -36,9 +36,11 @@ def main(args=None) -> None:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    from gem_ros.nodes.spinning import executor_from_args, make_executor, resolve_kind
+    from gem_ros.nodes.spinning import make_executor, process_options, resolve_kind
 
-    kind = resolve_kind(executor_from_args(args), runs_inference=True)
+    # No --realtime-priority: chunks are planned on the inference thread here, which never runs real-time.
+    options = process_options(args, realtime=False)
+    kind = resolve_kind(options.executor, runs_inference=True)
     faulthandler.enable()   # a crash in a C extension (DDS, torch) leaves the Python stacks in the log
     rclpy.init(args=args)
     nodes = []

@@ -21,20 +21,27 @@ def node_parameters(yaml_path: Path, node_name: str, **overrides) -> list[Parame
 
 def spin_node(make_node, args=None, runs_inference: bool = False) -> None:
     """`main()` of every gem node: init, build, spin (executor from `--executor`; see gem_ros.nodes.spinning for
-    what `auto` picks) until Ctrl-C or shutdown, always clean up."""
+    what `auto` picks) until Ctrl-C or shutdown, always clean up. `--realtime-priority N` (not for a node that runs
+    inference) is applied before rclpy starts, so the middleware's threads get it too."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    from gem_ros.nodes.spinning import executor_from_args, make_executor, resolve_kind
+    from gem_ros.core.realtime import make_calling_thread_realtime
+    from gem_ros.nodes.spinning import make_executor, process_options, resolve_kind
 
-    kind = resolve_kind(executor_from_args(args), runs_inference)   # a bad argument fails before anything starts
+    options = process_options(args, realtime=not runs_inference)   # a bad argument fails before anything starts
+    kind = resolve_kind(options.executor, runs_inference)
     faulthandler.enable()   # a crash in a C extension (DDS, torch) leaves the Python stacks in the log
+    realtime, scheduling = make_calling_thread_realtime(options.realtime_priority)
     rclpy.init(args=args)
     node = None
     try:
         node = make_node()
         executor = make_executor(kind)
-        node.get_logger().info(f"spinning on the {kind} executor")
+        log = node.get_logger()
+        log.info(f"spinning on the {kind} executor; {scheduling}")
+        if options.realtime_priority and not realtime:
+            log.warning(scheduling)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -35,6 +35,7 @@ from gem_msgs.srv import SetInstruction
 from gem_ros.core.inference import ChunkResult, InferenceConfig, InferenceWorker
 from gem_ros.core.observation import ObservationBuffer, ObservationConfig
 from gem_ros.core.policy.observation import Observation
+from gem_ros.core.realtime import normal_priority
 from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.conversions import (compressed_msg_to_rgb, diagnostic_status, image_msg_to_rgb,
                                        rgb_to_image_msg, s_to_stamp, stamp_to_s)
@@ -86,7 +87,8 @@ class PolicyNode(LifecycleNode):
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state) -> TransitionCallbackReturn:
         try:
-            self._configure()
+            with normal_priority():   # loading + warm-up (and torch's worker threads) never at real-time priority
+                self._configure()
         except (ValueError, OSError) as error:
             self.get_logger().error(f"configure failed: {error}")
             self._status_state = PolicyStatus.ERROR

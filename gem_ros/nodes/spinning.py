@@ -18,6 +18,7 @@ at a time. It refuses nodes with guard conditions (rclpy raises "Guard condition
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 EXECUTOR_KINDS = ("auto", "events", "single")
 
@@ -88,13 +89,21 @@ def make_executor(kind: str = "auto", context=None, runs_inference: bool = False
     return EventsSpinner(context=context)
 
 
-def executor_from_args(args=None) -> str:
-    """The `--executor KIND` of a gem node's command line (`args` as rclpy.init takes them; None: sys.argv).
-    ROS arguments (after --ros-args) are left to rclpy; anything else is refused."""
+class ProcessOptions(NamedTuple):
+    executor: str               # one of EXECUTOR_KINDS
+    realtime_priority: int      # 0 = default scheduling; 1-99 SCHED_FIFO (gem_ros.core.realtime)
+
+
+def process_options(args=None, realtime: bool = True) -> ProcessOptions:
+    """`--executor KIND` and `--realtime-priority N` of a gem node's command line (`args` as rclpy.init takes them;
+    None: sys.argv). ROS arguments (after --ros-args) are left to rclpy; anything else is refused, as is
+    `--realtime-priority` for a process whose executor thread runs inference (`realtime=False`)."""
     import argparse
     import sys
 
     from rclpy.utilities import remove_ros_args
+
+    from gem_ros.core.realtime import MAX_PRIORITY
 
     argv = remove_ros_args(sys.argv if args is None else args)
     parser = argparse.ArgumentParser(prog=argv[0] if argv else None, allow_abbrev=False,
@@ -102,9 +111,17 @@ def executor_from_args(args=None) -> str:
     parser.add_argument("--executor", choices=EXECUTOR_KINDS, default="auto",
                         help="rclpy executor: events (experimental, Kilted+), single, auto (single in a process that "
                              "runs inference, else events where available)")
-    kind = parser.parse_args(argv[1:]).executor
+    parser.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                        help=f"SCHED_FIFO priority 1-{MAX_PRIORITY} for the control threads (0: default scheduling; "
+                             "where the OS refuses it, the node logs why and runs without)")
+    parsed = parser.parse_args(argv[1:])
     try:
-        resolve_kind(kind)
+        resolve_kind(parsed.executor)
     except ValueError as error:
         parser.error(str(error))
-    return kind
+    if not 0 <= parsed.realtime_priority <= MAX_PRIORITY:
+        parser.error(f"--realtime-priority must be in 0..{MAX_PRIORITY}, got {parsed.realtime_priority}")
+    if parsed.realtime_priority and not realtime:
+        parser.error("--realtime-priority: this process runs inference, which must not run real-time; give it to "
+                     "gem_executor (in its own process) instead")
+    return ProcessOptions(parsed.executor, parsed.realtime_priority)

@@ -1,0 +1,78 @@
+"""Real-time scheduling for the control path (Linux SCHED_FIFO), kept away from inference.
+
+On a robot PC the executor's chunk planning and 50 Hz ticks compete for cores with camera drivers, the simulator
+or the policy. ros2_control's controller manager runs its loop under SCHED_FIFO for that reason; gem nodes that
+run no inference (gem_executor, gem_sim, gem_recorder) can do the same with `--realtime-priority N` (1-99; 0, the
+default, leaves scheduling alone), applied before rclpy starts so the middleware's threads get it too. Measured
+with `bench/ros_overhead.py --realtime-priority 0 50`.
+
+Inference must never run at real-time priority: a CPU policy (and torch's OpenMP workers, which inherit the
+priority of the thread that first runs an operator) would own the cores it runs on. So gem_policy and
+gem_policy_executor refuse the option (the latter plans chunks on its inference thread, so it would not gain), and
+for processes an integrator composes otherwise, the policy's configure runs under `normal_priority()` and the
+inference thread calls `leave_realtime()`.
+
+Linux applies a policy per thread: threads created afterwards inherit it, existing ones keep theirs (in a node
+main: the few that importing numpy, rclpy and OpenCV start).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+MAX_PRIORITY = 99
+
+
+def check_priority(priority: int) -> int:
+    """0 (leave scheduling alone) or a SCHED_FIFO priority 1-99; anything else is refused."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"realtime priority must be an int in 0..{MAX_PRIORITY} (0 = off), got {priority!r}")
+    return priority
+
+
+def supported() -> bool:
+    return hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_FIFO")
+
+
+def make_calling_thread_realtime(priority: int) -> tuple[bool, str]:
+    """SCHED_FIFO at `priority` for the calling thread (and the threads it creates from now on). Returns (applied,
+    a line for the log). A refusal (no permission, not Linux) is reported, not raised: scheduling is about latency,
+    never about safety, and the node works without it."""
+    if check_priority(priority) == 0:
+        return False, "default scheduling (--realtime-priority 0)"
+    if not supported():
+        return False, f"SCHED_FIFO {priority} not applied: this platform has no sched_setscheduler"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError:
+        return False, (f"SCHED_FIFO {priority} not applied: permission denied (allow it with an rtprio limit, e.g. "
+                       f"'@realtime - rtprio 98' in /etc/security/limits.conf for a group of the user, then log in "
+                       f"again)")
+    except OSError as error:
+        return False, f"SCHED_FIFO {priority} not applied: {error}"
+    return True, f"SCHED_FIFO priority {priority}"
+
+
+def calling_thread_is_realtime() -> bool:
+    return supported() and os.sched_getscheduler(0) in (os.SCHED_FIFO, getattr(os, "SCHED_RR", os.SCHED_FIFO))
+
+
+@contextlib.contextmanager
+def normal_priority() -> Iterator[None]:
+    """Run the block (and threads it starts) under SCHED_OTHER if the calling thread is real-time; restore after."""
+    if not calling_thread_is_realtime():
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, policy, param)
+
+
+def leave_realtime() -> None:
+    """For a thread that must never run real-time (the inference loop): SCHED_OTHER if it inherited FIFO/RR."""
+    if calling_thread_is_realtime():
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))

@@ -1,0 +1,121 @@
+"""gem_ros.core.realtime: SCHED_FIFO for the control threads, never for inference."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+
+import pytest
+
+from gem_ros.core import realtime
+from gem_ros.core.realtime import check_priority, make_calling_thread_realtime
+
+
+def test_priority_is_checked_and_zero_leaves_scheduling_alone():
+    for bad in (-1, 100, 1.5, True, "50"):
+        with pytest.raises(ValueError, match="0..99"):
+            check_priority(bad)
+    before = os.sched_getscheduler(0)
+    assert make_calling_thread_realtime(0) == (False, "default scheduling (--realtime-priority 0)")
+    assert os.sched_getscheduler(0) == before
+
+
+def test_a_refusal_is_reported_with_the_fix_not_raised(monkeypatch):
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(realtime.os, "sched_setscheduler", refuse)
+    applied, line = make_calling_thread_realtime(50)
+    assert not applied and "permission denied" in line and "rtprio" in line
+
+
+def _policies_in_a_realtime_process(results) -> None:
+    """Child process (the test runner itself must never run real-time): what each kind of thread ends up with."""
+    from gem_ros.core.inference import InferenceConfig, InferenceWorker
+    from gem_ros.core.observation import ObservationBuffer, ObservationConfig
+    from gem_ros.core.realtime import normal_priority
+
+    applied, line = make_calling_thread_realtime(10)
+    results["applied"], results["line"] = applied, line
+    if not applied:
+        return
+
+    def policy_of_new_thread() -> int:
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    results["main"], results["inherited"] = os.sched_getscheduler(0), policy_of_new_thread()
+    with normal_priority():
+        results["inside_block"], results["started_inside_block"] = os.sched_getscheduler(0), policy_of_new_thread()
+    results["after_block"] = os.sched_getscheduler(0)
+    # The inference thread, started from a real-time thread, leaves real-time as it starts.
+    buffer = ObservationBuffer(ObservationConfig(camera_names=["cam"], joint_names=["j"], max_age_s=0.5,
+                                                 max_skew_s=0.1))
+    worker = InferenceWorker(InferenceConfig(), buffer, predict=None, clock=lambda: 100.0,
+                             on_chunk=lambda chunk: None, on_hold=lambda reason: None)
+    worker.start()
+    deadline = time.monotonic() + 5.0
+    while os.sched_getscheduler(worker._thread.native_id) != os.SCHED_OTHER and time.monotonic() < deadline:
+        time.sleep(0.01)
+    results["worker_thread"] = os.sched_getscheduler(worker._thread.native_id)
+    worker.shutdown()
+
+
+def test_realtime_reaches_control_threads_but_not_inference():
+    with multiprocessing.Manager() as manager:
+        results = manager.dict()
+        child = multiprocessing.get_context("spawn").Process(target=_policies_in_a_realtime_process, args=(results,))
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        results = dict(results)
+    if not results["applied"]:
+        pytest.skip(f"this machine refuses SCHED_FIFO: {results['line']}")
+    fifo, other = os.SCHED_FIFO, os.SCHED_OTHER
+    assert (results["main"], results["inherited"]) == (fifo, fifo)
+    assert (results["inside_block"], results["started_inside_block"], results["after_block"]) == (other, other, fifo)
+    assert results["worker_thread"] == other
+
+
+def test_gem_executor_main_runs_all_its_threads_realtime_when_asked():
+    """Applied before rclpy starts: the middleware's threads (DDS receive, events) inherit it too."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("rclpy")
+    from gem_ros.nodes.params import bringup_config
+
+    urdf = Path(__file__).resolve().parents[1] / "urdf" / "panda" / "panda.urdf"
+    code = "import sys; from gem_ros.nodes.executor_node import main; main(sys.argv)"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--realtime-priority", "10", "--ros-args", "--params-file",
+                             str(bringup_config("panda")), "-p", f"gem_executor:urdf_path:={urdf}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, deadline = [], time.monotonic() + 60
+    while time.monotonic() < deadline and not any("spinning on the" in line for line in lines):
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+    try:
+        started = next((line for line in lines if "spinning on the" in line), None)
+        assert started is not None, "".join(lines)[-3000:]
+        if "not applied" in started:
+            pytest.skip(f"this machine refuses SCHED_FIFO: {started.strip()}")
+        assert "SCHED_FIFO priority 10" in started
+        # The main thread and the middleware's (Fast DDS names its threads dds.*). Threads made while importing
+        # (numpy's OpenBLAS pool, rclpy's, OpenCV's) keep default scheduling.
+        tasks = {int(tid): Path(f"/proc/{proc.pid}/task/{tid}/comm").read_text().strip()
+                 for tid in os.listdir(f"/proc/{proc.pid}/task")}
+        middleware = [tid for tid, name in tasks.items() if name.startswith("dds.")]
+        assert middleware, tasks
+        assert all(os.sched_getscheduler(tid) == os.SCHED_FIFO for tid in [proc.pid, *middleware]), tasks
+    finally:
+        proc.send_signal(signal.SIGINT)
+        with proc:
+            assert proc.wait(30) == 0, proc.stdout.read()[-3000:]
