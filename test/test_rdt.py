@@ -197,15 +197,21 @@ def test_planned_sampler_equals_per_step_euler_over_velocity(steps):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_masked_pad_tokens_change_nothing_in_the_sampler():
-    """Padded prompts (static inference) rely on the mask: garbage in masked positions must not move the chunk."""
-    expert = tiny_expert(seed=8)
+def padded_prompt_case(seed):
+    """A randomised tiny expert, a prompt of 5 tokens, the same prompt with 3 garbage pads, and its pad mask."""
+    expert = tiny_expert(seed=seed)
     with torch.no_grad():
         for p in expert.parameters():
             p.normal_(0, 0.3)
-    hidden, state, noise = torch.randn(1, 2, 5, 12), torch.randn(1, 5), torch.randn(1, 6, 3)
+    hidden, state = torch.randn(1, 2, 5, 12), torch.randn(1, 5)
     padded = torch.cat([hidden, 50 * torch.randn(1, 2, 3, 12)], dim=2)
-    mask = torch.tensor([[True] * 5 + [False] * 3])
+    return expert, hidden, padded, torch.tensor([[True] * 5 + [False] * 3]), state
+
+
+def test_masked_pad_tokens_change_nothing_in_the_sampler():
+    """Padded prompts (static inference) rely on the mask: garbage in masked positions must not move the chunk."""
+    expert, hidden, padded, mask, state = padded_prompt_case(seed=8)
+    noise = torch.randn(1, 6, 3)
     expected = expert.sample(hidden, state, None, num_steps=3, noise=noise)
     torch.testing.assert_close(expert.sample(padded, state, mask, num_steps=3, noise=noise), expected,
                                rtol=1e-5, atol=1e-5)
@@ -215,14 +221,8 @@ def test_masked_pad_tokens_change_nothing_in_the_sampler():
 def test_padded_prompt_trains_under_autocast():
     """Training: fp32 weights, bf16 autocast, padded prompts (the key bias is built in the adapted prompt's dtype):
     pads still must not move the velocity, and gradients reach the weights."""
-    expert = tiny_expert(seed=9)
-    with torch.no_grad():
-        for p in expert.parameters():
-            p.normal_(0, 0.3)
-    hidden, state, x = torch.randn(1, 2, 5, 12), torch.randn(1, 5), torch.randn(1, 6, 3)
-    padded = torch.cat([hidden, 50 * torch.randn(1, 2, 3, 12)], dim=2)
-    mask = torch.tensor([[True] * 5 + [False] * 3])
-    t = torch.tensor([0.3])
+    expert, hidden, padded, mask, state = padded_prompt_case(seed=9)
+    x, t = torch.randn(1, 6, 3), torch.tensor([0.3])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         lang, state_token = expert.encode_condition(padded, state)
         velocity = expert.velocity(x, t, lang, state_token, mask)
