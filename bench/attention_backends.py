@@ -5,8 +5,8 @@
 For the action expert's self-attention (chunk + register tokens, 8 query / 4 kv heads) and cross-attention (to a
 padded VLM prompt, key mask), each way of calling `scaled_dot_product_attention` is run under torch's automatic
 backend choice and under each single backend (flash, efficient, cudnn, math): median microseconds of one call, or
-why torch refused that backend. A variant that only the math backend accepts upcasts to fp32 and is the slow path
-in the sampler's CUDA graph. Prints a table; asserts nothing.
+why torch refused that backend. The RDT uses the variants that are fast under `auto`: kv heads repeated and an
+additive key bias (`rdt.key_bias`). Prints a table; asserts nothing.
 """
 from __future__ import annotations
 

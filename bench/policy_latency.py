@@ -102,8 +102,9 @@ def measure(policy: GemVLAPolicy, runs: int, mode: str, label: str, chunks: dict
 
 
 def profile_static_stages(policy: GemVLAPolicy, top: int = 8) -> None:
-    """Kernel counts and the costliest kernels of one eager static VLM pass and one sampler call (CUDA): with CUDA
-    graphs the launch overhead is gone, and what remains is about kernel count x a few us plus the arithmetic."""
+    """Kernel counts and the costliest kernels of one VLM pass and one sampler call of the last mode's static program
+    (compiled with --compile), run without its graph (CUDA): with CUDA graphs the launch overhead is gone, and what
+    remains is about kernel count x a few us plus the arithmetic."""
     from torch.profiler import ProfilerActivity, profile
 
     program, plan = policy._programs.values()[-1], policy._plans.values()[-1]
@@ -123,7 +124,9 @@ def profile_static_stages(policy: GemVLAPolicy, top: int = 8) -> None:
             torch.cuda.synchronize()
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         busy_ms = sum(e.device_time for e in kernels) / 1e3
-        print(f"\n{name}: {len(kernels)} kernels, {busy_ms:.2f} ms GPU busy (eager static, one call)")
+        kind = "compiled" if program.compile_modules else "eager"
+        print(f"\n{name}: {len(kernels)} kernels, {busy_ms:.2f} ms GPU busy ({kind} static program without its "
+              f"graph, one call)")
         by_name: dict[str, list[float]] = {}
         for e in kernels:
             by_name.setdefault(e.name[:70], []).append(e.device_time)

@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ros_overhead_report import HOME, ROWS, analyse, compute_floor, pct  # noqa: E402,F401  (compute_floor: tests)
+from ros_overhead_report import HOME, ROWS, analyse, compute_floor, pct  # noqa: E402
 INSTRUCTION = "pick up the red cube"
 
 

@@ -137,7 +137,7 @@ def test_lifecycle_deactivate_cleanup_and_configure_again(ros, setup, monkeypatc
     loaded_at_normal_priority = []
 
     @contextlib.contextmanager
-    def recording_normal_priority():   # a re-configure may come from a real-time executor thread (composed)
+    def recording_normal_priority():   # in an integrator's process the executor thread may be real-time
         loaded_at_normal_priority.append(False)
         yield
         loaded_at_normal_priority[-1] = policy.policy is not None

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from gem_ros.core.policy.action_expert import ActionExpert, distillation_loss, euler_integrate
 from gem_ros.core.policy.config import RDTConfig
-from gem_ros.core.policy.rdt import Attention, RDTBlock, RMSNorm, modulate, timestep_embedding
+from gem_ros.core.policy.layers import RMSNorm
+from gem_ros.core.policy.rdt import Attention, RDTBlock, modulate, timestep_embedding
 
 TINY = RDTConfig(hidden_size=16, depth=2, num_heads=4, num_kv_heads=2, num_register_tokens=2,
                  ffn_multiple_of=8, timestep_freq_dim=8, cond_hidden_size=12)
@@ -34,9 +35,14 @@ def test_rmsnorm_keeps_the_fused_kernel_under_autocast_and_matches_torch():
     x = torch.randn(3, 16)
     assert torch.equal(ours(x), reference(x))                         # fp32: exactly torch's
     assert list(ours.state_dict()) == ["weight"]                      # checkpoint keys unchanged
-    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
-        warnings.simplefilter("error")                                # the dtype-mismatch warning fails here
-        y = ours(x.bfloat16())
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)   # torch warns once per process: an earlier test must not have used it up
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+            warnings.simplefilter("error")                            # the dtype-mismatch warning fails here
+            y = ours(x.bfloat16())
+    finally:
+        torch.set_warn_always(warn_always)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), reference(x.bfloat16().float()), atol=0.05, rtol=0.02)
 

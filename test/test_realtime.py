@@ -30,6 +30,47 @@ def test_a_refusal_is_reported_with_the_fix_not_raised(monkeypatch):
     assert not applied and "permission denied" in line and "rtprio" in line
 
 
+class FakeScheduler:
+    """os.sched_* of one thread, so the priority juggling is tested where the OS refuses real-time (CI in a
+    container): `refuse_raising` makes raising back to FIFO fail as an unprivileged user's would."""
+
+    def __init__(self, policy, priority, refuse_raising=False):
+        self.policy, self.priority, self.refuse_raising = policy, priority, refuse_raising
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(realtime.os, "sched_getscheduler", lambda pid: self.policy)
+        monkeypatch.setattr(realtime.os, "sched_getparam", lambda pid: os.sched_param(self.priority))
+        monkeypatch.setattr(realtime.os, "sched_setscheduler", self.set)
+        return self
+
+    def set(self, pid, policy, param):
+        if self.refuse_raising and policy == os.SCHED_FIFO:
+            raise PermissionError(1, "Operation not permitted")
+        self.policy, self.priority = policy, param.sched_priority
+
+
+def test_normal_priority_drops_and_restores_and_leave_realtime_drops(monkeypatch):
+    sched = FakeScheduler(os.SCHED_FIFO, 50).install(monkeypatch)
+    with realtime.normal_priority():
+        assert (sched.policy, sched.priority) == (os.SCHED_OTHER, 0)
+    assert (sched.policy, sched.priority) == (os.SCHED_FIFO, 50)
+    realtime.leave_realtime()
+    assert sched.policy == os.SCHED_OTHER
+    with realtime.normal_priority():   # a normal thread stays as it is
+        assert sched.policy == os.SCHED_OTHER
+
+
+def test_a_refused_restore_stays_normal_and_never_hides_the_blocks_error(monkeypatch, caplog):
+    sched = FakeScheduler(os.SCHED_FIFO, 50, refuse_raising=True).install(monkeypatch)
+    with realtime.normal_priority():
+        pass
+    assert sched.policy == os.SCHED_OTHER and "restoring real-time priority 50 failed" in caplog.text
+    sched.policy = os.SCHED_FIFO
+    with pytest.raises(KeyError, match="from the block"):
+        with realtime.normal_priority():
+            raise KeyError("from the block")
+
+
 def _policies_in_a_realtime_process(results) -> None:
     """Child process (the test runner itself must never run real-time): what each kind of thread ends up with."""
     from gem_ros.core.inference import InferenceConfig, InferenceWorker
@@ -81,6 +122,9 @@ def test_realtime_reaches_control_threads_but_not_inference():
     assert results["worker_thread"] == other
 
 
+@pytest.mark.ros
+@pytest.mark.skipif(os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp",
+                    reason="finds the middleware's threads by Fast DDS's thread names (dds.*)")
 def test_gem_executor_main_runs_all_its_threads_realtime_when_asked():
     """Applied before rclpy starts: the middleware's threads (DDS receive, events) inherit it too."""
     import signal

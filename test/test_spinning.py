@@ -16,38 +16,37 @@ from gem_ros.nodes.spinning import (EXECUTOR_KINDS, EventsSpinner, events_execut
                                     make_executor, process_options, resolve_kind)
 
 
-def executor_from_args(argv):
-    return process_options(argv).executor
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_executor_from_the_command_line_leaves_ros_arguments_to_rclpy():
-    assert executor_from_args(["gem_policy"]) == "auto"
-    assert executor_from_args(["gem_policy", "--executor", "single", "--ros-args", "-p", "checkpoint:=/x"]) == "single"
+    assert process_options(["gem_policy"]).executor == "auto"
+    options = process_options(["gem_policy", "--executor", "single", "--ros-args", "-p", "checkpoint:=/x"])
+    assert options.executor == "single"
     with pytest.raises(SystemExit):
-        executor_from_args(["gem_policy", "--executor", "fastest"])
+        process_options(["gem_policy", "--executor", "fastest"]).executor
     with pytest.raises(SystemExit):   # a typo is refused, not ignored
-        executor_from_args(["gem_policy", "--executr", "single"])
+        process_options(["gem_policy", "--executr", "single"]).executor
 
 
 def test_realtime_priority_from_the_command_line_is_checked_and_refused_where_inference_runs():
-    assert process_options(["gem_executor"]).realtime_priority == 0
-    assert process_options(["gem_executor", "--realtime-priority", "50", "--ros-args", "-p", "x:=1"]) == ("auto", 50)
+    assert process_options(["gem_executor"], allow_realtime=True).realtime_priority == 0
+    assert process_options(["gem_executor", "--realtime-priority", "50", "--ros-args", "-p", "x:=1"],
+                           allow_realtime=True) == ("auto", 50)
     for bad in ("0.5", "-1", "100"):
         with pytest.raises(SystemExit):
-            process_options(["gem_executor", "--realtime-priority", bad])
-    with pytest.raises(SystemExit):   # gem_policy: configure/warm-up run on its executor thread
-        process_options(["gem_policy", "--realtime-priority", "50"], realtime=False)
-    assert process_options(["gem_policy", "--realtime-priority", "0"], realtime=False).realtime_priority == 0
+            process_options(["gem_executor", "--realtime-priority", bad], allow_realtime=True)
+    with pytest.raises(SystemExit):   # every other node: inference or busy work must not run real-time
+        process_options(["gem_policy", "--realtime-priority", "50"])
+    assert process_options(["gem_policy", "--realtime-priority", "0"]).realtime_priority == 0
 
 
 def test_an_abbreviated_or_unavailable_executor_is_refused_on_the_command_line(monkeypatch):
     with pytest.raises(SystemExit):
-        executor_from_args(["gem_policy", "--exec", "single"])
+        process_options(["gem_policy", "--exec", "single"]).executor
     monkeypatch.setattr("gem_ros.nodes.spinning.events_executor_available", lambda: False)
     with pytest.raises(SystemExit):
-        executor_from_args(["gem_policy", "--executor", "events"])
+        process_options(["gem_policy", "--executor", "events"]).executor
     assert resolve_kind("auto") == "single"
 
 
@@ -129,7 +128,8 @@ def test_every_launch_configuration_is_declared_and_passed_to_the_nodes():
     executor_node = next(c for c in nodes if any(kw.arg == "name" and kw.value.value == "gem_executor"
                                                  for kw in c.keywords))
     control = lists[next(kw.value.id for kw in executor_node.keywords if kw.arg == "arguments")]
-    flag = next(i for i, e in enumerate(control.elts) if isinstance(e, ast.Constant) and e.value == "--realtime-priority")
+    flag = next(i for i, e in enumerate(control.elts)
+                if isinstance(e, ast.Constant) and e.value == "--realtime-priority")
     assert control.elts[flag + 1].func.id == "LaunchConfiguration"
     assert control.elts[flag + 1].args[0].value == "realtime_priority"
 

@@ -1,16 +1,17 @@
 """Real-time scheduling for the control path (Linux SCHED_FIFO), kept away from inference.
 
 On a robot PC the executor's chunk planning and 50 Hz ticks compete for cores with camera drivers, the simulator
-or the policy. ros2_control's controller manager runs its loop under SCHED_FIFO for that reason; gem nodes that
-run no inference (gem_executor, gem_sim, gem_recorder) can do the same with `--realtime-priority N` (1-99; 0, the
-default, leaves scheduling alone), applied before rclpy starts so the middleware's threads get it too. Measured
-with `bench/ros_overhead.py --realtime-priority 0 50`.
+or the policy. ros2_control's controller manager runs its control loop under SCHED_FIFO for that reason;
+gem_executor does the same with `--realtime-priority N` (1-99; 0, the default, leaves scheduling alone), applied
+before rclpy starts, so its middleware threads get it too (unlike ros2_control, which raises only its loop
+thread: here the chunk arrives through them). Measured with `bench/ros_overhead.py --realtime-priority 0 50`.
 
 Inference must never run at real-time priority: a CPU policy (and torch's OpenMP workers, which inherit the
-priority of the thread that first runs an operator) would own the cores it runs on. So gem_policy and
-gem_policy_executor refuse the option (the latter plans chunks on its inference thread, so it would not gain), and
-for processes an integrator composes otherwise, the policy's configure runs under `normal_priority()` and the
-inference thread calls `leave_realtime()`.
+priority of the thread that first runs an operator) would own the cores it runs on. Nor should busy non-control
+nodes (gem_sim renders cameras, gem_recorder writes files). So every other gem node refuses the option
+(gem_policy_executor plans chunks on its inference thread, so it would not gain either), and for processes an
+integrator composes otherwise, the policy's configure runs under `normal_priority()` and the inference thread calls
+`leave_realtime()`.
 
 Linux applies a policy per thread: threads created afterwards inherit it, existing ones keep theirs (in a node
 main: the few that importing numpy, rclpy and OpenCV start).
@@ -18,6 +19,7 @@ main: the few that importing numpy, rclpy and OpenCV start).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -69,7 +71,11 @@ def normal_priority() -> Iterator[None]:
     try:
         yield
     finally:
-        os.sched_setscheduler(0, policy, param)
+        try:
+            os.sched_setscheduler(0, policy, param)
+        except OSError as error:   # e.g. FIFO set by root (chrt, systemd) above this user's rtprio limit
+            logging.getLogger(__name__).warning(
+                f"stays at default scheduling: restoring real-time priority {param.sched_priority} failed ({error})")
 
 
 def leave_realtime() -> None:

@@ -39,7 +39,7 @@ def main(args=None) -> None:
     from gem_ros.nodes.spinning import make_executor, process_options, resolve_kind
 
     # No --realtime-priority: chunks are planned on the inference thread here, which never runs real-time.
-    options = process_options(args, realtime=False)
+    options = process_options(args)
     kind = resolve_kind(options.executor, runs_inference=True)
     faulthandler.enable()   # a crash in a C extension (DDS, torch) leaves the Python stacks in the log
     rclpy.init(args=args)

@@ -157,5 +157,5 @@ def make_executor_node(context=None, **overrides) -> ExecutorNode:
 
 
 def main(args=None) -> None:
-    spin_node(ExecutorNode, args)
+    spin_node(ExecutorNode, args, allow_realtime=True)
 

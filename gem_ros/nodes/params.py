@@ -19,17 +19,17 @@ def node_parameters(yaml_path: Path, node_name: str, **overrides) -> list[Parame
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
-def spin_node(make_node, args=None, runs_inference: bool = False) -> None:
+def spin_node(make_node, args=None, runs_inference: bool = False, allow_realtime: bool = False) -> None:
     """`main()` of every gem node: init, build, spin (executor from `--executor`; see gem_ros.nodes.spinning for
-    what `auto` picks) until Ctrl-C or shutdown, always clean up. `--realtime-priority N` (not for a node that runs
-    inference) is applied before rclpy starts, so the middleware's threads get it too."""
+    what `auto` picks) until Ctrl-C or shutdown, always clean up. `--realtime-priority N` (`allow_realtime`:
+    gem_executor only) is applied before rclpy starts, so the middleware's threads get it too."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     from gem_ros.core.realtime import make_calling_thread_realtime
     from gem_ros.nodes.spinning import make_executor, process_options, resolve_kind
 
-    options = process_options(args, realtime=not runs_inference)   # a bad argument fails before anything starts
+    options = process_options(args, allow_realtime and not runs_inference)   # bad arguments fail before anything
     kind = resolve_kind(options.executor, runs_inference)
     faulthandler.enable()   # a crash in a C extension (DDS, torch) leaves the Python stacks in the log
     realtime, scheduling = make_calling_thread_realtime(options.realtime_priority)
@@ -39,9 +39,8 @@ def spin_node(make_node, args=None, runs_inference: bool = False) -> None:
         node = make_node()
         executor = make_executor(kind)
         log = node.get_logger()
-        log.info(f"spinning on the {kind} executor; {scheduling}")
-        if options.realtime_priority and not realtime:
-            log.warning(scheduling)
+        (log.warning if options.realtime_priority and not realtime else log.info)(
+            f"spinning on the {kind} executor; {scheduling}")
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -94,16 +94,22 @@ class ProcessOptions(NamedTuple):
     realtime_priority: int      # 0 = default scheduling; 1-99 SCHED_FIFO (gem_ros.core.realtime)
 
 
-def process_options(args=None, realtime: bool = True) -> ProcessOptions:
+def process_options(args=None, allow_realtime: bool = False) -> ProcessOptions:
     """`--executor KIND` and `--realtime-priority N` of a gem node's command line (`args` as rclpy.init takes them;
-    None: sys.argv). ROS arguments (after --ros-args) are left to rclpy; anything else is refused, as is
-    `--realtime-priority` for a process whose executor thread runs inference (`realtime=False`)."""
+    None: sys.argv). ROS arguments (after --ros-args) are left to rclpy; anything else is refused, as is a nonzero
+    `--realtime-priority` unless `allow_realtime` (gem_executor; see gem_ros.core.realtime)."""
     import argparse
     import sys
 
     from rclpy.utilities import remove_ros_args
 
-    from gem_ros.core.realtime import MAX_PRIORITY
+    from gem_ros.core.realtime import MAX_PRIORITY, check_priority
+
+    def priority(text: str) -> int:
+        try:
+            return check_priority(int(text))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
     argv = remove_ros_args(sys.argv if args is None else args)
     parser = argparse.ArgumentParser(prog=argv[0] if argv else None, allow_abbrev=False,
@@ -111,7 +117,7 @@ def process_options(args=None, realtime: bool = True) -> ProcessOptions:
     parser.add_argument("--executor", choices=EXECUTOR_KINDS, default="auto",
                         help="rclpy executor: events (experimental, Kilted+), single, auto (single in a process that "
                              "runs inference, else events where available)")
-    parser.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+    parser.add_argument("--realtime-priority", type=priority, default=0, metavar="N",
                         help=f"SCHED_FIFO priority 1-{MAX_PRIORITY} for the control threads (0: default scheduling; "
                              "where the OS refuses it, the node logs why and runs without)")
     parsed = parser.parse_args(argv[1:])
@@ -119,9 +125,7 @@ def process_options(args=None, realtime: bool = True) -> ProcessOptions:
         resolve_kind(parsed.executor)
     except ValueError as error:
         parser.error(str(error))
-    if not 0 <= parsed.realtime_priority <= MAX_PRIORITY:
-        parser.error(f"--realtime-priority must be in 0..{MAX_PRIORITY}, got {parsed.realtime_priority}")
-    if parsed.realtime_priority and not realtime:
-        parser.error("--realtime-priority: this process runs inference, which must not run real-time; give it to "
-                     "gem_executor (in its own process) instead")
+    if parsed.realtime_priority and not allow_realtime:
+        parser.error("--realtime-priority: only gem_executor, in its own process, runs real-time (inference and "
+                     "busy nodes must not; see gem_ros.core.realtime)")
     return ProcessOptions(parsed.executor, parsed.realtime_priority)

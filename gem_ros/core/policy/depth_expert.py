@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
 from torch import nn
 
-from gem_ros.core.policy.rdt import RMSNorm
+from gem_ros.core.policy.layers import RMSNorm
 
 DEPTH_PREFIXES = ("sana.", "vae.", "diffusion_connector.")
 

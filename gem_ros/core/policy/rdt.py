@@ -17,6 +17,7 @@ from torch import nn
 
 from gem_ros.core.policy.compiled import compiled
 from gem_ros.core.policy.config import RDTConfig
+from gem_ros.core.policy.layers import RMSNorm
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -71,15 +72,6 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1e4) -> to
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm whose weight follows the input's dtype. Under autocast (training: fp32 weights, bf16 activations)
-    torch's RMSNorm otherwise leaves its fused kernel for a slower composite (and warns)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight if self.weight is None or self.weight.dtype == x.dtype else self.weight.to(x.dtype)
-        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
-
-
 class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, freq_dim: int):
         super().__init__()
@@ -113,10 +105,10 @@ class Attention(nn.Module):
 
     def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, D) -> normalised keys and values (B, num_heads, N, head_dim), kv head j repeated for query heads
-        j*g .. j*g+g-1. Repeated rather than SDPA's `enable_gqa`: GQA can leave CUDA's fused kernels for the math
-        one, which runs in fp32 (`bench/attention_backends.py` shows which kernel each call gets). For
-        cross-attention the source is the same at every denoising step, so the sampler computes these once per
-        chunk."""
+        j*g .. j*g+g-1. Repeated rather than SDPA's `enable_gqa`: with GQA CUDA's memory-efficient kernel refuses the
+        call and torch's choice among the others varied by machine (H100: 27-47 us vs 25-28 repeated;
+        `bench/attention_backends.py`). For cross-attention the source is the same at every denoising step, so the
+        sampler computes these once per chunk."""
         k, v = self.split_kv(source)
         group = self.num_heads // self.num_kv_heads
         return (self.norm_k(k).transpose(1, 2).repeat_interleave(group, dim=1),
@@ -133,8 +125,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`key_mask` (B, L): True = attend to that key."""
-        source = x if cond is None else cond
-        return self.attend(x, *self.keys_values(source), key_bias(key_mask, source.dtype))
+        k, v = self.keys_values(x if cond is None else cond)
+        return self.attend(x, k, v, key_bias(key_mask, k.dtype))
 
 
 class SwiGLU(nn.Module):
@@ -175,7 +167,8 @@ class RDTBlock(nn.Module):
         return self.adaLN_modulation(c) + self.scale_offsets
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, lang: torch.Tensor, lang_mask: torch.Tensor | None):
-        return self.run(x, self.modulation(c), self.cross_keys_values(lang), key_bias(lang_mask, lang.dtype))
+        cross_kv = self.cross_keys_values(lang)
+        return self.run(x, self.modulation(c), cross_kv, key_bias(lang_mask, cross_kv[0].dtype))
 
     def run(self, x: torch.Tensor, modulation: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor],
             lang_bias: torch.Tensor | None) -> torch.Tensor:
@@ -262,9 +255,9 @@ class RDT(nn.Module):
         """x (B, T, D) adapted noisy actions; t (B,) in [0, 1]; state_token (B, 1, D);
         lang (B, depth, L, D) adapted VLM layers, one per block; lang_mask (B, L) True = valid token."""
         c = self.condition(t, state_token)
-        plan = SamplingPlan([block.modulation(c) for block in self.blocks], self.final_layer.modulation(c),
-                            [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)],
-                            key_bias(lang_mask, lang.dtype))
+        cross_kv = [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)]
+        plan = SamplingPlan([block.modulation(c) for block in self.blocks], self.final_layer.modulation(c), cross_kv,
+                            key_bias(lang_mask, cross_kv[0][0].dtype))
         return self.run(x, plan)
 
     def plan_sampling(self, times: torch.Tensor, state_token: torch.Tensor, lang: torch.Tensor,
@@ -278,7 +271,7 @@ class RDT(nn.Module):
         cross_kv = [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)]
         block_mods = [block.modulation(c).split(b) for block in self.blocks]   # [block][step] (B, 9D)
         final_mods = self.final_layer.modulation(c).split(b)
-        lang_bias = key_bias(lang_mask, lang.dtype)
+        lang_bias = key_bias(lang_mask, cross_kv[0][0].dtype)
         return [SamplingPlan([mods[s] for mods in block_mods], final_mods[s], cross_kv, lang_bias)
                 for s in range(steps)]
 
