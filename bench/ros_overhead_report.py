@@ -9,6 +9,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785, 0.04, 0.04]   # panda ready pose + gripper fingers
+CPU_KEYS = ("cpu_robot", "cpu_policy", "cpu_executor", "cpu_composed", "cpu_all")   # per process of a layout
 
 
 def pct(values, q):
@@ -85,8 +86,7 @@ def analyse(record: dict) -> dict:
             "period_mean_ms": stats["tick_period_mean_s"] * 1e3, "period_std_ms": stats["tick_period_std_s"] * 1e3,
             "jitter_max_ms": stats["tick_jitter_max_s"] * 1e3, "holds": len(holds),
             "hold_reason": max(set(holds), key=holds.count)[:40] if holds else "",
-            "cpu": " / ".join(f"{record[k]:.0f}" for k in ("cpu_robot", "cpu_policy", "cpu_executor", "cpu_composed", "cpu_all")
-                              if k in record)}
+            "cpu": " / ".join(f"{record[k]:.0f}" for k in CPU_KEYS if k in record)}
 
 
 def p50(key, digits=2):

@@ -122,7 +122,7 @@ def test_every_launch_configuration_is_declared_and_passed_to_the_nodes():
              if isinstance(t, ast.Name) and isinstance(n.value, ast.List)}
     nodes = [c for c in calls if c.func.id in ("Node", "LifecycleNode")]
     passed = [next((kw.value for kw in c.keywords if kw.arg == "arguments"), None) for c in nodes]
-    assert len(nodes) == 3 and all(isinstance(v, ast.Name) and v.id in lists for v in passed), "arguments missing"
+    assert len(nodes) == 4 and all(isinstance(v, ast.Name) and v.id in lists for v in passed), "arguments missing"
     assert all(lists[v.id].elts[0].value == "--executor" for v in passed)
     # gem_executor also gets --realtime-priority <realtime_priority> (declared: checked above).
     executor_node = next(c for c in nodes if any(kw.arg == "name" and kw.value.value == "gem_executor"
@@ -157,3 +157,48 @@ def _record_errors(fn, errors: list) -> None:
         fn()
     except Exception as error:  # noqa: BLE001 - the test asserts there is none
         errors.append(error)
+
+
+def test_composed_launch_replaces_policy_and_executor_with_gem_policy_executor():
+    """composed:=true: one gem_policy_executor process with both nodes' parameters, the two separate nodes and the
+    lifecycle events that drive gem_policy off (gem_policy_executor configures itself)."""
+    tree = ast.parse((REPO / "gem_bringup" / "launch" / "gem.launch.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    keyword = lambda call, name: next((kw.value for kw in call.keywords if kw.arg == name), None)  # noqa: E731
+    declared = {c.args[0].value: keyword(c, "default_value") for c in calls if c.func.id == "DeclareLaunchArgument"}
+    assert declared["composed"].value == "false"
+    composed = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(n.value, ast.Call) and getattr(n.value.func, "id", "") == "LaunchConfiguration"
+                and n.value.args[0].value == "composed"}
+
+    def condition(call) -> str:
+        cond = keyword(call, "condition")
+        assert cond is not None and isinstance(cond.args[0], ast.Name) and cond.args[0].id in composed, \
+            f"{ast.unparse(call)[:80]} has no composed condition"
+        return cond.func.id
+
+    by_executable = {keyword(c, "executable").value: c for c in calls if c.func.id in ("Node", "LifecycleNode")}
+    assert condition(by_executable["gem_policy_executor"]) == "IfCondition"
+    assert condition(by_executable["gem_policy"]) == condition(by_executable["gem_executor"]) == "UnlessCondition"
+    assigned = {t.id: n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Name)}
+    assert condition(assigned["configure"]) == condition(assigned["activate_when_configured"]) == "UnlessCondition"
+    rules = [ast.unparse(e) for e in keyword(by_executable["gem_policy_executor"], "ros_arguments").elts]
+    assert rules[0::2] == ["'-p'", "'-p'"]
+    assert rules[1].startswith("['gem_policy:checkpoint:=', checkpoint]")
+    assert rules[3].startswith("['gem_executor:urdf_path:=', urdf]")
+    assert keyword(by_executable["gem_policy_executor"], "name") is None   # a name would rename both nodes
+
+
+
+def test_launch_description_builds_where_launch_ros_is_installed():
+    """Where launch_ros exists (a ROS install, not this pip environment) the file must at least construct: a wrong
+    keyword of a launch action fails here rather than at `ros2 launch`."""
+    pytest.importorskip("launch_ros")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gem_launch", REPO / "gem_bringup" / "launch" / "gem.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    assert len(description.entities) >= 10

@@ -6,10 +6,13 @@ activated here with lifecycle events, so the chain comes up in one command. exec
 the rclpy executor of gem_sim and gem_executor, policy_executor:= that of gem_policy (gem_ros.nodes.spinning;
 auto = events for the first two where rclpy has it, single for the policy, whose inference it would slow).
 realtime_priority:=N (1-99) runs gem_executor's threads under SCHED_FIFO (gem_ros.core.realtime; 0 = off).
+composed:=true starts gem_policy_executor instead: gem_policy and gem_executor in one process, each chunk handed
+over in memory (no DDS hop; gem_ros.nodes.composed), the policy configured and activated by the process itself.
+It gets no node name here (launch_ros would rename both of its nodes), so its parameters are node-scoped ros args.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
-from launch.conditions import IfCondition
+from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
@@ -20,6 +23,7 @@ from lifecycle_msgs.msg import Transition
 
 def generate_launch_description():
     arm, sim, checkpoint = LaunchConfiguration("arm"), LaunchConfiguration("sim"), LaunchConfiguration("checkpoint")
+    composed = LaunchConfiguration("composed")
     executor = ["--executor", LaunchConfiguration("executor")]
     policy_executor = ["--executor", LaunchConfiguration("policy_executor")]
     control = ["--executor", LaunchConfiguration("executor"),
@@ -28,13 +32,20 @@ def generate_launch_description():
     urdf = PathJoinSubstitution([FindPackageShare("gem_ros"), "urdf", arm, [arm, ".urdf"]])
     policy = LifecycleNode(package="gem_ros", executable="gem_policy", name="gem_policy", namespace="",
                            parameters=[params, {"checkpoint": checkpoint}], arguments=policy_executor,
-                           output="screen")
+                           condition=UnlessCondition(composed), output="screen")
     configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=lambda node: node is policy,
-                                            transition_id=Transition.TRANSITION_CONFIGURE))
+                                            transition_id=Transition.TRANSITION_CONFIGURE),
+                          condition=UnlessCondition(composed))
     activate_when_configured = RegisterEventHandler(OnStateTransition(
         target_lifecycle_node=policy, goal_state="inactive",
         entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=lambda node: node is policy,
-                                              transition_id=Transition.TRANSITION_ACTIVATE))]))
+                                              transition_id=Transition.TRANSITION_ACTIVATE))]),
+        condition=UnlessCondition(composed))
+    policy_and_executor = Node(package="gem_ros", executable="gem_policy_executor", parameters=[params],
+                               arguments=policy_executor, ros_arguments=[
+                                   "-p", ["gem_policy:checkpoint:=", checkpoint],
+                                   "-p", ["gem_executor:urdf_path:=", urdf]],
+                               condition=IfCondition(composed), output="screen")
     return LaunchDescription([
         DeclareLaunchArgument("arm", default_value="panda", description="folder under gem_bringup/config"),
         DeclareLaunchArgument("sim", default_value="true", description="start the embedded pybullet arm"),
@@ -43,9 +54,12 @@ def generate_launch_description():
         DeclareLaunchArgument("policy_executor", default_value="auto", description="gem_policy: auto|events|single"),
         DeclareLaunchArgument("realtime_priority", default_value="0",
                               description="gem_executor: SCHED_FIFO priority 1-99 of its threads (0 = off)"),
+        DeclareLaunchArgument("composed", default_value="false",
+                              description="true: gem_policy + gem_executor in one process (gem_policy_executor)"),
         Node(package="gem_ros", executable="gem_sim", name="gem_sim", parameters=[params], arguments=executor,
              condition=IfCondition(sim), output="screen"),
         Node(package="gem_ros", executable="gem_executor", name="gem_executor",
-             parameters=[params, {"urdf_path": urdf}], arguments=control, output="screen"),
-        policy, activate_when_configured, configure,
+             parameters=[params, {"urdf_path": urdf}], arguments=control, condition=UnlessCondition(composed),
+             output="screen"),
+        policy, activate_when_configured, configure, policy_and_executor,
     ])
