@@ -3,8 +3,10 @@
     python bench/ros_overhead.py                         # all layouts, stand-ins of 50 and 300 ms, both executors
     python bench/ros_overhead.py --layout processes --duration 10 --executor events
     python bench/ros_overhead.py --layout processes --executor auto --realtime-priority 0 50
+    python bench/ros_overhead.py --layout processes --cameras raw jpeg-eager jpeg --request-threshold 0.3
 
-A fake robot publishes 2 cameras (640x480 rgb8, 30 Hz) and /joint_states (100 Hz). gem_policy (tiny checkpoint,
+A fake robot publishes 2 cameras (640x480 rgb8, or JPEG CompressedImage with --cameras, 30 Hz) and /joint_states
+(100 Hz). gem_policy (tiny checkpoint,
 predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in production, in one of 3 layouts:
   processes    robot, gem_policy and gem_executor each in its own process (what gem.launch.py starts; a real
                camera driver is its own process too); the chunk goes policy -> executor over DDS
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,24 +59,59 @@ def timed(fn, sink):
     return wrapper
 
 
+@dataclass(frozen=True)
+class Run:
+    """One column of the table: what runs, and how."""
+    standin_s: float              # stand-in inference time; 0 = the tiny policy itself
+    duration_s: float
+    checkpoint: str
+    width: int
+    height: int
+    names: tuple[str, ...]        # joint names
+    executor_kind: str
+    replan: bool = True
+    threshold_s: float = 0.8
+    priority: int = 0             # SCHED_FIFO of the executor process (processes layout only)
+    cameras: str = "raw"          # raw | jpeg (decoded when the policy picks a frame) | jpeg-eager (on arrival)
+
+
+CAMERA_KINDS = ("raw", "jpeg", "jpeg-eager")
+
+
+def camera_frame(width: int, height: int) -> np.ndarray:
+    """A camera-like picture (smooth colour field + noise): JPEG costs what it costs on a real scene."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    field = np.stack([xs * 255 // max(width - 1, 1), ys * 255 // max(height - 1, 1), (xs + ys) % 256], axis=-1)
+    noise = np.random.default_rng(0).integers(-12, 13, field.shape)
+    return np.clip(field + noise, 0, 255).astype(np.uint8)
+
+
 # ------------------------------------------------------------------------------------------------ the three nodes
-def make_robot(context, width: int, height: int, names: list[str], record: dict):
+def make_robot(context, run: Run, record: dict):
     """Fake robot: cameras + joint states out; records when chunks and trajectories arrive."""
+    import cv2
     from rclpy.node import Node
-    from sensor_msgs.msg import Image, JointState
+    from sensor_msgs.msg import CompressedImage, Image, JointState
+    from std_msgs.msg import Header
     from trajectory_msgs.msg import JointTrajectory
 
     from gem_ros.nodes.conversions import rgb_to_image_msg
 
     robot = Node("fake_robot", context=context)
-    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    cams = {c: robot.create_publisher(Image, f"/camera/{c}/image_raw", 10) for c in ("scene", "wrist")}
+    frame, names = camera_frame(run.width, run.height), list(run.names)
+    jpeg = run.cameras != "raw"
+    cams = {c: robot.create_publisher(CompressedImage if jpeg else Image,
+                                      f"/camera/{c}/image_raw{'/compressed' if jpeg else ''}", 10)
+            for c in ("scene", "wrist")}
+    encoded = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     joint_pub = robot.create_publisher(JointState, "/joint_states", 10)
 
     def publish_cameras():
         stamp = robot.get_clock().now().to_msg()
         for cam, pub in cams.items():
-            pub.publish(rgb_to_image_msg(frame, stamp, f"{cam}_optical_frame"))
+            header = Header(stamp=stamp, frame_id=f"{cam}_optical_frame")
+            pub.publish(CompressedImage(header=header, format="jpeg", data=encoded) if jpeg
+                        else rgb_to_image_msg(frame, stamp, header.frame_id))
 
     def publish_joints():
         msg = JointState(name=names, position=HOME, velocity=[0.0] * len(names))
@@ -92,13 +130,21 @@ def _stamp_s(msg) -> float:
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
-def make_policy(context, checkpoint: Path, standin_s: float, record: dict, request_threshold_s: float):
+def make_policy(context, run: Run, record: dict):
+    from gem_ros.nodes import policy_node
+    from gem_ros.nodes.conversions import compressed_msg_to_rgb
     from gem_ros.nodes.params import bringup_config, node_parameters
-    from gem_ros.nodes.policy_node import PolicyNode
 
-    node = PolicyNode(context=context, parameter_overrides=node_parameters(
-        bringup_config("panda"), "gem_policy", checkpoint=str(checkpoint), device="cpu", use_sim_time=False,
-        request_threshold_s=request_threshold_s))
+    standin_s = run.standin_s
+    cameras = {}
+    if run.cameras != "raw":
+        cameras = dict(camera_transports=["compressed"] * 2,
+                       camera_topics=[f"/camera/{c}/image_raw/compressed" for c in ("scene", "wrist")])
+    if run.cameras == "jpeg-eager":   # the node before 2026-11-26: every frame decoded in its callback
+        policy_node.compressed_msg_to_frame = compressed_msg_to_rgb
+    node = policy_node.PolicyNode(context=context, parameter_overrides=node_parameters(
+        bringup_config("panda"), "gem_policy", checkpoint=str(run.checkpoint), device="cpu", use_sim_time=False,
+        request_threshold_s=run.threshold_s, **cameras))
     node.trigger_configure()
     io = node.policy.config.io
     # Hold the pose the fake robot reports: the gripper channel is the finger *width* (2 x 0.04 m). A width of 0.04
@@ -210,9 +256,7 @@ def _start_policy(node) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ layouts
-def node_process(role: str, out: str, duration_s: float, checkpoint: str, standin_s: float, width: int,
-                 height: int, names: list[str], stop, executor_kind: str, replan: bool, threshold_s: float,
-                 priority: int) -> None:
+def node_process(role: str, out: str, run: Run, stop) -> None:
     """One node in its own process; writes what it recorded to `out` as JSON. The policy runs `duration_s` once
     its inputs flow; the robot and the executor run until the parent sets `stop`. `priority` > 0: the executor
     process under SCHED_FIFO, applied before rclpy starts as gem_executor's --realtime-priority does."""
@@ -220,26 +264,25 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
 
     from gem_ros.core.realtime import make_calling_thread_realtime
 
-    if priority and role == "executor":
-        applied, line = make_calling_thread_realtime(priority)
+    if run.priority and role == "executor":
+        applied, line = make_calling_thread_realtime(run.priority)
         if not applied:
             raise SystemExit(line)
     context = rclpy.context.Context()
     rclpy.init(context=context)
     record: dict = {}
     if role == "robot":
-        nodes = [make_robot(context, width, height, names, record)]
+        nodes = [make_robot(context, run, record)]
     elif role == "policy":
-        nodes = [make_policy(context, Path(checkpoint), standin_s, record, threshold_s)]
+        nodes = [make_policy(context, run, record)]
     elif role == "executor":
-        nodes = [make_executor(context, record, replan)]
+        nodes = [make_executor(context, record, run.replan)]
     else:   # "composed": gem_policy_executor, the chunk handed over in memory
-        nodes = [make_policy(context, Path(checkpoint), standin_s, record, threshold_s),
-                 make_executor(context, record, replan, subscribe=False)]
+        nodes = [make_policy(context, run, record), make_executor(context, record, run.replan, subscribe=False)]
         hand_over(*nodes, record)
     policy = nodes[0] if role in ("policy", "composed") else None
-    record[f"cpu_{role}"] = spin(context, nodes, for_seconds(duration_s) if policy else stop.is_set,
-                                 (lambda: _start_policy(policy)) if policy else None, executor_kind,
+    record[f"cpu_{role}"] = spin(context, nodes, for_seconds(run.duration_s) if policy else stop.is_set,
+                                 (lambda: _start_policy(policy)) if policy else None, run.executor_kind,
                                  runs_inference=policy is not None)
     if policy:
         record["worker_reason"] = policy.worker.snapshot().reason
@@ -252,16 +295,12 @@ def node_process(role: str, out: str, duration_s: float, checkpoint: str, standi
     Path(out).write_text(json.dumps(record, default=float))
 
 
-def run_processes(standin_s, duration_s, checkpoint, width, height, names, executor_kind, replan, threshold_s=0.8,
-                  priority=0, roles=("robot", "executor", "policy")) -> dict:
+def run_processes(run: Run, roles=("robot", "executor", "policy")) -> dict:
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
     with tempfile.TemporaryDirectory() as tmp:
         outs = {role: str(Path(tmp) / f"{role}.json") for role in roles}
-        procs = {role: spawn.Process(target=node_process, args=(
-            role, outs[role], duration_s, str(checkpoint), standin_s, width, height, names, stop, executor_kind,
-            replan, threshold_s, priority))
-            for role in outs}
+        procs = {role: spawn.Process(target=node_process, args=(role, outs[role], run, stop)) for role in outs}
         for proc in procs.values():
             proc.start()
         # The robot and the executor stop after the policy, so the policy's whole run is observed.
@@ -281,20 +320,19 @@ def run_processes(standin_s, duration_s, checkpoint, width, height, names, execu
     return record
 
 
-def run_one_process(standin_s, duration_s, checkpoint, width, height, names, executor_kind, replan,
-                    threshold_s=0.8, priority=0) -> dict:
+def run_one_process(run: Run) -> dict:
     import rclpy
 
-    if priority:
+    if run.priority:
         raise ValueError("only gem_executor in its own process takes --realtime-priority")
     context = rclpy.context.Context()
     rclpy.init(context=context)
     record: dict = {}
-    nodes = [make_policy(context, checkpoint, standin_s, record, threshold_s),
-             make_executor(context, record, replan, subscribe=False), make_robot(context, width, height, names, record)]
+    nodes = [make_policy(context, run, record), make_executor(context, record, run.replan, subscribe=False),
+             make_robot(context, run, record)]
     hand_over(nodes[0], nodes[1], record)   # as gem_demo
-    record["cpu_all"] = spin(context, nodes, for_seconds(duration_s), lambda: _start_policy(nodes[0]), executor_kind,
-                             runs_inference=True)
+    record["cpu_all"] = spin(context, nodes, for_seconds(run.duration_s), lambda: _start_policy(nodes[0]),
+                             run.executor_kind, runs_inference=True)
     nodes[0].worker.shutdown()
     record["stats"] = nodes[1].controller.stats
     for node in nodes:
@@ -303,10 +341,10 @@ def run_one_process(standin_s, duration_s, checkpoint, width, height, names, exe
     return record
 
 
-def run_composed(*args, priority=0, **kwargs) -> dict:
-    if priority:
+def run_composed(run: Run) -> dict:
+    if run.priority:
         raise ValueError("only gem_executor in its own process takes --realtime-priority")
-    return run_processes(*args, **kwargs, roles=("robot", "composed"))
+    return run_processes(run, roles=("robot", "composed"))
 
 
 RUNNERS = {"processes": run_processes, "composed": run_composed, "one-process": run_one_process}
@@ -388,6 +426,9 @@ def main(argv=None) -> None:
     parser.add_argument("--realtime-priority", type=int, nargs="+", default=[0], metavar="N",
                         help="SCHED_FIFO priorities to compare (0 = off) for the gem_executor process, as its "
                              "--realtime-priority (processes layout only)")
+    parser.add_argument("--cameras", nargs="+", choices=CAMERA_KINDS, default=["raw"],
+                        help="raw Image, or JPEG CompressedImage decoded when the policy picks a frame (jpeg) or on "
+                             "arrival in the callback (jpeg-eager: gem_policy before 2026-11-26)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     args = parser.parse_args(argv)
@@ -403,20 +444,25 @@ def main(argv=None) -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = make_random_sim_checkpoint(Path(tmp))
-        runs = [(layout, d, kind, priority) for layout in layouts for d in args.standin_ms for kind in args.executor
-                for priority in args.realtime_priority if not (priority and layout != "processes")]
-        for layout, d, kind, priority in runs:
-            raw = RUNNERS[layout](d / 1e3, args.duration, checkpoint, args.width, args.height, names, kind,
-                                  not args.no_replan, args.request_threshold, priority=priority)
-            results[(layout, d, kind, priority)] = analyse(raw)
-    print(f"\nROS overhead: 2 cameras {args.width}x{args.height} rgb8 at 30 Hz, joint states 100 Hz, executor 50 Hz, "
+        for layout in layouts:
+            for d in args.standin_ms:
+                for kind in args.executor:
+                    for priority in args.realtime_priority if layout == "processes" else [0]:
+                        for cameras in args.cameras:
+                            run = Run(d / 1e3, args.duration, str(checkpoint), args.width, args.height, tuple(names),
+                                      kind, not args.no_replan, args.request_threshold, priority, cameras)
+                            results[(layout, d, kind, priority, cameras)] = analyse(RUNNERS[layout](run))
+    print(f"\nROS overhead: 2 cameras {args.width}x{args.height} at 30 Hz, joint states 100 Hz, executor 50 Hz, "
           f"{args.duration:.0f} s per run, wall clock; one executor of the named kind per process")
     keys = list(results)
-    label = lambda layout, d, kind, rt: (f"{layout} {f'{d:.0f} ms' if d else 'policy'} {kind}"  # noqa: E731
-                                         f"{f' rt{rt}' if rt else ''}")
-    print(f"{'':46}" + "".join(f"{label(*key):>28}" for key in keys))
+
+    def label(layout, d, kind, rt, cameras) -> str:
+        return (f"{layout} {f'{d:.0f} ms' if d else 'policy'} {kind}{f' rt{rt}' if rt else ''}"
+                f"{'' if cameras == 'raw' else ' ' + cameras}")
+
+    print(f"{'':46}" + "".join(f"{label(*key):>32}" for key in keys))
     for label, fmt in ROWS:
-        print(f"{label:46}" + "".join(f"{fmt(results[k]):>28}" for k in keys))
+        print(f"{label:46}" + "".join(f"{fmt(results[k]):>32}" for k in keys))
     floor = compute_floor(names)
     print(f"\nexecutor compute alone (no ROS, quiet loop) p50 ms: chunk planning {floor['planning']:.2f}, tick "
           f"{floor['tick']:.2f}, JointTrajectory message {floor['message']:.2f}; sum "

@@ -107,7 +107,7 @@ ROWS = [
     ("  replan/tick: segment + safety + publish p50 ms", p50("tick_cost")),
     ("frame age at inference start p50 / p95 ms", p50_p95("frame_age", 1)),
     ("chunk planned -> plan sent p50 ms", p50("tick_wait", 2)),
-    ("image callback (640x480) p50 / p95 ms", p50_p95("image_callback")),
+    ("image callback p50 / p95 ms", p50_p95("image_callback")),
     ("tick work p50 / p95 ms", p50_p95("tick_work")),
     ("tick period mean / std ms (50 Hz = 20)", lambda r: f"{r['period_mean_ms']:.2f} / {r['period_std_ms']:.2f}"),
     ("tick jitter max ms", lambda r: f"{r['jitter_max_ms']:.2f}"),

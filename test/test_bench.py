@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def load_bench(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -31,7 +32,8 @@ def test_ros_overhead_pairs_chunks_with_trajectories_and_replans_at_once(tmp_pat
     names = next(list(p.value) for p in node_parameters(bringup_config("panda"), "gem_policy")
                  if p.name == "state_joint_names")
     checkpoint = make_random_sim_checkpoint(tmp_path)
-    result = bench.analyse(bench.run_one_process(0.05, 2.0, checkpoint, 320, 240, names, "events", True))
+    result = bench.analyse(bench.run_one_process(bench.Run(0.05, 2.0, str(checkpoint), 320, 240, tuple(names),
+                                                           "events")))
     assert result["chunks"] >= 5, result["chunks"]
     assert len(result["overhead"]) >= result["chunks"] - 3        # all but the first / last few are matched
     assert all(v >= 0 for key in ("transport", "planning", "tick_cost") for v in result[key])

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from gem_ros.core.observation import (ObservationBuffer, ObservationConfig, StaleObservation, decode_compressed,
-                                      decode_depth, decode_raw, resize_to)
+from gem_ros.core.observation import (EncodedFrame, ObservationBuffer, ObservationConfig, StaleObservation,
+                                      decode_compressed, decode_depth, decode_raw, resize_to)
 from gem_ros.core.policy.config import CameraSpec, IOSchema
 
 H, W = 6, 5
@@ -295,6 +295,56 @@ def test_resize_on_assemble_and_the_observation_owns_its_pixels():
     obs.images["wrist"][:] = 0
     assert images["wrist"][0, 0, 0] == 5
     assert buf.assemble(1.0, "x", camera_sizes={"wrist": (3, 3)}).observation.images["wrist"].shape == (3, 3, 3)
+
+
+def png_frame(value: int) -> EncodedFrame:
+    ok, png = cv2.imencode(".png", frame(value)[..., ::-1])
+    assert ok
+    return EncodedFrame("png", png.tobytes())
+
+
+def test_encoded_frames_are_decoded_only_when_assembled_and_only_once(monkeypatch):
+    """Compressed cameras publish more frames than the policy reads: only the picked ones are decoded, once."""
+    import gem_ros.core.observation.images as images
+
+    decoded = []
+    real_decode = images.decode_compressed
+    monkeypatch.setattr(images, "decode_compressed", lambda fmt, data: decoded.append(1) or real_decode(fmt, data))
+    buf = make_buffer(max_age_s=0.2, max_skew_s=0.05)
+    for k in range(5):                                   # 5 frames per camera arrive; none is decoded on arrival
+        buf.add_image("front", 1.0 + 0.02 * k, png_frame(10 + k))
+        buf.add_image("wrist", 1.0 + 0.02 * k, png_frame(20 + k))
+    buf.add_joint_state(1.08, JOINTS, [0, 0, 0])
+    buf.check_fresh(1.09)
+    assert decoded == []
+    for _ in range(2):                                   # the same frames again: no second decode
+        obs = buf.assemble(1.09, "x").observation
+        assert obs.images["front"][0, 0, 0] == 14 and obs.images["wrist"][0, 0, 0] == 24
+    assert len(decoded) == 2
+    obs.images["front"][:] = 0                           # the policy's copy is its own, the cached frame unchanged
+    assert buf.assemble(1.09, "x").observation.images["front"][0, 0, 0] == 14
+
+
+def test_an_undecodable_frame_is_dropped_as_if_it_never_arrived_and_a_bad_format_is_refused_on_arrival():
+    buf = make_buffer(max_age_s=0.2, max_skew_s=0.05)
+    buf.add_image("front", 0.98, png_frame(7))
+    buf.add_image("front", 1.0, EncodedFrame("jpeg", b"not a jpeg"))   # the newest front frame is corrupt
+    buf.add_image("wrist", 1.0, png_frame(3))
+    buf.add_joint_state(1.0, JOINTS, [0, 0, 0])
+    timed = buf.assemble(1.0, "x")
+    assert timed.image_stamps == {"front": 0.98, "wrist": 1.0} and timed.observation.images["front"][0, 0, 0] == 7
+    assert buf.undecodable_frames == 1 and "camera 'front': could not decode" in buf.last_decode_error
+    assert buf.assemble(1.0, "x").image_stamps["front"] == 0.98 and buf.undecodable_frames == 1   # gone for good
+    only_corrupt = make_buffer(max_age_s=0.2, max_skew_s=0.05)
+    only_corrupt.add_image("front", 1.0, EncodedFrame("jpeg", b"not a jpeg"))
+    only_corrupt.add_image("wrist", 1.0, png_frame(3))
+    only_corrupt.add_joint_state(1.0, JOINTS, [0, 0, 0])
+    with pytest.raises(StaleObservation, match="no frame from camera 'front'"):
+        only_corrupt.assemble(1.0, "x")
+    with pytest.raises(ValueError, match="compressedDepth"):
+        EncodedFrame("16UC1; compressedDepth png", b"\x00" * 20)
+    with pytest.raises(ValueError, match="no data"):
+        EncodedFrame("jpeg", b"")
 
 
 def test_future_stamps_are_reported_as_clock_mismatch():

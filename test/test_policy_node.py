@@ -107,6 +107,47 @@ def test_new_goal_preempts_old_and_stale_camera_holds_with_diagnostic(ros, setup
     commander.close()
 
 
+def test_a_compressed_camera_gives_the_policy_the_same_pixels_as_a_raw_one(ros, tiny_checkpoint_dir):
+    """scene over CompressedImage (PNG, decoded only when the policy picks a frame), wrist raw, same picture."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    policy = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(tiny_checkpoint_dir)), Parameter("device", value="cpu"),
+        Parameter("state_joint_names", value=JOINTS), Parameter("max_observation_age_s", value=0.3),
+        Parameter("success_topic", value=""), Parameter("camera_transports", value=["compressed", "raw"]),
+        Parameter("camera_topics", value=["/camera/scene/image_raw/compressed", "/camera/wrist/image_raw"])]))
+    probe = ros.add(Node("compressed_probe", context=ros.context))
+    robot = FakeRobot(probe)
+    del robot.pubs["scene"]
+    png = cv2.imencode(".png", robot.image[..., ::-1])[1].tobytes()
+    compressed = probe.create_publisher(CompressedImage, "/camera/scene/image_raw/compressed", 10)
+    sent = [0]
+    corrupt_every_other = [False]
+
+    def publish_scene():
+        sent[0] += 1
+        data = b"\xff\xd8 not a png" if corrupt_every_other[0] and sent[0] % 2 else png
+        compressed.publish(CompressedImage(header=rgb_to_image_msg(
+            robot.image[:1, :1], probe.get_clock().now().to_msg()).header, format="png", data=data))
+
+    probe.create_timer(0.03, publish_scene)
+    diagnostics = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert policy.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    policy.worker.run_instruction("pick up the red cube")
+    ros.wait_for(lambda: policy.worker.snapshot().chunks >= 2, 60, "two chunks from the compressed camera")
+    images = policy._last_observation.images
+    np.testing.assert_array_equal(images["scene"], images["wrist"])
+    # Every other frame corrupt: those are dropped (and counted on /diagnostics), the policy goes on from the others.
+    corrupt_every_other[0], chunks = True, policy.worker.snapshot().chunks
+    ros.wait_for(lambda: any(kv.key == "undecodable_frames" for d in diagnostics for st in d.status
+                             for kv in st.values), 20, "undecodable frames on /diagnostics")
+    ros.wait_for(lambda: policy.worker.snapshot().chunks >= chunks + 2, 60, "chunks despite corrupt frames")
+    policy.worker.shutdown()
+
+
 def test_configure_fails_clearly_on_schema_mismatch(ros, tiny_checkpoint_dir):
     node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
         Parameter("checkpoint", value=str(tiny_checkpoint_dir)), Parameter("device", value="cpu"),

@@ -20,8 +20,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from gem_ros.core.observation.images import (COLOR_ENCODINGS, DEPTH_ENCODINGS, check_raw_layout, decode_compressed,
-                                             decode_depth, decode_raw)
+from gem_ros.core.observation.images import (COLOR_ENCODINGS, DEPTH_ENCODINGS, EncodedFrame, check_raw_layout,
+                                             decode_compressed, decode_depth, decode_raw)
 
 _NS_PER_S = 1_000_000_000
 
@@ -95,6 +95,11 @@ def image_msg_to_depth_m(msg: Image) -> np.ndarray:
 def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg/png) -> (H, W, 3) uint8 RGB."""
     return decode_compressed(msg.format, msg.data)
+
+
+def compressed_msg_to_frame(msg: CompressedImage) -> EncodedFrame:
+    """sensor_msgs/CompressedImage -> an EncodedFrame (format checked now, decoded when a policy uses it)."""
+    return EncodedFrame(msg.format, msg.data)
 
 
 def rgb_to_image_msg(rgb: np.ndarray, stamp=None, frame_id: str = "", encoding: str = "rgb8") -> Image:
@@ -228,7 +233,7 @@ def diagnostic_status(name: str, level: int | bytes, message: str, values: Mappi
 
 
 __all__ = [
-    "COLOR_ENCODINGS", "DEPTH_ENCODINGS", "compressed_msg_to_rgb", "depth_to_image_msg", "diagnostic_status",
+    "COLOR_ENCODINGS", "DEPTH_ENCODINGS", "compressed_msg_to_frame", "compressed_msg_to_rgb", "depth_to_image_msg", "diagnostic_status",
     "image_msg_to_depth_m", "image_msg_to_rgb", "joint_state_to_dict", "make_camera_info", "make_joint_trajectory",
     "rgb_to_image_msg", "s_to_duration", "s_to_stamp", "stamp_to_s",
 ]

@@ -37,7 +37,7 @@ from gem_ros.core.observation import ObservationBuffer, ObservationConfig
 from gem_ros.core.policy.observation import Observation
 from gem_ros.core.realtime import normal_priority
 from gem_ros.nodes.params import spin_node
-from gem_ros.nodes.conversions import (compressed_msg_to_rgb, diagnostic_status, image_msg_to_rgb,
+from gem_ros.nodes.conversions import (compressed_msg_to_frame, diagnostic_status, image_msg_to_rgb,
                                        rgb_to_image_msg, s_to_stamp, stamp_to_s)
 
 Outcome = ExecuteInstruction.Result
@@ -213,7 +213,8 @@ class PolicyNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg) -> None:
         try:
-            rgb = compressed_msg_to_rgb(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
+            # compressed frames stay encoded until the policy picks one (gem_ros.core.observation.EncodedFrame)
+            rgb = compressed_msg_to_frame(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
         except ValueError as error:
             self.get_logger().error(f"camera '{camera}': {error}", throttle_duration_sec=2.0)
             return
@@ -312,6 +313,9 @@ class PolicyNode(LifecycleNode):
         values = {f"latency_{k}_ms": f"{v:.1f}" for k, v in timings.items()}
         values.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
         values["chunks_produced"] = str(snap.chunks if snap else 0)
+        if self.buffer is not None and self.buffer.undecodable_frames:   # dropped compressed frames: a camera problem
+            values["undecodable_frames"] = str(self.buffer.undecodable_frames)
+            values["last_decode_error"] = self.buffer.last_decode_error[:200]
         if self.policy is not None:
             values["inference_mode"] = self._inference_mode
             failed = dict(self.policy.capture_errors)   # copied: the inference thread may add to it

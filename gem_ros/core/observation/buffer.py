@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gem_ros.core.observation.images import resize_to
+from gem_ros.core.observation.images import EncodedFrame, resize_to
 from gem_ros.core.policy.config import IOSchema
 from gem_ros.core.policy.observation import Observation
 
@@ -107,12 +107,16 @@ class ObservationBuffer:
         self._joint_history = [deque() for _ in config.joint_names]
         self._joint_messages = 0
         self._unknown_joints: set[str] = set()   # names seen but not configured: a hint when one is missing
+        self.undecodable_frames = 0              # EncodedFrames dropped because they would not decode
+        self.last_decode_error = ""
 
-    def add_image(self, camera: str, stamp_s: float, image: np.ndarray) -> None:
-        """Keep a (H, W, 3) uint8 RGB frame. The buffer holds a reference: do not modify `image` afterwards."""
+    def add_image(self, camera: str, stamp_s: float, image: np.ndarray | EncodedFrame) -> None:
+        """Keep a (H, W, 3) uint8 RGB frame, or an EncodedFrame that `assemble` decodes if it picks it. The buffer
+        holds a reference: do not modify `image` afterwards."""
         if camera not in self._frames:
             raise ValueError(f"unknown camera {camera!r}; configured cameras: {self.config.camera_names}")
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        rgb = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        if not (rgb or isinstance(image, EncodedFrame)):
             shape = getattr(image, "shape", None)
             raise ValueError(f"camera {camera!r}: image must be (H, W, 3) uint8 RGB, got "
                              f"{type(image).__name__} {shape} {getattr(image, 'dtype', '')}")
@@ -175,9 +179,13 @@ class ObservationBuffer:
         unknown = sorted(set(sizes) - set(self._frames))
         if unknown:
             raise ValueError(f"camera_sizes names unknown cameras {unknown}; configured: {self.config.camera_names}")
-        stamp_s, positions, chosen, joint_skew = self._select(now_s, not_before_s)
+        while True:   # an undecodable frame is dropped and the choice made again, as if it had never arrived
+            stamp_s, positions, chosen, joint_skew = self._select(now_s, not_before_s)
+            decoded = {name: self._decoded(name, entry) for name, entry in chosen.items()}
+            if all(image is not None for image in decoded.values()):
+                break
         images = {}
-        for name, (_, image) in chosen.items():
+        for name, image in decoded.items():
             resized = resize_to(image, *sizes[name]) if name in sizes else image
             # the policy gets its own contiguous array: a consumer writing into it cannot corrupt the buffer
             images[name] = resized.copy() if resized is image else np.ascontiguousarray(resized)
@@ -185,6 +193,23 @@ class ObservationBuffer:
         skew = max([abs(s - stamp_s) for s in image_stamps.values()] + [joint_skew])
         return TimedObservation(Observation(images=images, state=positions, instruction=instruction),
                                 stamp_s, image_stamps, skew)
+
+    def _decoded(self, camera: str, entry: tuple[float, np.ndarray | EncodedFrame]) -> np.ndarray | None:
+        """The frame's RGB pixels; None after dropping an EncodedFrame that does not decode."""
+        image = entry[1]
+        if not isinstance(image, EncodedFrame):
+            return image
+        try:
+            return image.decode()
+        except ValueError as error:
+            with self._lock:
+                frames = self._frames[camera]
+                index = next((i for i, kept in enumerate(frames) if kept is entry), None)
+                if index is not None:   # (else a newer frame already pushed it out)
+                    del frames[index]
+                    self.undecodable_frames += 1
+                    self.last_decode_error = f"camera '{camera}': {error}"
+            return None
 
     def check_fresh(self, now_s: float, not_before_s: float = -math.inf) -> None:
         """The freshness and alignment checks of `assemble` without building images; raises StaleObservation."""

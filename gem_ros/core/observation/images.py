@@ -7,6 +7,8 @@ Depth follows REP 118: 16UC1 is millimetres with 0 = no reading, 32FC1 is metres
 """
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 
@@ -93,6 +95,16 @@ def decode_depth(encoding: str, height: int, width: int, step: int, data: bytes 
     return depth
 
 
+def check_compressed_format(format: str) -> None:  # noqa: A002 (ROS field name)
+    """Refuse a CompressedImage format that decode_compressed cannot read (before any bytes are decoded)."""
+    lowered = (format or "").lower()
+    if "compresseddepth" in lowered:
+        raise ValueError(f"compressed format {format!r} is compressedDepth, which is not supported; "
+                         f"publish raw 16UC1/32FC1 depth instead")
+    if lowered and not any(codec in lowered for codec in ("jpeg", "jpg", "png")):
+        raise ValueError(f"unsupported compressed format {format!r}; supported: jpeg, png")
+
+
 def decode_compressed(format: str, data: bytes | memoryview) -> np.ndarray:  # noqa: A002 (ROS field name)
     """JPEG/PNG bytes (a `sensor_msgs/CompressedImage`) -> (H, W, 3) uint8 RGB.
 
@@ -101,12 +113,7 @@ def decode_compressed(format: str, data: bytes | memoryview) -> np.ndarray:  # n
     so the result is RGB whatever the "<encoding>;" prefix says. compressedDepth (a custom header + PNG)
     is rejected rather than misread. EXIF orientation is ignored, as cv_bridge does.
     """
-    lowered = (format or "").lower()
-    if "compresseddepth" in lowered:
-        raise ValueError(f"compressed format {format!r} is compressedDepth, which is not supported; "
-                         f"publish raw 16UC1/32FC1 depth instead")
-    if lowered and not any(codec in lowered for codec in ("jpeg", "jpg", "png")):
-        raise ValueError(f"unsupported compressed format {format!r}; supported: jpeg, png")
+    check_compressed_format(format)
     buffer = np.frombuffer(data, dtype=np.uint8)
     if buffer.size == 0:
         raise ValueError(f"compressed image ({format!r}) has no data")
@@ -114,6 +121,37 @@ def decode_compressed(format: str, data: bytes | memoryview) -> np.ndarray:  # n
     if bgr is None:
         raise ValueError(f"could not decode {buffer.size} B as a {format or 'jpeg/png'} image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class EncodedFrame:
+    """A JPEG/PNG frame kept encoded until a policy uses it. Cameras publish at 10-60 Hz but the policy reads a
+    frame per chunk (a few per second): decoding only those saves most of the decode work (`bench/ros_overhead.py
+    --cameras raw jpeg-eager jpeg`), and it runs on the inference thread instead of the subscription callbacks. The
+    format is checked on arrival; corrupt bytes surface when the frame is decoded (`decode` raises ValueError, and
+    ObservationBuffer.assemble drops the frame)."""
+
+    def __init__(self, format: str, data: bytes | memoryview):  # noqa: A002 (ROS field name)
+        check_compressed_format(format)
+        if len(data) == 0:
+            raise ValueError(f"compressed image ({format!r}) has no data")
+        self.format, self.data = format, data
+        self._lock = threading.Lock()
+        self._rgb: np.ndarray | None = None
+        self._error: ValueError | None = None
+
+    def decode(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, decoded once (read-only: every use shares it); a corrupt frame raises every time."""
+        with self._lock:
+            if self._rgb is None and self._error is None:
+                try:
+                    self._rgb = decode_compressed(self.format, self.data)
+                    self._rgb.flags.writeable = False
+                except ValueError as error:
+                    self._error = error
+                self.data = b""   # decoded or not, the bytes are not needed any more
+            if self._error is not None:
+                raise self._error
+            return self._rgb
 
 
 def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
