@@ -5,8 +5,8 @@
     python bench/ros_overhead.py --layout processes --executor auto --realtime-priority 0 50
     python bench/ros_overhead.py --layout processes --cameras raw jpeg-eager jpeg --request-threshold 0.3
 
-A fake robot publishes 2 cameras (640x480 rgb8, or JPEG CompressedImage with --cameras, 30 Hz) and /joint_states
-(100 Hz). gem_policy (tiny checkpoint,
+A fake robot publishes /joint_states (100 Hz) and 2 cameras at 30 Hz: 640x480 rgb8 Images, or with --cameras JPEG
+CompressedImages. gem_policy (tiny checkpoint,
 predict replaced by sleep(d) + a fixed chunk) and gem_executor (50 Hz) run as in production, in one of 3 layouts:
   processes    robot, gem_policy and gem_executor each in its own process (what gem.launch.py starts; a real
                camera driver is its own process too); the chunk goes policy -> executor over DDS
@@ -131,8 +131,7 @@ def _stamp_s(msg) -> float:
 
 
 def make_policy(context, run: Run, record: dict):
-    from gem_ros.nodes import policy_node
-    from gem_ros.nodes.conversions import compressed_msg_to_rgb
+    from gem_ros.nodes import conversions, policy_node
     from gem_ros.nodes.params import bringup_config, node_parameters
 
     standin_s = run.standin_s
@@ -140,8 +139,10 @@ def make_policy(context, run: Run, record: dict):
     if run.cameras != "raw":
         cameras = dict(camera_transports=["compressed"] * 2,
                        camera_topics=[f"/camera/{c}/image_raw/compressed" for c in ("scene", "wrist")])
-    if run.cameras == "jpeg-eager":   # the node before 2026-11-26: every frame decoded in its callback
-        policy_node.compressed_msg_to_frame = compressed_msg_to_rgb
+    # jpeg-eager: the node before 2026-11-26, every frame decoded in its callback. Set for every run: one-process
+    # runs share this module.
+    policy_node.compressed_msg_to_frame = (conversions.compressed_msg_to_rgb if run.cameras == "jpeg-eager"
+                                           else conversions.compressed_msg_to_frame)
     node = policy_node.PolicyNode(context=context, parameter_overrides=node_parameters(
         bringup_config("panda"), "gem_policy", checkpoint=str(run.checkpoint), device="cpu", use_sim_time=False,
         request_threshold_s=run.threshold_s, **cameras))
@@ -150,7 +151,15 @@ def make_policy(context, run: Run, record: dict):
     # Hold the pose the fake robot reports: the gripper channel is the finger *width* (2 x 0.04 m). A width of 0.04
     # (what this stand-in sent before) closes the fingers and every tick went through the rate limiter.
     chunk = np.tile(np.r_[HOME[:7], HOME[7] + HOME[8]], (io.chunk_len, 1)).astype(np.float32)
-    record.update(inference=[], published=[], image_callback=[])
+    record.update(inference=[], published=[], image_callback=[], frame_types=[])
+    add_image = node.buffer.add_image
+
+    def add_and_note_type(camera, stamp_s, image):   # what the buffer keeps: pixels, or frames still encoded
+        if type(image).__name__ not in record["frame_types"]:
+            record["frame_types"].append(type(image).__name__)
+        add_image(camera, stamp_s, image)
+
+    node.buffer.add_image = add_and_note_type
 
     def standin(observation):
         time.sleep(standin_s)

@@ -41,6 +41,15 @@ def test_ros_overhead_pairs_chunks_with_trajectories_and_replans_at_once(tmp_pat
     assert np.median(result["tick_wait"]) < 2.0, result["tick_wait"]
     floor = bench.compute_floor(names, repeats=50)
     assert set(floor) == {"planning", "tick", "message"} and all(v > 0 for v in floor.values())
+    # JPEG cameras: callbacks keep the frames encoded unless the column asks for the old decode-on-arrival, and
+    # that choice does not leak into the next run of this process.
+    from gem_ros.core.observation import EncodedFrame
+
+    for cameras, kept in (("jpeg-eager", np.ndarray), ("jpeg", EncodedFrame)):
+        result = bench.run_one_process(bench.Run(0.05, 1.5, str(checkpoint), 320, 240, tuple(names), "events",
+                                                 cameras=cameras))
+        assert result["published"], cameras
+        assert result["frame_types"] == [kept.__name__], (cameras, result["frame_types"])
 
 
 @pytest.mark.parametrize("script, args, expect", [

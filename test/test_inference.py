@@ -47,6 +47,28 @@ def test_next_chunk_is_requested_before_the_current_one_runs_out():
     assert worker.step() is not None and len(chunks) == 2 and not holds
 
 
+def test_compressed_frames_are_decoded_just_before_an_inference_is_due(monkeypatch):
+    """So that decoding is not part of the chunk's latency, yet not every camera frame gets decoded."""
+    from gem_ros.core.inference import PREDECODE_S
+
+    clock = Clock()
+    worker, buffer, chunks, holds = make_worker(clock)   # 0.8 s horizon, 0.3 s threshold
+    predecoded = []
+    monkeypatch.setattr(buffer, "decode_newest", lambda: predecoded.append(clock.t))
+    worker.run_instruction("go")
+    feed(buffer, clock.t)
+    assert worker.step() is not None and predecoded == []   # due at once: assemble decodes what it picks
+    due_at = 100.0 + 0.8 - 0.3 - worker.snapshot().last_latency_s
+    for t in (100.1, 100.3, due_at - PREDECODE_S - 0.01):    # far from due: nothing decoded
+        clock.t = t
+        feed(buffer, t)
+        assert worker.step() is None
+    assert predecoded == []
+    clock.t = due_at - PREDECODE_S / 2
+    feed(buffer, clock.t)
+    assert worker.step() is None and predecoded == [clock.t]
+
+
 def test_stale_input_holds_once_and_resumes_when_fresh():
     clock = Clock()
     worker, buffer, chunks, holds = make_worker(clock)

@@ -325,6 +325,22 @@ def test_encoded_frames_are_decoded_only_when_assembled_and_only_once(monkeypatc
     assert buf.assemble(1.09, "x").observation.images["front"][0, 0, 0] == 14
 
 
+def test_decode_newest_decodes_ahead_what_assemble_will_pick(monkeypatch):
+    import gem_ros.core.observation.images as images
+
+    decoded = []
+    real_decode = images.decode_compressed
+    monkeypatch.setattr(images, "decode_compressed", lambda fmt, data: decoded.append(1) or real_decode(fmt, data))
+    buf = make_buffer(max_age_s=0.2, max_skew_s=0.05)
+    for k in range(3):
+        buf.add_image("front", 1.0 + 0.02 * k, png_frame(10 + k))
+        buf.add_image("wrist", 1.0 + 0.02 * k, png_frame(20 + k))
+    buf.add_joint_state(1.04, JOINTS, [0, 0, 0])
+    buf.decode_newest()
+    assert len(decoded) == 2                             # the newest frame of each camera, nothing older
+    assert buf.assemble(1.05, "x").observation.images["wrist"][0, 0, 0] == 22 and len(decoded) == 2
+
+
 def test_an_undecodable_frame_is_dropped_as_if_it_never_arrived_and_a_bad_format_is_refused_on_arrival():
     buf = make_buffer(max_age_s=0.2, max_skew_s=0.05)
     buf.add_image("front", 0.98, png_frame(7))
@@ -339,7 +355,8 @@ def test_an_undecodable_frame_is_dropped_as_if_it_never_arrived_and_a_bad_format
     only_corrupt.add_image("front", 1.0, EncodedFrame("jpeg", b"not a jpeg"))
     only_corrupt.add_image("wrist", 1.0, png_frame(3))
     only_corrupt.add_joint_state(1.0, JOINTS, [0, 0, 0])
-    with pytest.raises(StaleObservation, match="no frame from camera 'front'"):
+    with pytest.raises(StaleObservation, match="no frame from camera 'front'.*camera 'front' frame at 1.000 s "
+                                               "dropped: could not decode"):
         only_corrupt.assemble(1.0, "x")
     with pytest.raises(ValueError, match="compressedDepth"):
         EncodedFrame("16UC1; compressedDepth png", b"\x00" * 20)

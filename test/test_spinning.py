@@ -183,11 +183,25 @@ def test_composed_launch_replaces_policy_and_executor_with_gem_policy_executor()
     assigned = {t.id: n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
                 if isinstance(t, ast.Name)}
     assert condition(assigned["configure"]) == condition(assigned["activate_when_configured"]) == "UnlessCondition"
+    # The YAML first, then the node-scoped rules: rcl keeps the last value of a parameter (launch_ros would put a
+    # `parameters=` file after them).
     rules = [ast.unparse(e) for e in keyword(by_executable["gem_policy_executor"], "ros_arguments").elts]
-    assert rules[0::2] == ["'-p'", "'-p'"]
-    assert rules[1].startswith("['gem_policy:checkpoint:=', checkpoint]")
-    assert rules[3].startswith("['gem_executor:urdf_path:=', urdf]")
+    assert rules == ["'--params-file'", "params", "'-p'", "['gem_policy:checkpoint:=', checkpoint]",
+                     "'-p'", "['gem_executor:urdf_path:=', urdf]"]
+    assert keyword(by_executable["gem_policy_executor"], "parameters") is None
     assert keyword(by_executable["gem_policy_executor"], "name") is None   # a name would rename both nodes
+
+
+def test_the_robot_yaml_leaves_what_the_launch_file_sets_to_it():
+    """gem.launch.py passes checkpoint and urdf_path per node; launch_ros puts `parameters=` files after them and
+    rcl keeps the last value, so the YAML must not carry those keys (an empty urdf_path there overrode the launch
+    file's and the executor refused to start)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "gem_bringup" / "config" / "panda" / "gem.yaml").read_text())
+    assert "checkpoint" not in config["gem_policy"]["ros__parameters"]
+    assert "urdf_path" not in config["gem_executor"]["ros__parameters"]
+    assert "robot_description" not in config["gem_executor"]["ros__parameters"]
 
 
 

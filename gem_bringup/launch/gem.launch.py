@@ -8,7 +8,8 @@ auto = events for the first two where rclpy has it, single for the policy, whose
 realtime_priority:=N (1-99) runs gem_executor's threads under SCHED_FIFO (gem_ros.core.realtime; 0 = off).
 composed:=true starts gem_policy_executor instead: gem_policy and gem_executor in one process, each chunk handed
 over in memory (no DDS hop; gem_ros.nodes.composed), the policy configured and activated by the process itself.
-It gets no node name here (launch_ros would rename both of its nodes), so its parameters are node-scoped ros args.
+It gets no node name here (launch_ros would rename both of its nodes), so its parameters are node-scoped ros args,
+after the YAML (the last value of a parameter wins). executor:= and realtime_priority:= do not apply to it.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
@@ -41,10 +42,10 @@ def generate_launch_description():
         entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=lambda node: node is policy,
                                               transition_id=Transition.TRANSITION_ACTIVATE))]),
         condition=UnlessCondition(composed))
-    policy_and_executor = Node(package="gem_ros", executable="gem_policy_executor", parameters=[params],
-                               arguments=policy_executor, ros_arguments=[
-                                   "-p", ["gem_policy:checkpoint:=", checkpoint],
-                                   "-p", ["gem_executor:urdf_path:=", urdf]],
+    policy_and_executor = Node(package="gem_ros", executable="gem_policy_executor", arguments=policy_executor,
+                               ros_arguments=["--params-file", params,
+                                              "-p", ["gem_policy:checkpoint:=", checkpoint],
+                                              "-p", ["gem_executor:urdf_path:=", urdf]],
                                condition=IfCondition(composed), output="screen")
     return LaunchDescription([
         DeclareLaunchArgument("arm", default_value="panda", description="folder under gem_bringup/config"),

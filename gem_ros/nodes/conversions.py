@@ -233,7 +233,7 @@ def diagnostic_status(name: str, level: int | bytes, message: str, values: Mappi
 
 
 __all__ = [
-    "COLOR_ENCODINGS", "DEPTH_ENCODINGS", "compressed_msg_to_frame", "compressed_msg_to_rgb", "depth_to_image_msg", "diagnostic_status",
-    "image_msg_to_depth_m", "image_msg_to_rgb", "joint_state_to_dict", "make_camera_info", "make_joint_trajectory",
+    "COLOR_ENCODINGS", "DEPTH_ENCODINGS", "compressed_msg_to_frame", "compressed_msg_to_rgb", "depth_to_image_msg",
+    "diagnostic_status", "image_msg_to_depth_m", "image_msg_to_rgb", "joint_state_to_dict", "make_camera_info", "make_joint_trajectory",
     "rgb_to_image_msg", "s_to_duration", "s_to_stamp", "stamp_to_s",
 ]

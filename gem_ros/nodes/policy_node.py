@@ -140,6 +140,7 @@ class PolicyNode(LifecycleNode):
                                                           max_age_s=get("max_observation_age_s"),
                                                           max_skew_s=get("max_skew_s")))
         self._camera_sizes = {c.name: (c.height, c.width) for c in io.cameras}
+        self._undecodable_logged = 0
         self.policy.reset(get("seed"))
         self._warm_up()
         horizon = io.chunk_len / io.control_rate_hz
@@ -316,6 +317,11 @@ class PolicyNode(LifecycleNode):
         if self.buffer is not None and self.buffer.undecodable_frames:   # dropped compressed frames: a camera problem
             values["undecodable_frames"] = str(self.buffer.undecodable_frames)
             values["last_decode_error"] = self.buffer.last_decode_error[:200]
+            if self.buffer.undecodable_frames > self._undecodable_logged:   # new ones since the last warning
+                self._undecodable_logged = self.buffer.undecodable_frames
+                self.get_logger().warning(f"{self._undecodable_logged} camera frames would not decode and were "
+                                          f"dropped; last: {self.buffer.last_decode_error}",
+                                          throttle_duration_sec=10.0)
         if self.policy is not None:
             values["inference_mode"] = self._inference_mode
             failed = dict(self.policy.capture_errors)   # copied: the inference thread may add to it

@@ -179,11 +179,19 @@ class ObservationBuffer:
         unknown = sorted(set(sizes) - set(self._frames))
         if unknown:
             raise ValueError(f"camera_sizes names unknown cameras {unknown}; configured: {self.config.camera_names}")
-        while True:   # an undecodable frame is dropped and the choice made again, as if it had never arrived
-            stamp_s, positions, chosen, joint_skew = self._select(now_s, not_before_s)
-            decoded = {name: self._decoded(name, entry) for name, entry in chosen.items()}
+        # An undecodable frame is dropped and the choice made again, as if it had never arrived; each pass drops
+        # one, so the loop ends (bounded anyway).
+        dropped: list[str] = []
+        for _ in range(self.config.history * len(self._frames) + 1):
+            try:
+                stamp_s, positions, chosen, joint_skew = self._select(now_s, not_before_s)
+            except StaleObservation as stale:   # say why the camera has no usable frame
+                raise StaleObservation(stale.reasons + dropped) from None
+            decoded = {name: self._decoded(name, entry, dropped) for name, entry in chosen.items()}
             if all(image is not None for image in decoded.values()):
                 break
+        else:
+            raise StaleObservation(dropped)
         images = {}
         for name, image in decoded.items():
             resized = resize_to(image, *sizes[name]) if name in sizes else image
@@ -194,14 +202,24 @@ class ObservationBuffer:
         return TimedObservation(Observation(images=images, state=positions, instruction=instruction),
                                 stamp_s, image_stamps, skew)
 
-    def _decoded(self, camera: str, entry: tuple[float, np.ndarray | EncodedFrame]) -> np.ndarray | None:
-        """The frame's RGB pixels; None after dropping an EncodedFrame that does not decode."""
+    def decode_newest(self) -> None:
+        """Decode each camera's newest frame now if it is still encoded (the inference worker calls this just
+        before an observation is due, so `assemble` finds it decoded; a dropped frame is counted as usual)."""
+        with self._lock:
+            newest = {name: frames[-1] for name, frames in self._frames.items() if frames}
+        for name, entry in newest.items():
+            self._decoded(name, entry, [])
+
+    def _decoded(self, camera: str, entry: tuple[float, np.ndarray | EncodedFrame],
+                 dropped: list[str]) -> np.ndarray | None:
+        """The frame's RGB pixels; None after dropping an EncodedFrame that does not decode (why: to `dropped`)."""
         image = entry[1]
         if not isinstance(image, EncodedFrame):
             return image
         try:
             return image.decode()
         except ValueError as error:
+            dropped.append(f"camera '{camera}' frame at {entry[0]:.3f} s dropped: {error}")
             with self._lock:
                 frames = self._frames[camera]
                 index = next((i for i, kept in enumerate(frames) if kept is entry), None)

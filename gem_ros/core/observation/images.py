@@ -137,20 +137,20 @@ class EncodedFrame:
         self.format, self.data = format, data
         self._lock = threading.Lock()
         self._rgb: np.ndarray | None = None
-        self._error: ValueError | None = None
+        self._error = ""
 
     def decode(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB, decoded once (read-only: every use shares it); a corrupt frame raises every time."""
         with self._lock:
-            if self._rgb is None and self._error is None:
+            if self._rgb is None and not self._error:
                 try:
                     self._rgb = decode_compressed(self.format, self.data)
                     self._rgb.flags.writeable = False
                 except ValueError as error:
-                    self._error = error
+                    self._error = str(error)
                 self.data = b""   # decoded or not, the bytes are not needed any more
-            if self._error is not None:
-                raise self._error
+            if self._error:
+                raise ValueError(self._error)
             return self._rgb
 
 
