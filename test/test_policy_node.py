@@ -279,6 +279,33 @@ def test_cpu_threads_set_torch_threads_and_a_negative_count_is_refused(ros, tiny
         torch.set_num_threads(before)   # process-wide: the rest of the suite keeps its threads
 
 
+def test_compile_modules_is_refused_off_cuda_and_compiles_the_warmup_programs_at_configure(
+        ros, tiny_checkpoint_dir, monkeypatch):
+    """torch.compile itself is measured on a GPU (bench/policy_latency.py --compile); here: the refusal on a CPU, and
+    that with it allowed the warm-up at configure builds its programs through compile (faked: no compiler run)."""
+    base = [Parameter("checkpoint", value=str(tiny_checkpoint_dir)), Parameter("device", value="cpu"),
+            Parameter("state_joint_names", value=JOINTS), Parameter("compile_modules", value=True)]
+    cpu = ros.add(PolicyNode(context=ros.context, parameter_overrides=base))
+    assert cpu.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "compile_modules needs a CUDA device" in cpu._status_reason
+    through_compile = []
+
+    def fake_compiled(fn):
+        through_compile.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr("gem_ros.nodes.policy_node.compile_supported", lambda device: True)
+    monkeypatch.setattr("gem_ros.core.policy.static_inference.compiled", fake_compiled)
+    monkeypatch.setattr("gem_ros.core.policy.rdt.compiled", fake_compiled)
+    node = ros.add(PolicyNode(context=ros.context, parameter_overrides=base + [
+        Parameter("inference_mode", value="static")]))
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node._inference_mode == "static+compile" and node.policy.compile_modules
+    assert {"_text_layer", "run"} <= set(through_compile), through_compile   # VLM layers and RDT blocks
+    hf = ros.add(PolicyNode(context=ros.context, parameter_overrides=base + [Parameter("inference_mode", value="hf")]))
+    assert hf.trigger_configure() == TransitionCallbackReturn.FAILURE   # hf has nothing compile could apply to
+
+
 def test_warmup_instructions_prepare_their_prompt_plans_at_configure(ros, tiny_checkpoint_dir):
     """On a GPU this is what captures the CUDA graphs before the first goal; on a CPU the plans show it."""
     long = "pick up the red cube " * 12   # another prompt-length bucket
