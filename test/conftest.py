@@ -105,3 +105,20 @@ def ros(request):
     ros = Ros()
     yield ros
     ros.close()
+
+
+@pytest.fixture
+def read_until():
+    """read(process, text, timeout_s) -> the first line of a node process's output that contains `text` (None if
+    the process ended or the time ran out first), and every line read so far."""
+    def read(proc, text: str, timeout_s: float) -> tuple[str | None, list[str]]:
+        lines, deadline = [], time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            lines.append(line)
+            if text in line:
+                return line, lines
+        return None, lines
+    return read

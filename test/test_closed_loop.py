@@ -97,19 +97,13 @@ def _composed_process(*ros_args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_gem_policy_executor_comes_up_composed_and_stops_on_ctrl_c(sim_checkpoint):
+def test_gem_policy_executor_comes_up_composed_and_stops_on_ctrl_c(sim_checkpoint, read_until):
     import signal
-    import time
 
     proc = _composed_process("-p", f"gem_policy:checkpoint:={sim_checkpoint}", "-p", "gem_policy:device:=cpu",
                              "-p", f"gem_executor:urdf_path:={REPO / 'urdf/panda/panda.urdf'}")
-    lines, deadline = [], time.monotonic() + 120
-    while time.monotonic() < deadline and not any("composed in this process" in line for line in lines):
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-    assert any("composed in this process" in line for line in lines), "".join(lines)[-3000:]
+    up, lines = read_until(proc, "composed in this process", 120)
+    assert up is not None, "".join(lines)[-3000:]
     proc.send_signal(signal.SIGINT)
     with proc:   # closes the pipe
         assert proc.wait(60) == 0, proc.stdout.read()[-3000:]

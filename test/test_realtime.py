@@ -125,7 +125,7 @@ def test_realtime_reaches_control_threads_but_not_inference():
 @pytest.mark.ros
 @pytest.mark.skipif(os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp",
                     reason="finds the middleware's threads by Fast DDS's thread names (dds.*)")
-def test_gem_executor_main_runs_all_its_threads_realtime_when_asked():
+def test_gem_executor_main_runs_all_its_threads_realtime_when_asked(read_until):
     """Applied before rclpy starts: the middleware's threads (DDS receive, events) inherit it too."""
     import signal
     import subprocess
@@ -140,14 +140,8 @@ def test_gem_executor_main_runs_all_its_threads_realtime_when_asked():
     proc = subprocess.Popen([sys.executable, "-c", code, "--realtime-priority", "10", "--ros-args", "--params-file",
                              str(bringup_config("panda")), "-p", f"gem_executor:urdf_path:={urdf}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, deadline = [], time.monotonic() + 60
-    while time.monotonic() < deadline and not any("spinning on the" in line for line in lines):
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
     try:
-        started = next((line for line in lines if "spinning on the" in line), None)
+        started, lines = read_until(proc, "spinning on the", 60)
         assert started is not None, "".join(lines)[-3000:]
         if "not applied" in started:
             pytest.skip(f"this machine refuses SCHED_FIFO: {started.strip()}")
