@@ -2,9 +2,10 @@
 
 HF's Qwen3-VL forward and the sampler loop launch thousands of small kernels from Python per chunk and stop the
 host several times (grid sizes through `.tolist()`, M-RoPE indices, placeholder checks): on an H100 a full-size chunk
-took 114-181 ms for a few ms of arithmetic; replayed as CUDA graphs it takes 18 ms (README, Benchmarks). Everything that depends only on the prompt, the instruction and the
-camera image sizes, stays fixed for a whole goal, so `PromptPlan` computes it once: token embeddings, M-RoPE
-cos/sin, the causal mask, where the image tokens go, the vision position embeddings and rotary. What is left per
+took 114-181 ms for a few ms of arithmetic; replayed as CUDA graphs it takes 18 ms (README, Benchmarks).
+Everything that depends only on the prompt, the instruction and the camera image sizes, stays fixed for a whole
+goal, so `PromptPlan` computes it once: token embeddings, M-RoPE cos/sin, the causal mask, where the image tokens
+go, the vision position embeddings and rotary. What is left per
 chunk (`ChunkProgram`) is a pure function of pixels, state and noise with no host synchronisation, which
 `torch.cuda.CUDAGraph` can capture. The VLM part re-states `Qwen3VLModel.forward` for one sample, calling the
 library's own layers; test_static_inference.py holds it to the library's hidden states.
