@@ -3,6 +3,7 @@
     python bench/ros_overhead.py                         # all layouts, stand-ins of 50 and 300 ms, both executors
     python bench/ros_overhead.py --layout processes --duration 10 --executor events
     python bench/ros_overhead.py --layout processes --executor auto --realtime-priority 0 50
+    python bench/ros_overhead.py --layout processes --executor auto --realtime-priority 50 --cpu-dma-latency-us -1 0
     python bench/ros_overhead.py --layout processes --cameras raw jpeg-eager jpeg --request-threshold 0.3
 
 A fake robot publishes /joint_states (100 Hz) and 2 cameras at 30 Hz: 640x480 rgb8 Images, or with --cameras JPEG
@@ -30,6 +31,7 @@ Prints numbers side by side; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -72,6 +74,7 @@ class Run:
     replan: bool = True
     threshold_s: float = 0.8
     priority: int = 0             # SCHED_FIFO of the executor process (processes layout only)
+    wakeup_latency_us: int = -1   # CPU wake-up latency the executor process holds (-1: none; processes layout only)
     cameras: str = "raw"          # raw | jpeg (decoded when the policy picks a frame) | jpeg-eager (on arrival)
 
 
@@ -268,14 +271,20 @@ def _start_policy(node) -> None:
 def node_process(role: str, out: str, run: Run, stop) -> None:
     """One node in its own process; writes what it recorded to `out` as JSON. The policy runs `duration_s` once
     its inputs flow; the robot and the executor run until the parent sets `stop`. `priority` > 0: the executor
-    process under SCHED_FIFO, applied before rclpy starts as gem_executor's --realtime-priority does."""
+    process under SCHED_FIFO, applied before rclpy starts as gem_executor's --realtime-priority does;
+    `wakeup_latency_us` >= 0: the executor process holds that CPU wake-up latency, as its --cpu-dma-latency-us."""
     import rclpy
 
-    from gem_ros.core.realtime import make_calling_thread_realtime
+    from gem_ros.core.realtime import hold_cpu_wakeup_latency, make_calling_thread_realtime
 
     if run.priority and role == "executor":
         applied, line = make_calling_thread_realtime(run.priority)
         if not applied:
+            raise SystemExit(line)
+    latency_request = None
+    if run.wakeup_latency_us >= 0 and role == "executor":
+        latency_request, line = hold_cpu_wakeup_latency(run.wakeup_latency_us)
+        if latency_request is None:
             raise SystemExit(line)
     context = rclpy.context.Context()
     rclpy.init(context=context)
@@ -298,6 +307,8 @@ def node_process(role: str, out: str, run: Run, stop) -> None:
         policy.worker.shutdown()
     if role in ("executor", "composed"):
         record["stats"] = nodes[-1].controller.stats
+    if latency_request is not None:
+        latency_request.close()
     for node in nodes:
         node.destroy_node()
     rclpy.shutdown(context=context)
@@ -332,8 +343,8 @@ def run_processes(run: Run, roles=("robot", "executor", "policy")) -> dict:
 def run_one_process(run: Run) -> dict:
     import rclpy
 
-    if run.priority:
-        raise ValueError("only gem_executor in its own process takes --realtime-priority")
+    if run.priority or run.wakeup_latency_us >= 0:
+        raise ValueError("only gem_executor in its own process takes --realtime-priority / --cpu-dma-latency-us")
     context = rclpy.context.Context()
     rclpy.init(context=context)
     record: dict = {}
@@ -351,8 +362,8 @@ def run_one_process(run: Run) -> dict:
 
 
 def run_composed(run: Run) -> dict:
-    if run.priority:
-        raise ValueError("only gem_executor in its own process takes --realtime-priority")
+    if run.priority or run.wakeup_latency_us >= 0:
+        raise ValueError("only gem_executor in its own process takes --realtime-priority / --cpu-dma-latency-us")
     return run_processes(run, roles=("robot", "composed"))
 
 
@@ -375,12 +386,18 @@ def _hop_listener(ready, stop, out: str, executor_kind: str) -> None:
     Path(out).write_text(json.dumps(delays))
 
 
-def bare_hop(executor_kind: str, count: int = 300) -> list[float]:
+def bare_hop(executor_kind: str, count: int = 300, wakeup_latency_us: int = -1) -> list[float]:
     """The platform's floor: one small message from one rclpy process to another (publish -> subscriber callback
-    spun by an executor of `executor_kind`, nothing else running), in ms."""
+    spun by an executor of `executor_kind`, nothing else running), in ms; with `wakeup_latency_us` >= 0 held for
+    the CPUs meanwhile (system-wide: it does not matter which process holds it)."""
     import rclpy
     from std_msgs.msg import Header
 
+    from gem_ros.core.realtime import hold_cpu_wakeup_latency
+
+    latency_request, line = hold_cpu_wakeup_latency(wakeup_latency_us)
+    if wakeup_latency_us >= 0 and latency_request is None:
+        raise SystemExit(line)
     spawn = multiprocessing.get_context("spawn")
     ready, stop = spawn.Event(), spawn.Event()
     with tempfile.TemporaryDirectory() as tmp:
@@ -404,6 +421,8 @@ def bare_hop(executor_kind: str, count: int = 300) -> list[float]:
         listener.join()
         node.destroy_node()
         rclpy.shutdown(context=context)
+        if latency_request is not None:
+            latency_request.close()
         return [1e3 * d for d in json.loads(Path(out).read_text())]
 
 
@@ -435,6 +454,10 @@ def main(argv=None) -> None:
     parser.add_argument("--realtime-priority", type=int, nargs="+", default=[0], metavar="N",
                         help="SCHED_FIFO priorities to compare (0 = off) for the gem_executor process, as its "
                              "--realtime-priority (processes layout only)")
+    parser.add_argument("--cpu-dma-latency-us", type=int, nargs="+", default=[-1], metavar="N",
+                        help="CPU wake-up latencies to compare (-1 = off) held by the gem_executor process, as its "
+                             "--cpu-dma-latency-us (processes layout only; needs write access to "
+                             "/dev/cpu_dma_latency); the idle hop is measured with each too")
     parser.add_argument("--cameras", nargs="+", choices=CAMERA_KINDS, default=["raw"],
                         help="raw Image, or JPEG CompressedImage decoded when the policy picks a frame (jpeg) or on "
                              "arrival in the callback (jpeg-eager: gem_policy before 2026-11-26)")
@@ -456,18 +479,20 @@ def main(argv=None) -> None:
         for layout in layouts:
             for d in args.standin_ms:
                 for kind in args.executor:
-                    for priority in args.realtime_priority if layout == "processes" else [0]:
+                    for priority, latency in itertools.product(
+                            *((args.realtime_priority, args.cpu_dma_latency_us) if layout == "processes"
+                              else ([0], [-1]))):
                         for cameras in args.cameras:
                             run = Run(d / 1e3, args.duration, str(checkpoint), args.width, args.height, tuple(names),
-                                      kind, not args.no_replan, args.request_threshold, priority, cameras)
-                            results[(layout, d, kind, priority, cameras)] = analyse(RUNNERS[layout](run))
+                                      kind, not args.no_replan, args.request_threshold, priority, latency, cameras)
+                            results[(layout, d, kind, priority, latency, cameras)] = analyse(RUNNERS[layout](run))
     print(f"\nROS overhead: 2 cameras {args.width}x{args.height} at 30 Hz, joint states 100 Hz, executor 50 Hz, "
           f"{args.duration:.0f} s per run, wall clock; one executor of the named kind per process")
     keys = list(results)
 
-    def label(layout, d, kind, rt, cameras) -> str:
+    def label(layout, d, kind, rt, latency, cameras) -> str:
         return (f"{layout} {f'{d:.0f} ms' if d else 'policy'} {kind}{f' rt{rt}' if rt else ''}"
-                f"{'' if cameras == 'raw' else ' ' + cameras}")
+                f"{f' dma{latency}' if latency >= 0 else ''}{'' if cameras == 'raw' else ' ' + cameras}")
 
     print(f"{'':46}" + "".join(f"{label(*key):>32}" for key in keys))
     for label, fmt in ROWS:
@@ -478,10 +503,13 @@ def main(argv=None) -> None:
           f"{sum(floor.values()):.2f} (the rest of OVERHEAD is publishing, DDS, executor wake-ups and CPU sharing)")
     from gem_ros.nodes.spinning import resolve_kind
 
+    latencies = dict.fromkeys(args.cpu_dma_latency_us if "processes" in layouts else [-1])
     for kind in dict.fromkeys(resolve_kind(k) if not k.startswith("multi-") else k for k in args.executor):
-        hops = bare_hop(kind)
-        print(f"one rclpy hop between two otherwise idle processes (small message, {kind} listener) p50 / p95 ms: "
-              f"{pct(hops, 50):.2f} / {pct(hops, 95):.2f} ({len(hops)} messages, publish included)")
+        for latency in latencies:
+            hops = bare_hop(kind, wakeup_latency_us=latency)
+            held = f", CPU wake-up latency held <= {latency} us" if latency >= 0 else ""
+            print(f"one rclpy hop between two otherwise idle processes (small message, {kind} listener{held}) "
+                  f"p50 / p95 ms: {pct(hops, 50):.2f} / {pct(hops, 95):.2f} ({len(hops)} messages, publish included)")
     print("OVERHEAD across processes holds one such hop (policy -> executor) plus the executor's compute and the "
           "trajectory's publish")
 

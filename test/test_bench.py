@@ -50,6 +50,10 @@ def test_ros_overhead_pairs_chunks_with_trajectories_and_replans_at_once(tmp_pat
                                                  cameras=cameras))
         assert result["published"], cameras
         assert result["frame_types"] == [kept.__name__], (cameras, result["frame_types"])
+    # the latency options belong to gem_executor in its own process (as on its command line)
+    for option in ({"priority": 50}, {"wakeup_latency_us": 0}):
+        with pytest.raises(ValueError, match="only gem_executor in its own process"):
+            bench.run_one_process(bench.Run(0.05, 1.5, str(checkpoint), 320, 240, tuple(names), "events", **option))
 
 
 @pytest.mark.parametrize("script, args, expect", [

@@ -1,15 +1,18 @@
-"""gem_ros.core.realtime: SCHED_FIFO for the control threads, never for inference."""
+"""gem_ros.core.realtime: SCHED_FIFO for the control threads, never for inference; the CPU wake-up latency
+request."""
 from __future__ import annotations
 
 import multiprocessing
 import os
+import struct
 import threading
 import time
 
 import pytest
 
 from gem_ros.core import realtime
-from gem_ros.core.realtime import check_priority, make_calling_thread_realtime
+from gem_ros.core.realtime import (CPU_DMA_LATENCY, check_priority, check_wakeup_latency, hold_cpu_wakeup_latency,
+                                   make_calling_thread_realtime)
 
 
 def test_priority_is_checked_and_zero_leaves_scheduling_alone():
@@ -28,6 +31,41 @@ def test_a_refusal_is_reported_with_the_fix_not_raised(monkeypatch):
     monkeypatch.setattr(realtime.os, "sched_setscheduler", refuse)
     applied, line = make_calling_thread_realtime(50)
     assert not applied and "permission denied" in line and "rtprio" in line
+
+
+def test_wakeup_latency_request_is_written_as_int32_and_held_until_closed(tmp_path):
+    for bad in (-2, 1_000_001, 0.5, True, "0"):
+        with pytest.raises(ValueError, match="-1 = off"):
+            check_wakeup_latency(bad)
+    assert hold_cpu_wakeup_latency(-1, str(tmp_path / "never_opened")) == \
+        (None, "CPU idle states left alone (--cpu-dma-latency-us -1)")
+    assert not (tmp_path / "never_opened").exists()
+    device = tmp_path / "cpu_dma_latency"   # a plain file records what the kernel interface would receive
+    handle, line = hold_cpu_wakeup_latency(25, str(device))
+    assert handle is not None and not handle.closed and "<= 25 us" in line
+    assert struct.unpack("i", device.read_bytes()) == (25,)   # binary s32, not the text "25"
+    handle.close()
+
+
+def test_a_refused_wakeup_latency_request_is_reported_not_raised(tmp_path, monkeypatch):
+    handle, line = hold_cpu_wakeup_latency(0, str(tmp_path / "absent" / "cpu_dma_latency"))
+    assert handle is None and "not held" in line
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("builtins.open", refuse)
+    handle, line = hold_cpu_wakeup_latency(0, CPU_DMA_LATENCY)
+    assert handle is None and "permission denied" in line and "udev" in line
+
+
+def _kernel_latency_request_us() -> int | None:
+    """The aggregate request the kernel applies now (reading the device gives it), or None where unreadable."""
+    try:
+        with open(CPU_DMA_LATENCY, "rb") as device:
+            return struct.unpack("i", device.read(4))[0]
+    except OSError:
+        return None
 
 
 class FakeScheduler:
@@ -137,7 +175,9 @@ def test_gem_executor_main_runs_all_its_threads_realtime_when_asked(read_until):
 
     urdf = Path(__file__).resolve().parents[1] / "urdf" / "panda" / "panda.urdf"
     code = "import sys; from gem_ros.nodes.executor_node import main; main(sys.argv)"
-    proc = subprocess.Popen([sys.executable, "-c", code, "--realtime-priority", "10", "--ros-args", "--params-file",
+    before = _kernel_latency_request_us()
+    proc = subprocess.Popen([sys.executable, "-c", code, "--realtime-priority", "10", "--cpu-dma-latency-us", "0",
+                             "--ros-args", "--params-file",
                              str(bringup_config("panda")), "-p", f"gem_executor:urdf_path:={urdf}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -153,7 +193,13 @@ def test_gem_executor_main_runs_all_its_threads_realtime_when_asked(read_until):
         middleware = [tid for tid, name in tasks.items() if name.startswith("dds.")]
         assert middleware, tasks
         assert all(os.sched_getscheduler(tid) == os.SCHED_FIFO for tid in [proc.pid, *middleware]), tasks
+        if "CPU wake-up latency held at <= 0 us" in started:   # root here; elsewhere the line says why not
+            assert _kernel_latency_request_us() == 0
+        else:
+            assert "CPU wake-up latency not held" in started, started
     finally:
         proc.send_signal(signal.SIGINT)
         with proc:
             assert proc.wait(30) == 0, proc.stdout.read()[-3000:]
+    if before is not None and before > 0:   # the request ended with the process
+        assert _kernel_latency_request_us() == before

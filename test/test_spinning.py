@@ -32,13 +32,25 @@ def test_executor_from_the_command_line_leaves_ros_arguments_to_rclpy():
 def test_realtime_priority_from_the_command_line_is_checked_and_refused_where_inference_runs():
     assert process_options(["gem_executor"], allow_realtime=True).realtime_priority == 0
     assert process_options(["gem_executor", "--realtime-priority", "50", "--ros-args", "-p", "x:=1"],
-                           allow_realtime=True) == ("auto", 50)
+                           allow_realtime=True) == ("auto", 50, -1)
     for bad in ("0.5", "-1", "100"):
         with pytest.raises(SystemExit):
             process_options(["gem_executor", "--realtime-priority", bad], allow_realtime=True)
     with pytest.raises(SystemExit):   # every other node: inference or busy work must not run real-time
         process_options(["gem_policy", "--realtime-priority", "50"])
     assert process_options(["gem_policy", "--realtime-priority", "0"]).realtime_priority == 0
+
+
+def test_cpu_dma_latency_from_the_command_line_is_checked_and_only_for_gem_executor():
+    assert process_options(["gem_executor"], allow_realtime=True).cpu_dma_latency_us == -1
+    assert process_options(["gem_executor", "--cpu-dma-latency-us", "0", "--realtime-priority", "50"],
+                           allow_realtime=True) == ("auto", 50, 0)
+    for bad in ("0.5", "-2", "1000001", "x"):
+        with pytest.raises(SystemExit):
+            process_options(["gem_executor", "--cpu-dma-latency-us", bad], allow_realtime=True)
+    with pytest.raises(SystemExit):
+        process_options(["gem_policy", "--cpu-dma-latency-us", "0"])
+    assert process_options(["gem_sim", "--cpu-dma-latency-us", "-1"]).cpu_dma_latency_us == -1
 
 
 def test_an_abbreviated_or_unavailable_executor_is_refused_on_the_command_line(monkeypatch):
@@ -124,14 +136,21 @@ def test_every_launch_configuration_is_declared_and_passed_to_the_nodes():
     passed = [next((kw.value for kw in c.keywords if kw.arg == "arguments"), None) for c in nodes]
     assert len(nodes) == 4 and all(isinstance(v, ast.Name) and v.id in lists for v in passed), "arguments missing"
     assert all(lists[v.id].elts[0].value == "--executor" for v in passed)
-    # gem_executor also gets --realtime-priority <realtime_priority> (declared: checked above).
+    # gem_executor also gets the latency options, each from its launch argument (declared: checked above).
     executor_node = next(c for c in nodes if any(kw.arg == "name" and kw.value.value == "gem_executor"
                                                  for kw in c.keywords))
     control = lists[next(kw.value.id for kw in executor_node.keywords if kw.arg == "arguments")]
-    flag = next(i for i, e in enumerate(control.elts)
-                if isinstance(e, ast.Constant) and e.value == "--realtime-priority")
-    assert control.elts[flag + 1].func.id == "LaunchConfiguration"
-    assert control.elts[flag + 1].args[0].value == "realtime_priority"
+    for option, argument in (("--realtime-priority", "realtime_priority"),
+                             ("--cpu-dma-latency-us", "cpu_dma_latency_us")):
+        flag = next(i for i, e in enumerate(control.elts) if isinstance(e, ast.Constant) and e.value == option)
+        assert control.elts[flag + 1].func.id == "LaunchConfiguration"
+        assert control.elts[flag + 1].args[0].value == argument
+    # and every launch default is one the node's command line accepts
+    defaults = {c.args[0].value: kw.value.value for c in calls if c.func.id == "DeclareLaunchArgument"
+                for kw in c.keywords if kw.arg == "default_value"}
+    assert process_options(["gem_executor", "--realtime-priority", defaults["realtime_priority"],
+                            "--cpu-dma-latency-us", defaults["cpu_dma_latency_us"]], allow_realtime=True) \
+        == ("auto", 0, -1)
 
 
 @pytest.mark.skipif(not events_executor_available(), reason="rclpy has no EventsExecutor (before Kilted)")

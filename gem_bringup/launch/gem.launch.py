@@ -5,11 +5,12 @@ arm stands in for ros2_control (and publishes /clock). gem_policy is a managed n
 activated here with lifecycle events, so the chain comes up in one command. executor:=auto|events|single picks
 the rclpy executor of gem_sim and gem_executor, policy_executor:= that of gem_policy (gem_ros.nodes.spinning;
 auto = events for the first two where rclpy has it, single for the policy, whose inference it would slow).
-realtime_priority:=N (1-99) runs gem_executor's threads under SCHED_FIFO (gem_ros.core.realtime; 0 = off).
+realtime_priority:=N (1-99) runs gem_executor's threads under SCHED_FIFO (gem_ros.core.realtime; 0 = off), and
+cpu_dma_latency_us:=N has gem_executor hold every CPU's wake-up latency <= N us while it runs (-1 = off).
 composed:=true starts gem_policy_executor instead: gem_policy and gem_executor in one process, each chunk handed
 over in memory (no DDS hop; gem_ros.nodes.composed), the policy configured and activated by the process itself.
 It gets no node name here (launch_ros would rename both of its nodes), so its parameters are node-scoped ros args,
-after the YAML (the last value of a parameter wins). executor:= and realtime_priority:= do not apply to it.
+after the YAML (the last value of a parameter wins). executor:= and the two latency options do not apply to it.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
@@ -28,7 +29,8 @@ def generate_launch_description():
     executor = ["--executor", LaunchConfiguration("executor")]
     policy_executor = ["--executor", LaunchConfiguration("policy_executor")]
     control = ["--executor", LaunchConfiguration("executor"),
-               "--realtime-priority", LaunchConfiguration("realtime_priority")]
+               "--realtime-priority", LaunchConfiguration("realtime_priority"),
+               "--cpu-dma-latency-us", LaunchConfiguration("cpu_dma_latency_us")]
     params = PathJoinSubstitution([FindPackageShare("gem_bringup"), "config", arm, "gem.yaml"])
     urdf = PathJoinSubstitution([FindPackageShare("gem_ros"), "urdf", arm, [arm, ".urdf"]])
     policy = LifecycleNode(package="gem_ros", executable="gem_policy", name="gem_policy", namespace="",
@@ -55,6 +57,8 @@ def generate_launch_description():
         DeclareLaunchArgument("policy_executor", default_value="auto", description="gem_policy: auto|events|single"),
         DeclareLaunchArgument("realtime_priority", default_value="0",
                               description="gem_executor: SCHED_FIFO priority 1-99 of its threads (0 = off)"),
+        DeclareLaunchArgument("cpu_dma_latency_us", default_value="-1",
+                              description="gem_executor: hold CPU wake-up latency <= N us while it runs (-1 = off)"),
         DeclareLaunchArgument("composed", default_value="false",
                               description="true: gem_policy + gem_executor in one process (gem_policy_executor)"),
         Node(package="gem_ros", executable="gem_sim", name="gem_sim", parameters=[params], arguments=executor,

@@ -22,25 +22,28 @@ def node_parameters(yaml_path: Path, node_name: str, **overrides) -> list[Parame
 def spin_node(make_node, args=None, runs_inference: bool = False, allow_realtime: bool = False) -> None:
     """`main()` of every gem node: init, build, spin (executor from `--executor`; see gem_ros.nodes.spinning for
     what `auto` picks) until Ctrl-C or shutdown, always clean up. `--realtime-priority N` (`allow_realtime`:
-    gem_executor only) is applied before rclpy starts, so the middleware's threads get it too."""
+    gem_executor only) is applied before rclpy starts, so the middleware's threads get it too;
+    `--cpu-dma-latency-us N` (the same) is held until the process ends (gem_ros.core.realtime)."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    from gem_ros.core.realtime import make_calling_thread_realtime
+    from gem_ros.core.realtime import hold_cpu_wakeup_latency, make_calling_thread_realtime
     from gem_ros.nodes.spinning import make_executor, process_options, resolve_kind
 
     options = process_options(args, allow_realtime and not runs_inference)   # bad arguments fail before anything
     kind = resolve_kind(options.executor, runs_inference)
     faulthandler.enable()   # a crash in a C extension (DDS, torch) leaves the Python stacks in the log
     realtime, scheduling = make_calling_thread_realtime(options.realtime_priority)
+    latency_request, idle_states = hold_cpu_wakeup_latency(options.cpu_dma_latency_us)
     rclpy.init(args=args)
     node = None
     try:
         node = make_node()
         executor = make_executor(kind)
         log = node.get_logger()
-        (log.warning if options.realtime_priority and not realtime else log.info)(
-            f"spinning on the {kind} executor; {scheduling}")
+        refused = (options.realtime_priority and not realtime) or \
+            (options.cpu_dma_latency_us >= 0 and latency_request is None)
+        (log.warning if refused else log.info)(f"spinning on the {kind} executor; {scheduling}; {idle_states}")
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -49,6 +52,8 @@ def spin_node(make_node, args=None, runs_inference: bool = False, allow_realtime
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        if latency_request is not None:
+            latency_request.close()   # ends the PM QoS request (process exit would too)
 
 
 def bringup_config(arm: str) -> Path:

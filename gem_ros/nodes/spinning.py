@@ -90,26 +90,29 @@ def make_executor(kind: str = "auto", context=None, runs_inference: bool = False
 
 
 class ProcessOptions(NamedTuple):
-    executor: str               # one of EXECUTOR_KINDS
-    realtime_priority: int      # 0 = default scheduling; 1-99 SCHED_FIFO (gem_ros.core.realtime)
+    executor: str                   # one of EXECUTOR_KINDS
+    realtime_priority: int = 0      # 0 = default scheduling; 1-99 SCHED_FIFO (gem_ros.core.realtime)
+    cpu_dma_latency_us: int = -1    # -1 = idle states left alone; N >= 0: CPU wake-up latency held <= N us
 
 
 def process_options(args=None, allow_realtime: bool = False) -> ProcessOptions:
-    """`--executor KIND` and `--realtime-priority N` of a gem node's command line (`args` as rclpy.init takes them;
-    None: sys.argv). ROS arguments (after --ros-args) are left to rclpy; anything else is refused, as is a nonzero
-    `--realtime-priority` unless `allow_realtime` (gem_executor; see gem_ros.core.realtime)."""
+    """`--executor KIND`, `--realtime-priority N` and `--cpu-dma-latency-us N` of a gem node's command line (`args`
+    as rclpy.init takes them; None: sys.argv). ROS arguments (after --ros-args) are left to rclpy; anything else is
+    refused, as are the two latency options unless `allow_realtime` (gem_executor; see gem_ros.core.realtime)."""
     import argparse
     import sys
 
     from rclpy.utilities import remove_ros_args
 
-    from gem_ros.core.realtime import MAX_PRIORITY, check_priority
+    from gem_ros.core.realtime import MAX_PRIORITY, check_priority, check_wakeup_latency
 
-    def priority(text: str) -> int:
-        try:
-            return check_priority(int(text))
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+    def checked(check):
+        def parse(text: str) -> int:
+            try:
+                return check(int(text))
+            except ValueError as error:
+                raise argparse.ArgumentTypeError(str(error)) from None
+        return parse
 
     argv = remove_ros_args(sys.argv if args is None else args)
     parser = argparse.ArgumentParser(prog=argv[0] if argv else None, allow_abbrev=False,
@@ -117,15 +120,21 @@ def process_options(args=None, allow_realtime: bool = False) -> ProcessOptions:
     parser.add_argument("--executor", choices=EXECUTOR_KINDS, default="auto",
                         help="rclpy executor: events (experimental, Kilted+), single, auto (single in a process that "
                              "runs inference, else events where available)")
-    parser.add_argument("--realtime-priority", type=priority, default=0, metavar="N",
+    parser.add_argument("--realtime-priority", type=checked(check_priority), default=0, metavar="N",
                         help=f"SCHED_FIFO priority 1-{MAX_PRIORITY} for the control threads (0: default scheduling; "
                              "where the OS refuses it, the node logs why and runs without)")
+    parser.add_argument("--cpu-dma-latency-us", type=checked(check_wakeup_latency), default=-1, metavar="N",
+                        help="hold every CPU's wake-up latency <= N us while the node runs (/dev/cpu_dma_latency; "
+                             "-1: leave idle states alone; where the OS refuses it, the node logs why and runs "
+                             "without)")
     parsed = parser.parse_args(argv[1:])
     try:
         resolve_kind(parsed.executor)
     except ValueError as error:
         parser.error(str(error))
-    if parsed.realtime_priority and not allow_realtime:
-        parser.error("--realtime-priority: only gem_executor, in its own process, runs real-time (inference and "
-                     "busy nodes must not; see gem_ros.core.realtime)")
-    return ProcessOptions(parsed.executor, parsed.realtime_priority)
+    for option, value, off in (("--realtime-priority", parsed.realtime_priority, 0),
+                               ("--cpu-dma-latency-us", parsed.cpu_dma_latency_us, -1)):
+        if value != off and not allow_realtime:
+            parser.error(f"{option}: only gem_executor, in its own process, takes the latency options (inference "
+                         f"and busy nodes must not run real-time; see gem_ros.core.realtime)")
+    return ProcessOptions(parsed.executor, parsed.realtime_priority, parsed.cpu_dma_latency_us)
