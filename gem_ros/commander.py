@@ -46,6 +46,8 @@ class InstructionHandle:
     def __init__(self):
         self._feedback = None
         self._goal_handle = None
+        self._cancel_requested = False   # cancel() before the server accepted: sent on acceptance
+        self._lock = threading.Lock()
         self._done = threading.Event()
         self._result: InstructionResult | None = None
 
@@ -60,8 +62,12 @@ class InstructionHandle:
         if not goal_handle.accepted:
             self._finish(InstructionResult(ExecuteInstruction.Result.ERROR, "goal rejected by the policy node", 0, 0.0))
             return
-        self._goal_handle = goal_handle
+        with self._lock:
+            self._goal_handle = goal_handle
+            cancel = self._cancel_requested
         goal_handle.get_result_async().add_done_callback(lambda f: self._finish(self._convert(f.result().result)))
+        if cancel:
+            goal_handle.cancel_goal_async()
 
     @staticmethod
     def _convert(result) -> InstructionResult:
@@ -86,9 +92,13 @@ class InstructionHandle:
         return self._result
 
     def cancel(self) -> None:
-        """Ask the policy node to stop; the arm holds and the result becomes CANCELED."""
-        if self._goal_handle is not None:
-            self._goal_handle.cancel_goal_async()
+        """Ask the policy node to stop; the arm holds and the result becomes CANCELED. Called before the node
+        accepted the goal, the cancel is sent as soon as it does."""
+        with self._lock:
+            self._cancel_requested = True
+            goal_handle = self._goal_handle
+        if goal_handle is not None:
+            goal_handle.cancel_goal_async()
 
 
 class GemCommander:

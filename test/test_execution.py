@@ -112,6 +112,60 @@ def test_nan_chunk_is_refused_and_nothing_is_planned():
     assert ctrl.stats["chunks_refused"] == 2 and ctrl.stats["chunks_accepted"] == 0
 
 
+def test_a_chunk_with_one_point_beyond_a_limit_is_refused_whole_before_any_of_it_runs():
+    """Whole-chunk validation: the bad point is the last of 10 (1 s ahead): nothing of the chunk is planned, and a
+    plan that was running stops with a hold at the next tick, counted as a safety rejection."""
+    ctrl = make_controller(safety_kw={"on_violation": "clamp"})
+    feed_state(ctrl, 0.0)
+    beyond = ramp(np.full(7, 0.02))
+    beyond[9, 0] = LIMITS["panda_joint1"].upper + 0.01
+    reason = ctrl.on_chunk(CHANNELS, DT, beyond, "absolute_joint", 0.0, 0.0)
+    assert reason and "panda_joint1" in reason and "index 9" in reason and "outside" in reason
+    assert ctrl.scheduler.remaining_s(0.0) == 0.0 and ctrl.tick(0.0).kind == "idle"   # nothing planned or sent
+    # with a plan running: refused whole, and the next tick holds (a problem: WARN on /diagnostics)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.02)), "absolute_joint", 0.0, 0.0) is None
+    assert [c.kind for _, c in run(ctrl, 0.0, 0.1)] == ["trajectory"] * 6
+    assert ctrl.on_chunk(CHANNELS, DT, beyond, "absolute_joint", 0.1, 0.12)
+    hold = ctrl.tick(0.12)
+    assert hold.kind == "hold" and "chunk rejected" in hold.reason and "panda_joint1" in hold.reason
+    assert not np.any(np.abs(hold.trajectory.positions[0, :7] - ctrl_positions(ctrl)[:7]) > 1e-12)
+    assert ctrl.tick(0.14).kind == "idle" and ctrl.scheduler.remaining_s(0.14) == 0.0
+    assert ctrl.stats["safety_rejections"] == 2 and ctrl.health()[0] == "WARN"
+    # a NaN chunk while a plan runs holds the same way
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.02)), "absolute_joint", 0.2, 0.2) is None
+    assert ctrl.tick(0.2).kind == "trajectory"
+    poisoned = ramp(np.full(7, 0.02))
+    poisoned[7, 3] = math.nan
+    assert "NaN/Inf" in ctrl.on_chunk(CHANNELS, DT, poisoned, "absolute_joint", 0.2, 0.22)
+    assert ctrl.tick(0.22).kind == "hold" and ctrl.stats["safety_rejections"] == 3
+
+
+def test_a_stale_chunk_is_refused_but_the_running_plan_goes_on():
+    """Timing refusals are routine in asynchronous inference: they are not safety rejections and do not hold."""
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.02)), "absolute_joint", 0.0, 0.0) is None
+    assert ctrl.tick(0.0).kind == "trajectory"
+    assert "stale" in ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.02)), "absolute_joint", -5.0, 0.02)
+    assert ctrl.tick(0.02).kind == "trajectory" and ctrl.stats["safety_rejections"] == 0
+
+
+def test_a_urdf_velocity_limit_that_is_zero_negative_or_infinite_fails_at_configure(tmp_path):
+    from gem_ros.core.kinematics import load_urdf_limits as load
+
+    for bad in ("0", "-1", "inf"):
+        text = URDF.read_text().replace('velocity="2.1750"', f'velocity="{bad}"', 1)
+        assert text != URDF.read_text()
+        (tmp_path / "bad.urdf").write_text(text)
+        limits = load(tmp_path / "bad.urdf")
+        action = ActionSpaceConfig(kind="absolute_joint", joint_names=ARM, gripper_joint_names=FINGERS,
+                                   gripper_scale=0.5, action_dim=8)
+        safety = SafetyFilter(limits, SafetyConfig(max_step_delta_rad=0.05))
+        with pytest.raises(ValueError, match="velocity limit"):
+            ExecutionController(ExecutionConfig(joint_names=JOINTS), ActionMapper(action),
+                                ChunkScheduler(ChunkSchedulerConfig(chunk_dt_s=DT)), safety)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.floats(-0.3, 0.3), st.integers(0, 9)), min_size=1, max_size=4))
 def test_no_tick_ever_emits_a_non_finite_or_out_of_limit_point(chunks):

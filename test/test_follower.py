@@ -37,16 +37,24 @@ def test_subset_of_joints_keeps_the_others_and_past_points_are_skipped():
     np.testing.assert_allclose(f.target(8.0), [0.0, 3.0])
 
 
-@pytest.mark.parametrize("names, times, positions, message", [
-    (["c"], [1.0], [[0.0]], "unknown joints"),
-    (["a"], [1.0], [[np.nan]], "NaN"),
-    (["a"], [1.0, 1.0], [[0.0], [1.0]], "strictly increasing"),
+@pytest.mark.parametrize("names, start, times, positions, message", [
+    (["c"], 0.0, [1.0], [[0.0]], "unknown joints"),
+    (["a"], 0.0, [1.0], [[np.nan]], "NaN"),
+    (["a"], 0.0, [1.0, 1.0], [[0.0], [1.0]], "strictly increasing"),
+    (["a"], -3.0, [1.0, 2.0], [[5.0], [6.0]], "ends in the past"),   # JTC rejects it; no jump to its last point
 ])
-def test_malformed_trajectories_are_rejected_and_the_target_is_kept(names, times, positions, message):
+def test_malformed_trajectories_are_rejected_and_the_target_is_kept(names, start, times, positions, message):
     f = make()
     with pytest.raises(ValueError, match=message):
-        f.set_trajectory(names, 0.0, times, positions, now_s=0.0)
+        f.set_trajectory(names, start, times, positions, now_s=0.0)
     np.testing.assert_allclose(f.target(1.0), [0.0, 1.0])
+
+
+def test_a_trajectory_stamped_in_the_future_starts_at_its_stamp():
+    f = make()
+    f.set_trajectory(["a"], start_s=2.0, times_from_start_s=[1.0], positions=[[3.0]], now_s=0.0)
+    np.testing.assert_allclose(f.target(1.5), [1.5, 1.0])   # as JTC: linear from receipt (0 s, 0.0) to (3 s, 3.0)
+    np.testing.assert_allclose(f.target(3.0), [3.0, 1.0])
 
 
 def test_empty_trajectory_stops_where_the_arm_is():

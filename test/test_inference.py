@@ -168,3 +168,50 @@ def test_shutdown_after_an_interrupted_start_does_not_raise():
     worker.start()                                               # and it can still be started afterwards
     worker.shutdown()
     assert not worker._thread.is_alive()
+
+
+def test_a_chunk_of_a_pre_empted_goal_is_dropped_even_with_the_same_instruction():
+    """gem_demo sends the same text every episode: the goal's generation, not its text, decides."""
+    clock = Clock()
+    worker = None
+
+    def predict_while_a_new_goal_arrives(observation):
+        worker.run_instruction("pick up the red cube")   # the action server pre-empts with an identical goal
+        return np.zeros((8, 1), np.float32), {"total": 1.0}
+
+    worker, buffer, chunks, holds = make_worker(clock, predict_while_a_new_goal_arrives)
+    worker.run_instruction("pick up the red cube")
+    feed(buffer, clock.t)
+    assert worker.step() is None and chunks == []
+    worker.predict = lambda obs: (np.zeros((8, 1), np.float32), {"total": 1.0})
+    assert worker.step() is not None and len(chunks) == 1   # the new goal gets its own chunk
+
+
+def test_a_stop_during_the_hand_over_sends_its_hold_after_the_chunk_never_before():
+    import threading
+
+    clock = Clock()
+    events, handing_over, release = [], threading.Event(), threading.Event()
+
+    def on_chunk(result):
+        handing_over.set()
+        release.wait(5.0)       # the executor is still planning the chunk
+        events.append("chunk")
+
+    worker, buffer, _, _ = make_worker(clock)
+    worker.on_chunk, worker.on_hold = on_chunk, lambda reason: events.append("hold")
+    worker.run_instruction("go")
+    feed(buffer, clock.t)
+    stepping = threading.Thread(target=worker.step)
+    stepping.start()
+    assert handing_over.wait(5.0)
+    stopping = threading.Thread(target=worker.stop, args=("cancelled",))   # the action server's cancel
+    stopping.start()
+    stopping.join(0.2)
+    assert stopping.is_alive() and events == []   # the hold waits for the hand-over in progress
+    release.set()
+    stepping.join(5.0)
+    stopping.join(5.0)
+    assert events == ["chunk", "hold"]
+    feed(buffer, clock.t)
+    assert worker.step() is None and events == ["chunk", "hold"]   # stopped: nothing more

@@ -80,6 +80,9 @@ def test_goal_produces_chunks_feedback_and_cancel_holds(ros, setup):
     result = task.wait(20)
     assert result is not None and result.outcome_name == "CANCELED"
     ros.wait_for(lambda: any(c.num_points == 0 for c in seen["chunks"][before:]), 10, "an empty (hold) chunk")
+    hasty = commander.run_instruction("pick up the red cube", timeout=60.0)
+    hasty.cancel()   # before the server answered: sent once it accepts, not lost
+    assert hasty.wait(20).outcome_name == "CANCELED"
     commander.close()
 
 
@@ -171,7 +174,16 @@ def test_configure_fails_clearly_on_schema_mismatch(ros, tiny_checkpoint_dir):
 
 def test_lifecycle_deactivate_cleanup_and_configure_again(ros, setup, monkeypatch):
     policy, probe, robot, seen = setup
+    commander = GemCommander(node=probe)
+    running = commander.run_instruction("pick up the red cube", timeout=0.0)   # no timeout: ends only if told
+    ros.wait_for(lambda: any(c.num_points > 0 for c in seen["chunks"]), 60, "a chunk")
     assert policy.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    ended = running.wait(20)   # deactivating ends the running goal (the arm holds) instead of leaving it open
+    assert ended is not None and ended.outcome_name != "SUCCEEDED" and "deactivated" in ended.reason
+    refused = commander.run_instruction("pick up the red cube", timeout=0.0)   # inactive: nothing would run it
+    ros.wait_for(refused.is_done, 10, "the goal's answer")
+    assert refused.result().outcome_name == "ERROR" and "rejected" in refused.result().reason
+    commander.close()
     assert policy.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert policy.policy is None and policy.worker is None
     ros.wait_for(lambda: probe.count_publishers("/gem/action_chunk") == 0, 10, "chunk publisher removed")

@@ -111,6 +111,7 @@ class ExecutionController:
         unlimited = [n for n in cfg.joint_names if n not in safety.limits]
         if unlimited:
             raise ValueError(f"joint_names {unlimited} have no URDF limits: the safety filter cannot check them")
+        safety.check_joints(cfg.joint_names)   # a zero / negative / infinite URDF velocity fails here, not at a tick
         channels = default_channel_names(action_mapper.cfg) if expected_channels is None else tuple(expected_channels)
         if len(channels) != action_mapper.cfg.action_dim or len(set(channels)) != len(channels) \
                 or not all(isinstance(c, str) and c for c in channels):
@@ -130,6 +131,7 @@ class ExecutionController:
         self._estop: str | None = None
         self._running = False                 # the last command sent was (part of) a plan
         self._pending_stop: str | None = None
+        self._pending_stop_is_problem = False   # the pending hold is a safety rejection, not a requested stop
         self._last_chunk_s: float | None = None
         self._approach: tuple[float, np.ndarray, float, np.ndarray] | None = None   # (t0, q0, t1, q1)
         self._commanded: tuple[float, np.ndarray, SafeTrajectory] | None = None   # (sent at, anchor, trajectory)
@@ -177,6 +179,9 @@ class ExecutionController:
         """Plan a policy chunk. Returns None when accepted, else why it was refused (nothing planned then).
 
         actions (T, A) in the order of `channel_names`; T == 0 means stop (hold and forget the plan).
+        An unsafe chunk (a NaN/Inf, a target outside the URDF limits or the workspace box, at any point) is refused
+        whole before any of it is planned, and the arm holds: the plan it would have continued came from the same
+        policy. Refusals for timing or format (stale, out of order, wrong names) leave the current plan running.
         """
         try:
             actions = np.array(actions, dtype=float)
@@ -189,6 +194,11 @@ class ExecutionController:
         reason = self._check_chunk(channels, dt_s, actions, action_space, obs_stamp_s)
         if reason:
             return self.refuse(reason)
+        bad = np.argwhere(~np.isfinite(actions))
+        if bad.size:
+            i, j = (int(v) for v in bad[0])
+            return self._reject_unsafe(f"action {i} channel '{channels[j]}' is {actions[i, j]} "
+                                       f"(NaN/Inf never executed)")
         actions = actions[:, [channels.index(c) for c in self.expected_channels]]   # reorder by name
         with self._lock:
             if self._estop is not None:
@@ -214,6 +224,10 @@ class ExecutionController:
         current = clip(current, self._lower, self._upper)
         targets = np.repeat(current[None, :], len(mapped), axis=0)
         targets[:, self._columns] = mapped
+        try:
+            self.safety.check_points(self.cfg.joint_names, targets)
+        except ChunkRejected as error:
+            return self._reject_unsafe(f"unsafe chunk: {error.reason}")
         with self._lock:
             if self._estop is not None:   # engaged while we were mapping
                 return self.refuse(f"e-stop engaged ({self._estop}); reset it first")
@@ -231,6 +245,16 @@ class ExecutionController:
             self._last_chunk_s, self._pending_stop = now_s, None
             return None
 
+    def _reject_unsafe(self, reason: str) -> str:
+        """Refuse an unsafe chunk whole and, if a plan is running, hold at the next tick (or replan)."""
+        with self._lock:
+            self._counts["safety_rejections"] += 1
+            was_running = self._running
+            self._abandon_plan()
+            if was_running:
+                self._pending_stop, self._pending_stop_is_problem = f"chunk rejected: {reason}", True
+        return self.refuse(reason)
+
     def refuse(self, reason: str) -> str:
         """Count a chunk refused for `reason` (also for callers that found it malformed) and return the reason."""
         with self._lock:
@@ -245,7 +269,7 @@ class ExecutionController:
             self.scheduler.clear()
             self._last_chunk_s, self._approach = None, None
             if self._running:
-                self._pending_stop = reason
+                self._pending_stop, self._pending_stop_is_problem = reason, False
             self._running = False
             self._last_reason = f"stopped: {reason}"
 
@@ -303,6 +327,8 @@ class ExecutionController:
                                        f"(joint_state_timeout_s {self.cfg.joint_state_timeout_s} s)")
         if self._pending_stop is not None:
             reason, self._pending_stop = self._pending_stop, None
+            if self._pending_stop_is_problem:
+                return self._hold(current, reason)
             return self._hold(current, f"stopped: {reason}", problem=False)
         if self._running and self._last_chunk_s is not None \
                 and now_s - self._last_chunk_s > self.cfg.chunk_timeout_s:
@@ -374,10 +400,6 @@ class ExecutionController:
                     f"(set action_channel_names or the checkpoint's io.action_names)")
         if actions.ndim != 2 or actions.shape[1] != len(channels):
             return f"actions have shape {actions.shape}, expected (T, {len(channels)})"
-        bad = np.argwhere(~np.isfinite(actions))
-        if bad.size:
-            i, j = (int(v) for v in bad[0])
-            return f"action {i} channel '{channels[j]}' is {actions[i, j]} (NaN/Inf never executed)"
         chunk_dt = self.scheduler.cfg.chunk_dt_s
         if not abs(float(dt_s) - chunk_dt) <= _DT_REL_TOL * chunk_dt:   # NaN fails too
             return f"chunk dt {dt_s!r} s differs from the configured chunk_dt_s {chunk_dt} s"

@@ -4,6 +4,11 @@ The worker asks for the next chunk *before* the current one runs out: it starts 
 in the last chunk (measured from that chunk's observation time) drops below `request_threshold_s` plus the
 measured inference latency, so the arm does not idle while inference is faster than the remaining horizon.
 It never runs inside a ROS callback; the node only feeds the buffer and publishes what `on_chunk` hands back.
+
+Every goal (`run_instruction`) and every `stop` starts a new generation. A chunk is handed to `on_chunk` only if
+its generation is still current, and that check and the hand-over happen under the same lock as a stop's hold:
+a chunk computed for a cancelled or pre-empted goal (even one with the same instruction text) never reaches the
+executor, and never after the hold that ended its goal.
 """
 from __future__ import annotations
 
@@ -56,19 +61,26 @@ class WorkerState:
     goal_start_s: float = -math.inf    # observations must be taken after this (clock of the message stamps)
     stale_reasons: list[str] = field(default_factory=list)
     last_error: str = ""
+    generation: int = 0                # bumped by every goal and every stop; chunks of an older one are dropped
 
 
 class InferenceWorker:
-    """Owns the worker thread. `predict(observation) -> (actions, timings)` is the policy call."""
+    """Owns the worker thread. `predict(observation) -> (actions, timings)` is the policy call. `on_chunk` hands a
+    chunk over (keep it short: a stop waits for it); `after_chunk`, optional, runs after it outside that lock (slow
+    extras such as a predicted-depth image)."""
 
     def __init__(self, cfg: InferenceConfig, buffer: ObservationBuffer, predict, clock: Clock,
                  on_chunk: Callable[[ChunkResult], None], on_hold: Callable[[str], None],
-                 camera_sizes: dict[str, tuple[int, int]] | None = None):
+                 camera_sizes: dict[str, tuple[int, int]] | None = None,
+                 after_chunk: Callable[[ChunkResult], None] | None = None):
         self.cfg, self.buffer, self.predict, self.clock = cfg, buffer, predict, clock
         self.camera_sizes = camera_sizes   # (H, W) per camera the policy expects; frames are resized to it
-        self.on_chunk, self.on_hold = on_chunk, on_hold
+        self.on_chunk, self.on_hold, self.after_chunk = on_chunk, on_hold, after_chunk
         self.state = WorkerState()
         self._lock = threading.Lock()
+        # Orders hand-overs: a chunk's "still current?" check + on_chunk, against a stop's state change + on_hold.
+        # Re-entrant: a policy error inside step() stops from the worker thread.
+        self._emit_lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,15 +108,18 @@ class InferenceWorker:
             self.state.instruction, self.state.running, self.state.holding = instruction, True, False
             self.state.last_chunk_obs_s, self.state.reason = -math.inf, "running"
             self.state.goal_start_s = self.clock()
+            self.state.generation += 1
         self._wake.set()
 
     def stop(self, reason: str) -> None:
-        """Stop producing chunks and tell the executor to hold."""
-        with self._lock:
-            was_running = self.state.running
-            self.state.running, self.state.holding, self.state.reason = False, False, reason
-        if was_running:
-            self.on_hold(reason)
+        """Stop producing chunks and tell the executor to hold (after any chunk already handed over, never before)."""
+        with self._emit_lock:
+            with self._lock:
+                was_running = self.state.running
+                self.state.running, self.state.holding, self.state.reason = False, False, reason
+                self.state.generation += 1
+            if was_running:
+                self.on_hold(reason)
 
     def snapshot(self) -> WorkerState:
         with self._lock:
@@ -123,6 +138,7 @@ class InferenceWorker:
         now = self.clock()
         with self._lock:
             running, instruction, not_before = self.state.running, self.state.instruction, self.state.goal_start_s
+            generation = self.state.generation
         if not running:
             return None
         with self._lock:
@@ -149,14 +165,17 @@ class InferenceWorker:
                 self.state.last_error = str(error)
             self.stop(f"policy error: {error}")
             return None
-        with self._lock:
-            if not self.state.running or self.state.instruction != instruction:
-                return None   # cancelled or pre-empted while we were thinking: drop the stale chunk
-            self.state.last_latency_s = max(0.0, self.clock() - now)   # on the clock `due` compares with
-            self.state.last_chunk_obs_s = timed.stamp_s
-            self.state.chunks += 1
-            result = ChunkResult(actions, timed.stamp_s, dict(timings), self.state.chunks)
-        self.on_chunk(result)
+        with self._emit_lock:
+            with self._lock:
+                if not self.state.running or self.state.generation != generation:
+                    return None   # cancelled or pre-empted while we were thinking: drop the stale chunk
+                self.state.last_latency_s = max(0.0, self.clock() - now)   # on the clock `due` compares with
+                self.state.last_chunk_obs_s = timed.stamp_s
+                self.state.chunks += 1
+                result = ChunkResult(actions, timed.stamp_s, dict(timings), self.state.chunks)
+            self.on_chunk(result)
+        if self.after_chunk is not None:
+            self.after_chunk(result)
         return result
 
     def _hold_on_stale(self, reasons: list[str]) -> None:

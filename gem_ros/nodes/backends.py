@@ -3,6 +3,9 @@
 Every backend receives only SafeTrajectory objects (the safety filter's output), so no backend can send a
 point that was not checked. Times are time_from_start; the header stamp is zero, which JTC reads as "start
 on receipt": the executor plans each trajectory from the measured state at the tick that sends it.
+Points carry positions only, so JTC's spline interpolator joins them linearly: the arm is commanded exactly the
+path the filter checked (20 ms apart). With velocities JTC would fit cubic segments through them, which overshoot
+a point approached at speed and then held (a joint limit) and run up to 1.5x the checked segment speed.
 """
 from __future__ import annotations
 
@@ -33,11 +36,11 @@ class TrajectoryBackend(Protocol):
 
 
 def to_joint_trajectory(trajectory: SafeTrajectory, stamp=None, reuse=None) -> JointTrajectory:
-    """SafeTrajectory -> trajectory_msgs/JointTrajectory with positions AND velocities per point. The safety filter
-    validated every number (and SafeTrajectory's arrays are read-only), so it is not checked a second time.
-    `reuse`: see build_joint_trajectory."""
+    """SafeTrajectory -> trajectory_msgs/JointTrajectory, positions per point (no velocities: JTC then interpolates
+    linearly, see the module docstring). The safety filter validated every number (and SafeTrajectory's arrays are
+    read-only), so it is not checked a second time. `reuse`: see build_joint_trajectory."""
     return build_joint_trajectory(list(trajectory.joint_names), trajectory.times_s, trajectory.positions,
-                                  trajectory.velocities, stamp, reuse)
+                                  None, stamp, reuse)
 
 
 class JointTrajectoryTopicBackend:

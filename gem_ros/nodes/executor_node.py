@@ -94,8 +94,7 @@ class ExecutorNode(Node):
                 stamp_to_s(msg.header.stamp), self._now())
         if reason:
             self.get_logger().warning(f"action chunk {msg.chunk_index} refused: {reason}", throttle_duration_sec=1.0)
-        else:
-            self._replan_now()
+        self._replan_now()   # the new plan, or the hold an unsafe chunk asks for, goes out now
 
     def _engage_estop(self, source: str) -> None:
         self.controller.engage_estop(source)

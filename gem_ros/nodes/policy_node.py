@@ -89,6 +89,7 @@ class PolicyNode(LifecycleNode):
         self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
         self._goal_lock = threading.Lock()
         self._active_goal = None
+        self._active = False   # lifecycle state "active": only then are goals accepted (the worker runs)
         self._task_success = False
         self._status_state, self._checkpoint = PolicyStatus.UNCONFIGURED, ""
         self._depth_every, self._depth_ms = 0, None
@@ -162,7 +163,7 @@ class PolicyNode(LifecycleNode):
         self.worker = InferenceWorker(
             InferenceConfig(request_threshold_s=get("request_threshold_s"), chunk_horizon_s=horizon),
             self.buffer, self._predict, self._now, self._publish_chunk, self._publish_hold,
-            camera_sizes=self._camera_sizes)
+            camera_sizes=self._camera_sizes, after_chunk=self._maybe_publish_depth)
         handles = self._handles = []   # everything configure creates; cleanup destroys it again
         for name, topic, transport in zip(names, topics, transports):
             msg_type = CompressedImage if transport == "compressed" else Image
@@ -198,10 +199,12 @@ class PolicyNode(LifecycleNode):
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.worker.start()
+        self._active = True
         self._status_state, self._status_reason = PolicyStatus.IDLE, "active, waiting for an instruction"
         return super().on_activate(state)
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._active = False   # new goals are refused; the running one ends (aborted) when the worker stops
         self.worker.stop("deactivated")
         self.worker.shutdown()
         self._status_state, self._status_reason = PolicyStatus.IDLE, "inactive"
@@ -263,8 +266,11 @@ class PolicyNode(LifecycleNode):
         msg.inference_latency_ms = float(result.latency_ms.get("total", 0.0))
         msg.chunk_index = result.index
         self._emit_chunk(msg)
+
+    def _maybe_publish_depth(self, result: ChunkResult) -> None:
+        """After the chunk is out (a cancel does not wait for this): the predicted depth of its observation."""
         if self._depth_every and result.index % self._depth_every == 0 and self._last_observation is not None:
-            self._publish_depth(self._last_observation, msg.header.stamp)
+            self._publish_depth(self._last_observation, s_to_stamp(result.obs_stamp_s))
 
     def _publish_depth(self, observation, stamp) -> None:
         started = time.perf_counter()
@@ -364,7 +370,11 @@ class PolicyNode(LifecycleNode):
         return response
 
     def _on_goal(self, goal_request) -> GoalResponse:
-        if self.worker is None or not goal_request.instruction.strip():
+        if self.worker is None or not self._active:   # inactive: no thread would ever run the goal
+            self.get_logger().warning("goal rejected: gem_policy is not active (activate it first)")
+            return GoalResponse.REJECT
+        if not goal_request.instruction.strip():
+            self.get_logger().warning("goal rejected: the instruction is empty")
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
 

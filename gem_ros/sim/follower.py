@@ -2,9 +2,15 @@
 
 - A new trajectory *replaces* the one in progress (JTC's default; no queueing or splicing of old points).
 - It starts at its header stamp; a zero stamp means "now". Points are at start + time_from_start.
-- From the state at the moment of replacement the target moves to the first point, then between points,
-  by linear interpolation of positions (JTC with position-only points). After the last point it holds.
-- Points already in the past when the trajectory arrives are skipped, as JTC does.
+- From the *commanded* state at the moment of replacement the target moves to the first point, then between
+  points, by linear interpolation of positions (JTC with position-only points, which is what gem_executor sends).
+  After the last point it holds. Starting from the commanded, not the measured, state is JTC with
+  `interpolate_from_desired_state: true` (Jazzy+; `open_loop_control` before): set it on a real arm's controller,
+  since gem_executor plans each trajectory from that setpoint (gem_ros.core.execution). JTC's default starts from
+  the measured state, and the controller's tracking lag then lands in the first 20 ms segment.
+- Points already in the past when the trajectory arrives are skipped, as JTC does; a stamped trajectory that
+  ends in the past is rejected, as JTC does (the target is kept); an unstamped one whose points are all at
+  time_from_start 0 is a jump to its last point.
 - Joints absent from the message keep their current targets (JTC accepts a subset of its joints).
 """
 from __future__ import annotations
@@ -46,8 +52,11 @@ class TrajectoryFollower:
         start = now_s if start_s == 0 else start_s
         absolute = start + times
         future = absolute > now_s
-        if not np.any(future):   # everything is in the past: jump the hold target to the final point
-            absolute, future = np.array([now_s + 1e-9]), np.array([True])
+        if not np.any(future):
+            if start_s != 0:   # JTC: "Received trajectory with non-zero start time ... that ends in the past"
+                raise ValueError(f"trajectory starting at {start:.3f} s ends in the past ({absolute[-1]:.3f} s <= "
+                                 f"now {now_s:.3f} s)")
+            absolute, future = np.array([now_s + 1e-9]), np.array([True])   # "now" with time_from_start 0: go there
             positions = positions[-1:]
         columns = [self._index[n] for n in names]
         knots = np.repeat(current[None, :], int(np.count_nonzero(future)) + 1, axis=0)

@@ -132,6 +132,28 @@ class SafetyFilter:
             n for n, moved in zip(names, (np.abs(output - target) > 1e-12).any(axis=0)) if moved)
         return self._trajectory(names, times, output, current, interventions, clamped)
 
+    def check_points(self, joint_names: Sequence[str], positions) -> None:
+        """Whole-chunk validation, before any of a chunk is planned or sent: every point (N, J) finite, inside the
+        URDF limits minus margins and, when configured, with its link inside the workspace box. Raises
+        ChunkRejected. Motion limits are checked (and in clamp mode enforced) by `filter_trajectory` on the path
+        each trajectory actually commands: blending and the latency cut change the steps between points."""
+        names = self._check_names(joint_names)
+        target = self._array("positions", positions, (None, len(names)))
+        bad = np.argwhere(~np.isfinite(target))
+        if bad.size:
+            i, j = (int(v) for v in bad[0])
+            raise ChunkRejected(f"joint '{names[j]}' at index {i} is {target[i, j]} (not finite; never clamped)")
+        self._check_positions(names, target, self._cached_bounds(names))
+        self._check_workspace(names, target)
+
+    def check_joints(self, joint_names: Sequence[str]) -> None:
+        """Fail closed at configure time: raises ValueError if any joint lacks a usable limit (an unknown joint, a
+        zero, negative or infinite URDF velocity, a margin that leaves no room) instead of at the first tick."""
+        try:
+            self._cached_bounds(self._check_names(joint_names))
+        except ChunkRejected as error:
+            raise ValueError(f"safety limits unusable: {error.reason}") from None
+
     def hold(self, current_positions: Mapping[str, float]) -> SafeTrajectory:
         """One point at the current positions, `hold_duration_s` from now, zero velocity."""
         names = self._check_names(list(current_positions))
