@@ -256,3 +256,24 @@ def test_parameters_build_each_action_space_by_name():
         build_controller({**base, "max_step_delta_rad": -1.0})
     with pytest.raises(ValueError, match="max_acceleration"):
         build_controller({**base, "max_acceleration": -1.0})
+
+
+def test_a_workspace_box_from_parameters_refuses_a_chunk_that_leaves_it():
+    """Forward kinematics of the URDF on every chunk point: a chunk that would lower the hand below the table
+    plane is refused whole before any of it runs."""
+    base = {**PARAMETERS, **PARAMS}
+    box = {"workspace_link": "panda_hand", "workspace_min_xyz_m": [0.1, -0.6, 0.25],
+           "workspace_max_xyz_m": [0.8, 0.6, 1.0]}
+    controller = build_controller({**base, **box})
+    controller.on_joint_state(JOINTS, HOME, [0.0] * 9, 0.0)
+    inside = ramp(0.05)                      # small joint moves around HOME: the hand stays near (0.31, 0, 0.59)
+    assert controller.on_chunk(controller.expected_channels, 0.1, inside, "absolute_joint", 0.0, 0.0) is None
+    down = ramp(0.05)
+    down[-1, 1], down[-1, 3] = 1.2, -1.0     # shoulder forward, elbow open at the last point: the hand drops low
+    reason = controller.on_chunk(controller.expected_channels, 0.1, down, "absolute_joint", 0.0, 0.01)
+    assert reason and "leaves the workspace box" in reason and "panda_hand" in reason
+    assert controller.stats["safety_rejections"] == 1
+    for bad in ({"workspace_link": "no_such_link"}, {"workspace_max_xyz_m": [0.8, 0.6]},
+                {"workspace_min_xyz_m": [0.9, -0.6, 0.25]}):
+        with pytest.raises(ValueError, match="workspace_box"):
+            build_controller({**base, **box, **bad})

@@ -12,7 +12,7 @@ from typing import Any
 from gem_ros.core.chunking import ActionMapper, ActionSpaceConfig, ChunkScheduler, ChunkSchedulerConfig
 from gem_ros.core.execution import ExecutionConfig, ExecutionController
 from gem_ros.core.kinematics import RobotModel, load_urdf_limits
-from gem_ros.core.safety import SafetyConfig, SafetyFilter
+from gem_ros.core.safety import SafetyConfig, SafetyFilter, WorkspaceBox
 
 
 def _default(cls, name: str):
@@ -53,6 +53,9 @@ PARAMETERS: dict[str, Any] = {
     "position_margin_rad": _default(SafetyConfig, "position_margin_rad"),
     "position_margin_m": _default(SafetyConfig, "position_margin_m"),
     "max_acceleration": 0.0,                    # rad/s^2 (m/s^2) for every joint; 0 = off (URDF has none)
+    "workspace_link": "",                       # a link whose origin must stay in the box below; "" = no box
+    "workspace_min_xyz_m": [0.0, 0.0, 0.0],     # box corners in the URDF root frame (used when workspace_link set)
+    "workspace_max_xyz_m": [0.0, 0.0, 0.0],
     "urdf_path": "",                            # one of urdf_path / robot_description (XML) is required
     "robot_description": "",
 }
@@ -79,17 +82,21 @@ def build_controller(values: Mapping[str, Any]) -> ExecutionController:
         control_rate_hz=values["control_rate_hz"], chunk_dt_s=values["chunk_dt_s"], mode=values["chunk_mode"],
         blend_duration_s=values["blend_duration_s"], max_latency_s=values["max_latency_s"])
     acceleration = values["max_acceleration"]
+    box = None
+    if values["workspace_link"]:   # checked with forward kinematics at every chunk and trajectory point
+        box = WorkspaceBox(link=values["workspace_link"], min_xyz_m=tuple(values["workspace_min_xyz_m"]),
+                           max_xyz_m=tuple(values["workspace_max_xyz_m"]))
     safety = SafetyConfig(
         max_step_delta_rad=values["max_step_delta_rad"], max_step_delta_m=values["max_step_delta_m"],
         velocity_scale=values["velocity_scale"], on_violation=values["on_violation"],
         position_margin_rad=values["position_margin_rad"], position_margin_m=values["position_margin_m"],
-        max_acceleration=None if acceleration == 0.0 else acceleration)
+        max_acceleration=None if acceleration == 0.0 else acceleration, workspace_box=box)
     execution = ExecutionConfig(
         joint_names=joint_names, control_rate_hz=values["control_rate_hz"], lookahead_s=values["lookahead_s"],
         joint_state_timeout_s=values["joint_state_timeout_s"], chunk_timeout_s=values["chunk_timeout_s"],
         tracking_tolerance_rad=values["tracking_tolerance_rad"], tracking_tolerance_m=values["tracking_tolerance_m"],
         replan_on_chunk=values["replan_on_chunk"])
-    model = RobotModel.from_urdf(urdf) if kind == "ee_delta" else None
+    model = RobotModel.from_urdf(urdf) if kind == "ee_delta" or box is not None else None
     limits = load_urdf_limits(urdf)
     gripper_range = None
     if gripper:   # the tightest travel shared by all gripper joints, inside the safety margin
