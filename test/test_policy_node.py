@@ -151,7 +151,7 @@ def test_a_compressed_camera_gives_the_policy_the_same_pixels_as_a_raw_one(ros, 
     policy.worker.shutdown()
 
 
-def test_configure_fails_clearly_on_schema_mismatch(ros, tiny_checkpoint_dir):
+def test_configure_fails_clearly_on_schema_mismatch(ros, tiny_checkpoint_dir, tmp_path):
     node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
         Parameter("checkpoint", value=str(tiny_checkpoint_dir)), Parameter("device", value="cpu"),
         Parameter("camera_names", value=["front", "wrist"]), Parameter("state_joint_names", value=JOINTS)]))
@@ -167,6 +167,17 @@ def test_configure_fails_clearly_on_schema_mismatch(ros, tiny_checkpoint_dir):
                                                                                            value="fast")]))
     assert typo.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "not one of" in typo._status_reason
+    # A checkpoint that names its state joints: another robot's (or a reordered) list is refused, not misread.
+    from gem_ros.demo import ARM_JOINTS, FINGERS, make_random_sim_checkpoint
+
+    named = make_random_sim_checkpoint(tmp_path)
+    trained_on = ARM_JOINTS + FINGERS
+    swapped = [trained_on[1], trained_on[0], *trained_on[2:]]   # the same joints, two of them reordered
+    wrong = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(named)), Parameter("device", value="cpu"),
+        Parameter("state_joint_names", value=swapped)]))
+    assert wrong.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "io.state_names" in wrong._status_reason and "panda_joint2" in wrong._status_reason
     missing = ros.add(PolicyNode(context=ros.context, parameter_overrides=[Parameter("checkpoint", value="")]))
     assert missing.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "checkpoint" in missing._status_reason
@@ -271,6 +282,24 @@ def test_diagnostics_name_the_inference_mode_and_warn_when_graph_capture_failed(
                   if "cuda_graph_capture_failed" in {kv.key for kv in st.values})
     assert status.level >= DiagnosticStatus.WARN and "not permitted" in {kv.key: kv.value for kv in status.values}[
         "cuda_graph_capture_failed"]
+
+
+def test_diagnostics_report_input_rates_queue_depths_and_frames_of_a_wrong_encoding(ros, setup):
+    policy, probe, robot, seen = setup   # the fake robot: 2 cameras and joint states every 30 ms (~33 Hz)
+
+    def latest_values():
+        return {kv.key: kv.value for d in seen["diag"][-1:] for st in d.status for kv in st.values}
+
+    ros.wait_for(lambda: float(latest_values().get("rate_camera/scene_hz", 0)) > 10, 10, "camera rate")
+    values = latest_values()
+    assert 10 < float(values["rate_joint_states_hz"]) < 60 and int(values["queued_camera/wrist"]) >= 1
+    yuv = rgb_to_image_msg(robot.image, probe.get_clock().now().to_msg(), "scene_optical_frame")
+    yuv.encoding = "yuv422"
+    probe.create_publisher(type(yuv), "/camera/scene/image_raw", 10).publish(yuv)
+    ros.wait_for(lambda: "rejected_frames" in latest_values(), 10, "the refused frame on /diagnostics")
+    assert "yuv422" in latest_values()["last_frame_error"] and "scene" in latest_values()["last_frame_error"]
+    assert any(st.level >= DiagnosticStatus.WARN for d in seen["diag"] for st in d.status
+               if "rejected_frames" in {kv.key for kv in st.values})
 
 
 def test_cpu_threads_set_torch_threads_and_a_negative_count_is_refused(ros, tiny_checkpoint_dir):

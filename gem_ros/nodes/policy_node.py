@@ -93,6 +93,10 @@ class PolicyNode(LifecycleNode):
         self._task_success = False
         self._status_state, self._checkpoint = PolicyStatus.UNCONFIGURED, ""
         self._depth_every, self._depth_ms = 0, None
+        # Input rates and refusals for /diagnostics: counted in the callbacks, turned into rates per status period.
+        self._received: dict[str, int] = {}
+        self._rates_from: tuple[float, dict[str, int]] = (time.monotonic(), {})
+        self._rejected_frames, self._last_frame_error, self._rejected_reported = 0, "", 0
 
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state) -> TransitionCallbackReturn:
@@ -149,6 +153,9 @@ class PolicyNode(LifecycleNode):
         if io.camera_names != list(names):
             raise ValueError(f"checkpoint cameras {io.camera_names} != camera_names parameter {list(names)}")
         joint_names = [n for n in get("state_joint_names") if n] or list(io.state_names)
+        if io.state_names and joint_names != list(io.state_names):   # same joints in the same order as in training
+            raise ValueError(f"state_joint_names {joint_names} != the checkpoint's io.state_names "
+                             f"{list(io.state_names)} (the state vector is read by name, in this order)")
         if len(joint_names) != io.state_dim:
             raise ValueError(f"need {io.state_dim} state joint names (parameter state_joint_names or the checkpoint's "
                              f"io.state_names), got {joint_names}")
@@ -231,15 +238,20 @@ class PolicyNode(LifecycleNode):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_image(self, camera: str, msg) -> None:
+        source = f"camera/{camera}"
+        self._received[source] = self._received.get(source, 0) + 1
         try:
             # compressed frames stay encoded until the policy picks one (gem_ros.core.observation.EncodedFrame)
             rgb = compressed_msg_to_frame(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
-        except ValueError as error:
-            self.get_logger().error(f"camera '{camera}': {error}", throttle_duration_sec=2.0)
+        except ValueError as error:   # a wrong encoding / format: refused, counted on /diagnostics
+            self._rejected_frames += 1
+            self._last_frame_error = f"camera '{camera}': {error}"
+            self.get_logger().error(self._last_frame_error, throttle_duration_sec=2.0)
             return
         self.buffer.add_image(camera, stamp_to_s(msg.header.stamp), rgb)
 
     def _on_joint_state(self, msg: JointState) -> None:
+        self._received["joint_states"] = self._received.get("joint_states", 0) + 1
         try:
             self.buffer.add_joint_state(stamp_to_s(msg.header.stamp), list(msg.name), list(msg.position))
         except ValueError as error:   # malformed message: report, keep the last good state (it will go stale)
@@ -335,6 +347,16 @@ class PolicyNode(LifecycleNode):
         values = {f"latency_{k}_ms": f"{v:.1f}" for k, v in timings.items()}
         values.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
         values["chunks_produced"] = str(snap.chunks if snap else 0)
+        values.update(self._input_rates())
+        if self.buffer is not None:
+            values.update({f"queued_{k}": str(v) for k, v in self.buffer.depths().items()})
+        if self._rejected_frames:   # frames refused on arrival (encoding, size): the camera is misconfigured
+            values["rejected_frames"] = str(self._rejected_frames)
+            values["last_frame_error"] = self._last_frame_error[:200]
+            if self._rejected_frames > self._rejected_reported:
+                self._rejected_reported = self._rejected_frames
+                level = max(level, DiagnosticStatus.WARN)
+                reason = reason or self._last_frame_error
         if self.buffer is not None and self.buffer.undecodable_frames:   # dropped compressed frames: a camera problem
             values["undecodable_frames"] = str(self.buffer.undecodable_frames)
             values["last_decode_error"] = self.buffer.last_decode_error[:200]
@@ -357,6 +379,14 @@ class PolicyNode(LifecycleNode):
         diag.header.stamp = msg.header.stamp
         diag.status = [diagnostic_status("gem_policy", level, reason or "ok", values)]
         self.diag_pub.publish(diag)
+
+    def _input_rates(self) -> dict[str, str]:
+        """Messages per second per input since the last status (wall clock: a paused /clock must not hide them)."""
+        now, counts = time.monotonic(), dict(self._received)
+        since, before = self._rates_from
+        self._rates_from = (now, counts)
+        elapsed = max(now - since, 1e-6)
+        return {f"rate_{k}_hz": f"{(n - before.get(k, 0)) / elapsed:.1f}" for k, n in sorted(counts.items())}
 
     # ------------------------------------------------------------------------------ instruction interfaces
     def _on_set_instruction(self, request, response):

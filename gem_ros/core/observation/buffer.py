@@ -167,6 +167,14 @@ class ObservationBuffer:
             newest["joint_states"] = float(self._joint_stamps.max())
         return {source: now_s - stamp if math.isfinite(stamp) else math.inf for source, stamp in newest.items()}
 
+    def depths(self) -> dict[str, int]:
+        """How many samples each source holds now ("camera/<name>" frames, "joint_states" history), for
+        /diagnostics: a camera stuck at 0 or 1 is not delivering."""
+        with self._lock:
+            held = {f"camera/{n}": len(f) for n, f in self._frames.items()}
+            held["joint_states"] = max((len(h) for h in self._joint_history), default=0)
+        return held
+
     def assemble(self, now_s: float, instruction: str, camera_sizes: dict[str, tuple[int, int]] | None = None,
                  not_before_s: float = -math.inf) -> TimedObservation:
         """The observation at the newest instant all cameras cover (module docstring); raises StaleObservation.
