@@ -215,3 +215,36 @@ def test_a_stop_during_the_hand_over_sends_its_hold_after_the_chunk_never_before
     assert events == ["chunk", "hold"]
     feed(buffer, clock.t)
     assert worker.step() is None and events == ["chunk", "hold"]   # stopped: nothing more
+
+
+def test_inputs_going_stale_during_inference_hold_at_once_and_the_chunk_is_dropped():
+    """The worker cannot poll while the policy runs; `watch` (a node timer) holds in the meantime."""
+    import threading
+
+    clock = Clock()
+    started, finish = threading.Event(), threading.Event()
+
+    def slow_predict(observation):
+        started.set()
+        finish.wait(5.0)
+        return np.zeros((8, 1), np.float32), {"total": 300.0}
+
+    worker, buffer, chunks, holds = make_worker(clock, slow_predict)
+    worker.run_instruction("go")
+    feed(buffer, clock.t)
+    stepping = threading.Thread(target=worker.step)
+    stepping.start()
+    assert started.wait(5.0)
+    worker.watch(clock.t + 0.1)               # still fresh (max age 0.5 s): nothing happens
+    assert holds == []
+    clock.t += 0.6                            # the camera stopped: its newest frame is 0.6 s old
+    worker.watch(clock.t)
+    assert len(holds) == 1 and "cam" in holds[0] and worker.snapshot().holding   # held while inference runs
+    worker.watch(clock.t + 0.05)
+    assert len(holds) == 1                    # one hold per episode
+    finish.set()
+    stepping.join(5.0)
+    assert chunks == []                       # computed from inputs that went stale: dropped
+    feed(buffer, clock.t)                     # fresh again: it resumes with a new chunk
+    finish.set()
+    assert worker.step() is not None and len(chunks) == 1 and not worker.snapshot().holding

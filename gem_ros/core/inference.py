@@ -178,14 +178,32 @@ class InferenceWorker:
             self.after_chunk(result)
         return result
 
-    def _hold_on_stale(self, reasons: list[str]) -> None:
+    def watch(self, now_s: float) -> None:
+        """The freshness check of the worker's polls, for the time the worker is busy in `predict` (it cannot poll
+        then: a CPU chunk takes up to a few hundred ms). The node calls it from a timer; a goal whose inputs went
+        stale holds now, and the chunk being computed is dropped when it comes."""
         with self._lock:
-            first = not self.state.holding
-            self.state.holding, self.state.stale_reasons = True, reasons
-            self.state.reason = "holding: stale input: " + "; ".join(reasons)
-            reason = self.state.reason
-        if first:
-            self.on_hold(reason)
+            running, holding, not_before = self.state.running, self.state.holding, self.state.goal_start_s
+        if not running or holding:
+            return
+        try:
+            self.buffer.check_fresh(now_s, not_before)
+        except StaleObservation as stale:
+            self._hold_on_stale(list(stale.reasons))
+
+    def _hold_on_stale(self, reasons: list[str]) -> None:
+        with self._emit_lock:
+            with self._lock:
+                if not self.state.running:
+                    return
+                first = not self.state.holding
+                self.state.holding, self.state.stale_reasons = True, reasons
+                self.state.reason = "holding: stale input: " + "; ".join(reasons)
+                reason = self.state.reason
+                if first:   # a chunk in flight was computed from inputs that are stale now: it is dropped
+                    self.state.generation += 1
+            if first:
+                self.on_hold(reason)
 
     def _loop(self) -> None:
         leave_realtime()   # if started from a real-time executor thread: inference never runs real-time

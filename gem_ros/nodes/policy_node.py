@@ -41,6 +41,10 @@ from gem_ros.nodes.conversions import (compressed_msg_to_frame, diagnostic_statu
                                        rgb_to_image_msg, s_to_stamp, stamp_to_s)
 
 Outcome = ExecuteInstruction.Result
+# While a chunk is being computed the worker cannot poll its inputs: this timer does, so that a camera or
+# /joint_states going stale (older than max_observation_age_s) holds the arm within this period, not after
+# the inference (InferenceWorker.watch).
+INPUT_WATCH_PERIOD_S = 0.05
 
 
 def compile_supported(device) -> bool:
@@ -186,6 +190,7 @@ class PolicyNode(LifecycleNode):
                            for name in (names if depth_every else [])}
         handles += list(self.depth_pubs.values())
         handles += [self.chunk_pub, self.status_pub, self.diag_pub, self.create_timer(0.2, self._publish_status),
+                    self.create_timer(INPUT_WATCH_PERIOD_S, self._watch_inputs),
                     self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)]
         handles.append(ActionServer(
             self, ExecuteInstruction, "/gem/execute_instruction", execute_callback=self._execute,
@@ -256,6 +261,10 @@ class PolicyNode(LifecycleNode):
             self.buffer.add_joint_state(stamp_to_s(msg.header.stamp), list(msg.name), list(msg.position))
         except ValueError as error:   # malformed message: report, keep the last good state (it will go stale)
             self.get_logger().error(f"joint state: {error}", throttle_duration_sec=2.0)
+
+    def _watch_inputs(self) -> None:
+        if self.worker is not None:
+            self.worker.watch(self._now())
 
     def _on_success(self, msg: Bool) -> None:
         self._task_success = bool(msg.data)
