@@ -166,21 +166,48 @@ def test_a_urdf_velocity_limit_that_is_zero_negative_or_infinite_fails_at_config
                                 ChunkScheduler(ChunkSchedulerConfig(chunk_dt_s=DT)), safety)
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.floats(-0.3, 0.3), st.integers(0, 9)), min_size=1, max_size=4))
-def test_no_tick_ever_emits_a_non_finite_or_out_of_limit_point(chunks):
-    ctrl = make_controller(safety_kw={"on_violation": "clamp"})
+CHUNK_KINDS = ("normal", "nan", "beyond_limit", "jump")
+
+
+@settings(max_examples=250, deadline=None)   # >= 4 chunks each: >= 1,000 random chunks through the executor
+@given(st.lists(st.tuples(st.sampled_from(CHUNK_KINDS), st.floats(-0.4, 0.4), st.integers(0, 9),
+                          st.sampled_from([0.1, 0.16, 0.3])), min_size=4, max_size=6),
+       st.sampled_from(["clamp", "reject"]))
+def test_no_command_of_the_executor_ever_leaves_the_urdf_limits(chunks, on_violation):
+    """Random chunks (drifting, poisoned with NaN, with a point beyond a joint limit, or jumping far in one step),
+    planned, blended and sent tick by tick to a robot that follows: every point of every command is finite,
+    inside the URDF limits, and no step between consecutive setpoints (from the robot's state to the first point,
+    then point to point) exceeds the step and velocity limits."""
+    ctrl = make_controller(safety_kw={"on_violation": on_violation})
     feed_state(ctrl, 0.0)
+    step_limit = np.array([0.05] * 7 + [ctrl.safety.cfg.max_step_delta_m] * 2)
+    speed_limit = np.array([LIMITS[n].max_velocity for n in JOINTS])
     t = 0.0
-    for poison, offset, row in chunks:
+    for kind, offset, row, gap in chunks:
         actions = ramp(np.full(7, offset))
-        if poison:
+        if kind == "nan":
             actions[row, row % 8] = math.nan
+        elif kind == "beyond_limit":
+            actions[row, row % 7] = LIMITS[JOINTS[row % 7]].upper + 0.05
+        elif kind == "jump":
+            actions[row:, row % 7] += 1.0
         ctrl.on_chunk(CHANNELS, DT, actions, "absolute_joint", t, t)
-        for _, command in run(ctrl, t, t + 0.2):
+        end = round(t + gap, 9)
+        while t < end:
+            state = ctrl_positions(ctrl)
+            command = ctrl.tick(t)
             if command.kind != "idle":
+                traj = command.trajectory
                 assert_within_limits(command)
-        t = round(t + 0.22, 9)
+                path = np.vstack([state, traj.positions])
+                dt = np.diff(np.concatenate([[0.0], traj.times_s]))
+                steps = np.abs(np.diff(path, axis=0))
+                assert np.all(steps <= step_limit + 1e-9), (kind, steps.max(axis=0))
+                assert np.all(steps / dt[:, None] <= speed_limit * (1 + 1e-9) + 1e-9), kind
+                feed_state(ctrl, round(t + TICK, 9), traj.positions[0])
+            else:
+                feed_state(ctrl, round(t + TICK, 9), state)
+            t = round(t + TICK, 9)
 
 
 def test_wrong_channel_names_are_refused_with_a_clear_reason_and_order_is_by_name():
