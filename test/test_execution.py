@@ -437,6 +437,30 @@ def test_dead_policy_holds_after_chunk_timeout():
     assert len(holds) == 1 and holds[0][0] > 0.3 and "no action chunk" in holds[0][1].reason
 
 
+def test_a_silent_policy_holds_within_policy_timeout_once_its_heartbeat_was_seen():
+    ctrl = make_controller()            # policy_timeout_s 0.1 by default
+    feed_state(ctrl, 0.0)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.05)), "absolute_joint", 0.0, 0.0) is None
+    assert all(c.kind == "trajectory" for _, c in run(ctrl, 0.0, 0.3))   # no heartbeat yet: not armed
+    t = 0.32
+    for _ in range(10):                 # 20 Hz heartbeats: the plan runs
+        ctrl.on_policy_alive(t)
+        assert run(ctrl, t, t + 0.04)[-1][1].kind == "trajectory"
+        t = round(t + 0.06, 9)
+    last_beat = t - 0.06
+    commands = run(ctrl, t, t + 0.2)    # the heartbeat stops (policy process died)
+    holds = [(when, c) for when, c in commands if c.kind == "hold"]
+    assert len(holds) == 1 and "no policy heartbeat" in holds[0][1].reason
+    assert last_beat + 0.1 < holds[0][0] <= last_beat + 0.1 + TICK + 1e-9   # within the timeout + one tick
+    assert ctrl.scheduler.remaining_s(holds[0][0]) == 0.0 and ctrl.health()[0] == "WARN"
+    # a chunk shows it is alive again and the arm moves on
+    now = round(t + 0.22, 9)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.05)), "absolute_joint", now, now) is None
+    assert ctrl.tick(now).kind == "trajectory"
+    with pytest.raises(ValueError, match="policy_timeout_s"):
+        ExecutionConfig(joint_names=JOINTS, policy_timeout_s=-0.1)
+
+
 def test_safety_rejection_mid_plan_clears_it_and_holds():
     ctrl = make_controller()
     feed_state(ctrl, 0.0)

@@ -194,6 +194,27 @@ def test_nan_chunk_is_refused_and_nothing_but_holds_is_sent(harness):
     assert "nan" in node.controller.stats["last_refusal"].lower()
 
 
+def test_a_policy_whose_heartbeat_stops_holds_the_arm(harness):
+    """gem_policy's PolicyStatus is the heartbeat: while it comes the plan runs; when it stops (the policy process
+    died) the running plan is abandoned with a hold, long before the 2 s chunk timeout or the plan's end."""
+    from gem_msgs.msg import PolicyStatus
+
+    node, robot = harness(policy_timeout_s=0.3)   # 0.1 by default; a loaded CI machine delays timers
+    beating = threading.Event()
+    beating.set()
+    status_pub = robot.create_publisher(PolicyStatus, "/gem/policy_status", 10)
+    robot.create_timer(0.05, lambda: beating.is_set() and status_pub.publish(PolicyStatus()))
+    assert wait_for(lambda: node.controller._policy_alive_s is not None), "no heartbeat arrived"
+    robot.send_chunk(ramp(0.1, points=30))   # a 3 s plan
+    assert wait_for(lambda: any(arm_motion(m) for m in robot.trajectories))
+    stopped_at = time.monotonic()
+    beating.clear()
+    assert wait_for(lambda: node.controller.stats["holds"] >= 1, 3.0), node.controller.stats
+    assert time.monotonic() - stopped_at < 1.5   # the plan had 2.5+ s left
+    assert "no policy heartbeat" in node.controller.stats["last_reason"]
+    assert wait_for(lambda: not arm_motion(robot.trajectories[-1]), 2.0)   # the last command is the hold
+
+
 def test_estop_holds_refuses_chunks_until_reset_service(harness):
     node, robot = harness(robot_description=URDF.read_text(), urdf_path="")
     robot.send_chunk(ramp(0.1, points=20))

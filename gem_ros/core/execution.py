@@ -8,6 +8,9 @@ the control rate what to send to the controller:
 - "hold": one point at the measured position. Persistent conditions (e-stop, stale /joint_states) return a hold
   on every tick; `Command.new_episode` is True only on the first one, so the node sends each episode once.
   One-shot conditions (plan starved, stop, dead policy, safety rejection) return one hold, then "idle".
+A dead policy is noticed two ways: no chunk for `chunk_timeout_s`, or, once the policy has sent a heartbeat
+(`on_policy_alive`: gem_policy's PolicyStatus, 20 Hz), none for `policy_timeout_s` (default 0.1 s) while a plan
+runs: the arm does not finish a plan whose policy no longer watches the cameras.
 - "idle": nothing to send (no plan, or no joint state yet to hold at).
 Times are seconds on one clock (the node's, sim time included); joints are matched by name everywhere.
 A chunk that starts a plan from rest gets an approach: from the measured position at arrival, linearly to the
@@ -59,6 +62,7 @@ class ExecutionConfig:
     lookahead_s: float = 0.2             # each trajectory covers this much of the plan
     joint_state_timeout_s: float = 0.1   # older /joint_states -> hold (we cannot validate blind)
     chunk_timeout_s: float = 2.0         # no accepted chunk for this long while running -> hold (dead policy)
+    policy_timeout_s: float = 0.1        # no policy heartbeat for this long while running -> hold; 0 = off
     tracking_tolerance_rad: float = 0.1  # |measured - setpoint| beyond this: check the next step from measured
     tracking_tolerance_m: float = 0.01   # the same for prismatic joints (gripper fingers)
     replan_on_chunk: bool = True         # send the new plan when a chunk is accepted, not at the next tick
@@ -71,6 +75,10 @@ class ExecutionConfig:
             raise ValueError(f"joint_names must be non-empty joint-name strings, got {self.joint_names!r}")
         if len(set(self.joint_names)) != len(self.joint_names):
             raise ValueError(f"joint_names must be unique, got {self.joint_names!r}")
+        if isinstance(self.policy_timeout_s, bool) or not isinstance(self.policy_timeout_s, (int, float)) \
+                or not math.isfinite(self.policy_timeout_s) or self.policy_timeout_s < 0:
+            raise ValueError(f"policy_timeout_s must be a finite number >= 0 (0 = off), got {self.policy_timeout_s!r}")
+        self.policy_timeout_s = float(self.policy_timeout_s)
         if not isinstance(self.replan_on_chunk, bool):
             raise ValueError(f"replan_on_chunk must be true or false, got {self.replan_on_chunk!r}")
         for name in ("control_rate_hz", "lookahead_s", "joint_state_timeout_s", "chunk_timeout_s",
@@ -133,6 +141,7 @@ class ExecutionController:
         self._pending_stop: str | None = None
         self._pending_stop_is_problem = False   # the pending hold is a safety rejection, not a requested stop
         self._last_chunk_s: float | None = None
+        self._policy_alive_s: float | None = None   # last heartbeat or chunk; None until the first heartbeat
         self._approach: tuple[float, np.ndarray, float, np.ndarray] | None = None   # (t0, q0, t1, q1)
         self._commanded: tuple[float, np.ndarray, SafeTrajectory] | None = None   # (sent at, anchor, trajectory)
         self._last_kind = "idle"
@@ -174,6 +183,11 @@ class ExecutionController:
                 while self._history and self._history[0][0] < stamp - self._history_s:
                     self._history.popleft()
 
+    def on_policy_alive(self, now_s: float) -> None:
+        """A heartbeat of the policy (receipt time). The first one arms the `policy_timeout_s` watchdog."""
+        with self._lock:
+            self._policy_alive_s = now_s if self._policy_alive_s is None else max(self._policy_alive_s, now_s)
+
     def on_chunk(self, channel_names, dt_s: float, actions, action_space: str, obs_stamp_s: float,
                  now_s: float) -> str | None:
         """Plan a policy chunk. Returns None when accepted, else why it was refused (nothing planned then).
@@ -183,6 +197,9 @@ class ExecutionController:
         whole before any of it is planned, and the arm holds: the plan it would have continued came from the same
         policy. Refusals for timing or format (stale, out of order, wrong names) leave the current plan running.
         """
+        with self._lock:   # any chunk shows the policy is alive
+            if self._policy_alive_s is not None:
+                self._policy_alive_s = max(self._policy_alive_s, now_s)
         try:
             actions = np.array(actions, dtype=float)
         except (TypeError, ValueError) as error:
@@ -336,6 +353,12 @@ class ExecutionController:
             self._abandon_plan()
             return self._hold(current, f"no action chunk for {silence:.3f} s "
                                        f"(chunk_timeout_s {self.cfg.chunk_timeout_s} s): policy dead?")
+        if self._running and self._policy_alive_s is not None and self.cfg.policy_timeout_s > 0 \
+                and now_s - self._policy_alive_s > self.cfg.policy_timeout_s:
+            silence = now_s - self._policy_alive_s
+            self._abandon_plan()
+            return self._hold(current, f"no policy heartbeat for {silence:.3f} s "
+                                       f"(policy_timeout_s {self.cfg.policy_timeout_s} s): policy dead?")
         times, positions = self.scheduler.segment(now_s, self.cfg.lookahead_s)
         if self._approach is not None:
             positions = self._approach_positions(now_s, times, positions)

@@ -30,6 +30,7 @@ PARAMETERS: dict[str, Any] = {
     "lookahead_s": _default(ExecutionConfig, "lookahead_s"),
     "joint_state_timeout_s": _default(ExecutionConfig, "joint_state_timeout_s"),
     "chunk_timeout_s": _default(ExecutionConfig, "chunk_timeout_s"),
+    "policy_timeout_s": _default(ExecutionConfig, "policy_timeout_s"),   # gem/policy_status silence; 0 = off
     "tracking_tolerance_rad": _default(ExecutionConfig, "tracking_tolerance_rad"),
     "tracking_tolerance_m": _default(ExecutionConfig, "tracking_tolerance_m"),
     "replan_on_chunk": _default(ExecutionConfig, "replan_on_chunk"),
@@ -94,6 +95,7 @@ def build_controller(values: Mapping[str, Any]) -> ExecutionController:
     execution = ExecutionConfig(
         joint_names=joint_names, control_rate_hz=values["control_rate_hz"], lookahead_s=values["lookahead_s"],
         joint_state_timeout_s=values["joint_state_timeout_s"], chunk_timeout_s=values["chunk_timeout_s"],
+        policy_timeout_s=values["policy_timeout_s"],
         tracking_tolerance_rad=values["tracking_tolerance_rad"], tracking_tolerance_m=values["tracking_tolerance_m"],
         replan_on_chunk=values["replan_on_chunk"])
     model = RobotModel.from_urdf(urdf) if kind == "ee_delta" or box is not None else None

@@ -1,6 +1,7 @@
 """gem_executor: action chunks in, safety-filtered JointTrajectory out, at the control rate. One node per arm.
 
-In:  gem/action_chunk (gem_msgs/ActionChunk; num_points == 0 = stop and hold), joint_states
+In:  gem/action_chunk (gem_msgs/ActionChunk; num_points == 0 = stop and hold), gem/policy_status (gem_policy's
+     20 Hz heartbeat: once seen, its silence for policy_timeout_s holds a running plan), joint_states
      (sensor_msgs/JointState, by name, partial messages merged), gem/estop (std_msgs/Bool; true latches the
      e-stop, false does nothing: only ~/reset_estop releases it). Services ~/estop, ~/reset_estop (Trigger).
 Out: <controller_name>/joint_trajectory (topic backend) or <controller_name>/follow_joint_trajectory (action
@@ -24,7 +25,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
-from gem_msgs.msg import ActionChunk
+from gem_msgs.msg import ActionChunk, PolicyStatus
 from gem_ros.core.executor_setup import PARAMETERS, build_controller
 from gem_ros.nodes.backends import make_backend
 from gem_ros.nodes.params import spin_node
@@ -60,6 +61,7 @@ class ExecutorNode(Node):
         if self.get_parameter("subscribe_chunks").value:
             self.create_subscription(ActionChunk, "gem/action_chunk", self._on_chunk, 10)
         self.create_subscription(JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data)
+        self.create_subscription(PolicyStatus, "gem/policy_status", self._on_policy_status, 10)
         self.create_subscription(Bool, "gem/estop", self._on_estop_topic, 10)
         self.create_service(Trigger, "~/estop", self._on_estop_service)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_service)
@@ -74,6 +76,9 @@ class ExecutorNode(Node):
         now = self._now()
         stamp = stamp_to_s(msg.header.stamp) or now   # unstamped publishers: receipt time
         self.controller.on_joint_state(msg.name, msg.position, msg.velocity, now, stamp)
+
+    def _on_policy_status(self, msg: PolicyStatus) -> None:
+        self.controller.on_policy_alive(self._now())
 
     def deliver_chunk(self, msg: ActionChunk) -> None:
         """In-process delivery of a chunk (any thread), for a policy composed into this process; the node should

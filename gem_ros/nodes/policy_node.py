@@ -45,6 +45,9 @@ Outcome = ExecuteInstruction.Result
 # /joint_states going stale (older than max_observation_age_s) holds the arm within this period, not after
 # the inference (InferenceWorker.watch).
 INPUT_WATCH_PERIOD_S = 0.05
+# PolicyStatus doubles as the heartbeat gem_executor watches (its policy_timeout_s, 0.1 s by default: two missed
+# beats); /diagnostics goes out every DIAGNOSTICS_EVERY-th status.
+STATUS_PERIOD_S, DIAGNOSTICS_EVERY = 0.05, 4
 
 
 def compile_supported(device) -> bool:
@@ -101,6 +104,7 @@ class PolicyNode(LifecycleNode):
         self._received: dict[str, int] = {}
         self._rates_from: tuple[float, dict[str, int]] = (time.monotonic(), {})
         self._rejected_frames, self._last_frame_error, self._rejected_reported = 0, "", 0
+        self._statuses = 0   # PolicyStatus messages sent; every DIAGNOSTICS_EVERY-th also publishes /diagnostics
 
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state) -> TransitionCallbackReturn:
@@ -189,7 +193,7 @@ class PolicyNode(LifecycleNode):
         self.depth_pubs = {name: self.create_publisher(Image, f"/gem/predicted_depth/{name}", 1)
                            for name in (names if depth_every else [])}
         handles += list(self.depth_pubs.values())
-        handles += [self.chunk_pub, self.status_pub, self.diag_pub, self.create_timer(0.2, self._publish_status),
+        handles += [self.chunk_pub, self.status_pub, self.diag_pub, self.create_timer(STATUS_PERIOD_S, self._publish_status),
                     self.create_timer(INPUT_WATCH_PERIOD_S, self._watch_inputs),
                     self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)]
         handles.append(ActionServer(
@@ -348,6 +352,9 @@ class PolicyNode(LifecycleNode):
                            ("latency_total_ms", "total")):
             setattr(msg, field, float(timings.get(key, 0.0)))
         self.status_pub.publish(msg)
+        self._statuses += 1
+        if self._statuses % DIAGNOSTICS_EVERY:
+            return
         ages = self.buffer.health(self._now()) if self.buffer else {}
         level = {PolicyStatus.HOLDING: DiagnosticStatus.WARN, PolicyStatus.ERROR: DiagnosticStatus.ERROR}.get(
             state, DiagnosticStatus.OK)
