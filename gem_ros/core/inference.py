@@ -78,6 +78,7 @@ class InferenceWorker:
         self.on_chunk, self.on_hold, self.after_chunk = on_chunk, on_hold, after_chunk
         self.state = WorkerState()
         self._lock = threading.Lock()
+        self._predicting = False   # the worker is inside predict and cannot poll: `watch` checks for it
         # Orders hand-overs: a chunk's "still current?" check + on_chunk, against a stop's state change + on_hold.
         # Re-entrant: a policy error inside step() stops from the worker thread.
         self._emit_lock = threading.RLock()
@@ -158,6 +159,7 @@ class InferenceWorker:
             if self.state.holding:   # inputs are fresh again: resume with a new chunk right away
                 self.state.holding, self.state.stale_reasons, self.state.reason = False, [], "running"
                 self.state.last_chunk_obs_s = -math.inf
+            self._predicting = True
         try:
             actions, timings = self.predict(timed.observation)
         except ValueError as error:   # bad input or a non-finite chunk: hold, report, keep the node alive
@@ -165,6 +167,9 @@ class InferenceWorker:
                 self.state.last_error = str(error)
             self.stop(f"policy error: {error}")
             return None
+        finally:
+            with self._lock:
+                self._predicting = False
         with self._emit_lock:
             with self._lock:
                 if not self.state.running or self.state.generation != generation:
@@ -179,17 +184,18 @@ class InferenceWorker:
         return result
 
     def watch(self, now_s: float) -> None:
-        """The freshness check of the worker's polls, for the time the worker is busy in `predict` (it cannot poll
-        then: a CPU chunk takes up to a few hundred ms). The node calls it from a timer; a goal whose inputs went
-        stale holds now, and the chunk being computed is dropped when it comes."""
+        """A freshness check for the time the worker is busy in `predict` (it polls by itself otherwise, but not
+        then: a CPU chunk takes up to a few hundred ms). The node calls it from a timer; a goal whose inputs stopped
+        (newest sample older than max_age_s) holds now, and the chunk being computed is dropped when it comes.
+        Only the inputs' ages are checked (cheap, at 20 Hz); the worker's polls check alignment as well."""
         with self._lock:
-            running, holding, not_before = self.state.running, self.state.holding, self.state.goal_start_s
-        if not running or holding:
-            return
-        try:
-            self.buffer.check_fresh(now_s, not_before)
-        except StaleObservation as stale:
-            self._hold_on_stale(list(stale.reasons))
+            if not (self.state.running and self._predicting) or self.state.holding:
+                return
+        max_age = self.buffer.config.max_age_s
+        stale = [f"{source} is {age:.3f} s old (max {max_age} s)"
+                 for source, age in self.buffer.health(now_s).items() if age > max_age]
+        if stale:
+            self._hold_on_stale(stale)
 
     def _hold_on_stale(self, reasons: list[str]) -> None:
         with self._emit_lock:

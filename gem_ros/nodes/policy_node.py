@@ -41,12 +41,10 @@ from gem_ros.nodes.conversions import (compressed_msg_to_frame, diagnostic_statu
                                        rgb_to_image_msg, s_to_stamp, stamp_to_s)
 
 Outcome = ExecuteInstruction.Result
-# While a chunk is being computed the worker cannot poll its inputs: this timer does, so that a camera or
-# /joint_states going stale (older than max_observation_age_s) holds the arm within this period, not after
-# the inference (InferenceWorker.watch).
-INPUT_WATCH_PERIOD_S = 0.05
-# PolicyStatus doubles as the heartbeat gem_executor watches (its policy_timeout_s, 0.1 s by default: two missed
-# beats); /diagnostics goes out every DIAGNOSTICS_EVERY-th status.
+# One 20 Hz timer: PolicyStatus, which doubles as the heartbeat gem_executor watches (its policy_timeout_s, 0.1 s
+# by default: two missed beats), and the input check while a chunk is computed (the worker cannot poll then: a
+# camera or /joint_states older than max_observation_age_s holds the arm within this period, not after the
+# inference; InferenceWorker.watch). /diagnostics goes out every DIAGNOSTICS_EVERY-th tick (5 Hz).
 STATUS_PERIOD_S, DIAGNOSTICS_EVERY = 0.05, 4
 
 
@@ -193,8 +191,7 @@ class PolicyNode(LifecycleNode):
         self.depth_pubs = {name: self.create_publisher(Image, f"/gem/predicted_depth/{name}", 1)
                            for name in (names if depth_every else [])}
         handles += list(self.depth_pubs.values())
-        handles += [self.chunk_pub, self.status_pub, self.diag_pub, self.create_timer(STATUS_PERIOD_S, self._publish_status),
-                    self.create_timer(INPUT_WATCH_PERIOD_S, self._watch_inputs),
+        handles += [self.chunk_pub, self.status_pub, self.diag_pub, self.create_timer(STATUS_PERIOD_S, self._on_status_timer),
                     self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)]
         handles.append(ActionServer(
             self, ExecuteInstruction, "/gem/execute_instruction", execute_callback=self._execute,
@@ -266,9 +263,10 @@ class PolicyNode(LifecycleNode):
         except ValueError as error:   # malformed message: report, keep the last good state (it will go stale)
             self.get_logger().error(f"joint state: {error}", throttle_duration_sec=2.0)
 
-    def _watch_inputs(self) -> None:
+    def _on_status_timer(self) -> None:
         if self.worker is not None:
             self.worker.watch(self._now())
+        self._publish_status()
 
     def _on_success(self, msg: Bool) -> None:
         self._task_success = bool(msg.data)
