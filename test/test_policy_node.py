@@ -298,7 +298,9 @@ def test_diagnostics_report_input_rates_queue_depths_and_frames_of_a_wrong_encod
     assert int(latest_values()["queued_camera/wrist"]) >= 1
     yuv = rgb_to_image_msg(robot.image, probe.get_clock().now().to_msg(), "scene_optical_frame")
     yuv.encoding = "yuv422"
-    probe.create_publisher(type(yuv), "/camera/scene/image_raw", 10).publish(yuv)
+    wrong_camera = probe.create_publisher(type(yuv), "/camera/scene/image_raw", 10)
+    ros.wait_for(lambda: wrong_camera.get_subscription_count() > 0, 10, "the policy subscribed")
+    wrong_camera.publish(yuv)
     ros.wait_for(lambda: "rejected_frames" in latest_values(), 10, "the refused frame on /diagnostics")
     assert "yuv422" in latest_values()["last_frame_error"] and "scene" in latest_values()["last_frame_error"]
     assert any(st.level >= DiagnosticStatus.WARN for d in seen["diag"] for st in d.status

@@ -9,8 +9,10 @@ the control rate what to send to the controller:
   on every tick; `Command.new_episode` is True only on the first one, so the node sends each episode once.
   One-shot conditions (plan starved, stop, dead policy, safety rejection) return one hold, then "idle".
 A dead policy is noticed two ways: no chunk for `chunk_timeout_s`, or, once the policy has sent a heartbeat
-(`on_policy_alive`: gem_policy's PolicyStatus, 20 Hz), none for `policy_timeout_s` (default 0.1 s) while a plan
-runs: the arm does not finish a plan whose policy no longer watches the cameras.
+(`on_policy_alive`: gem_policy's PolicyStatus, 20 Hz), none for `policy_timeout_s` (default 0.1 s) at two
+consecutive ticks while a plan runs (the second look lets a heartbeat queued behind an overdue tick count): the
+arm does not finish a plan whose policy process died or stalled. `policy_heartbeat_gap_max_s` in `stats` shows
+how late heartbeats come on a given machine.
 - "idle": nothing to send (no plan, or no joint state yet to hold at).
 Times are seconds on one clock (the node's, sim time included); joints are matched by name everywhere.
 A chunk that starts a plan from rest gets an approach: from the measured position at arrival, linearly to the
@@ -142,6 +144,8 @@ class ExecutionController:
         self._pending_stop_is_problem = False   # the pending hold is a safety rejection, not a requested stop
         self._last_chunk_s: float | None = None
         self._policy_alive_s: float | None = None   # last heartbeat or chunk; None until the first heartbeat
+        self._policy_silent_ticks = 0                # consecutive ticks that found the heartbeat overdue
+        self._heartbeat_gap_max_s = 0.0
         self._approach: tuple[float, np.ndarray, float, np.ndarray] | None = None   # (t0, q0, t1, q1)
         self._commanded: tuple[float, np.ndarray, SafeTrajectory] | None = None   # (sent at, anchor, trajectory)
         self._last_kind = "idle"
@@ -186,7 +190,9 @@ class ExecutionController:
     def on_policy_alive(self, now_s: float) -> None:
         """A heartbeat of the policy (receipt time). The first one arms the `policy_timeout_s` watchdog."""
         with self._lock:
-            self._policy_alive_s = now_s if self._policy_alive_s is None else max(self._policy_alive_s, now_s)
+            if self._policy_alive_s is not None and now_s >= self._policy_alive_s:   # not across a clock reset
+                self._heartbeat_gap_max_s = max(self._heartbeat_gap_max_s, now_s - self._policy_alive_s)
+            self._policy_alive_s = now_s   # a clock that jumped back (sim reset) restarts the count from here
 
     def on_chunk(self, channel_names, dt_s: float, actions, action_space: str, obs_stamp_s: float,
                  now_s: float) -> str | None:
@@ -199,7 +205,7 @@ class ExecutionController:
         """
         with self._lock:   # any chunk shows the policy is alive
             if self._policy_alive_s is not None:
-                self._policy_alive_s = max(self._policy_alive_s, now_s)
+                self._policy_alive_s = now_s
         try:
             actions = np.array(actions, dtype=float)
         except (TypeError, ValueError) as error:
@@ -355,10 +361,14 @@ class ExecutionController:
                                        f"(chunk_timeout_s {self.cfg.chunk_timeout_s} s): policy dead?")
         if self._running and self._policy_alive_s is not None and self.cfg.policy_timeout_s > 0 \
                 and now_s - self._policy_alive_s > self.cfg.policy_timeout_s:
-            silence = now_s - self._policy_alive_s
-            self._abandon_plan()
-            return self._hold(current, f"no policy heartbeat for {silence:.3f} s "
-                                       f"(policy_timeout_s {self.cfg.policy_timeout_s} s): policy dead?")
+            self._policy_silent_ticks += 1
+            if self._policy_silent_ticks >= 2:
+                silence = now_s - self._policy_alive_s
+                self._abandon_plan()
+                return self._hold(current, f"no policy heartbeat for {silence:.3f} s "
+                                           f"(policy_timeout_s {self.cfg.policy_timeout_s} s): policy dead?")
+        else:
+            self._policy_silent_ticks = 0
         times, positions = self.scheduler.segment(now_s, self.cfg.lookahead_s)
         if self._approach is not None:
             positions = self._approach_positions(now_s, times, positions)
@@ -401,6 +411,7 @@ class ExecutionController:
                     "plan_remaining_s": self.scheduler.remaining_s(self._last_tick_s or 0.0),
                     "joint_state_age_s": self.joint_state_age_s(self._last_tick_s or 0.0),
                     "last_latency_s": sched.last_latency_s, "dropped_points_total": sched.total_dropped_points,
+                    "policy_heartbeat_gap_max_s": self._heartbeat_gap_max_s,
                     "tick_period_mean_s": mean, "tick_period_std_s": std, "tick_period_max_s": max_period,
                     "tick_jitter_max_s": max_jitter}
 
@@ -450,6 +461,7 @@ class ExecutionController:
         return Command("idle", None, reason)
 
     def _abandon_plan(self) -> None:
+        self._policy_silent_ticks = 0
         self.scheduler.clear()
         self._running, self._pending_stop, self._last_chunk_s, self._approach = False, None, None, None
 

@@ -78,7 +78,7 @@ class InferenceWorker:
         self.on_chunk, self.on_hold, self.after_chunk = on_chunk, on_hold, after_chunk
         self.state = WorkerState()
         self._lock = threading.Lock()
-        self._predicting = False   # the worker is inside predict and cannot poll: `watch` checks for it
+        self._busy = False   # the worker is inside step() (assembling, predicting, handing over): `watch` checks
         # Orders hand-overs: a chunk's "still current?" check + on_chunk, against a stop's state change + on_hold.
         # Re-entrant: a policy error inside step() stops from the worker thread.
         self._emit_lock = threading.RLock()
@@ -105,11 +105,12 @@ class InferenceWorker:
     def run_instruction(self, instruction: str) -> None:
         if not instruction.strip():
             raise ValueError("instruction is empty")
-        with self._lock:
-            self.state.instruction, self.state.running, self.state.holding = instruction, True, False
-            self.state.last_chunk_obs_s, self.state.reason = -math.inf, "running"
-            self.state.goal_start_s = self.clock()
-            self.state.generation += 1
+        with self._emit_lock:   # after a hand-over in progress, never in the middle of one
+            with self._lock:
+                self.state.instruction, self.state.running, self.state.holding = instruction, True, False
+                self.state.last_chunk_obs_s, self.state.reason = -math.inf, "running"
+                self.state.goal_start_s = self.clock()
+                self.state.generation += 1
         self._wake.set()
 
     def stop(self, reason: str) -> None:
@@ -136,6 +137,15 @@ class InferenceWorker:
 
     def step(self) -> ChunkResult | None:
         """One decision of the worker; public so tests can drive it without a thread."""
+        with self._lock:
+            self._busy = True
+        try:
+            return self._step()
+        finally:
+            with self._lock:
+                self._busy = False
+
+    def _step(self) -> ChunkResult | None:
         now = self.clock()
         with self._lock:
             running, instruction, not_before = self.state.running, self.state.instruction, self.state.goal_start_s
@@ -159,7 +169,6 @@ class InferenceWorker:
             if self.state.holding:   # inputs are fresh again: resume with a new chunk right away
                 self.state.holding, self.state.stale_reasons, self.state.reason = False, [], "running"
                 self.state.last_chunk_obs_s = -math.inf
-            self._predicting = True
         try:
             actions, timings = self.predict(timed.observation)
         except ValueError as error:   # bad input or a non-finite chunk: hold, report, keep the node alive
@@ -167,9 +176,6 @@ class InferenceWorker:
                 self.state.last_error = str(error)
             self.stop(f"policy error: {error}")
             return None
-        finally:
-            with self._lock:
-                self._predicting = False
         with self._emit_lock:
             with self._lock:
                 if not self.state.running or self.state.generation != generation:
@@ -184,12 +190,13 @@ class InferenceWorker:
         return result
 
     def watch(self, now_s: float) -> None:
-        """A freshness check for the time the worker is busy in `predict` (it polls by itself otherwise, but not
-        then: a CPU chunk takes up to a few hundred ms). The node calls it from a timer; a goal whose inputs stopped
-        (newest sample older than max_age_s) holds now, and the chunk being computed is dropped when it comes.
-        Only the inputs' ages are checked (cheap, at 20 Hz); the worker's polls check alignment as well."""
+        """A freshness check for the time the worker is busy in `step` (it polls by itself between steps, but not
+        during one: a CPU chunk takes up to a few hundred ms, a predicted depth image after it as long again). The
+        node calls it from a timer; a goal whose inputs stopped (newest sample older than max_age_s) holds now, and
+        a chunk being computed is dropped when it comes. Only the inputs' ages are checked (cheap, at 20 Hz); the
+        worker's polls check alignment as well."""
         with self._lock:
-            if not (self.state.running and self._predicting) or self.state.holding:
+            if not (self.state.running and self._busy) or self.state.holding:
                 return
         max_age = self.buffer.config.max_age_s
         stale = [f"{source} is {age:.3f} s old (max {max_age} s)"

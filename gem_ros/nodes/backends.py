@@ -6,6 +6,8 @@ on receipt": the executor plans each trajectory from the measured state at the t
 Points carry positions only, so JTC's spline interpolator joins them linearly: the arm is commanded exactly the
 path the filter checked (20 ms apart). With velocities JTC would fit cubic segments through them, which overshoot
 a point approached at speed and then held (a joint limit) and run up to 1.5x the checked segment speed.
+A hold is the exception: its one point (the measured position) carries velocity 0, so JTC brings the arm to rest
+along a cubic from its current motion instead of reversing the setpoint's velocity in one step.
 """
 from __future__ import annotations
 
@@ -35,12 +37,13 @@ class TrajectoryBackend(Protocol):
         """Release publishers/clients (the node is being destroyed)."""
 
 
-def to_joint_trajectory(trajectory: SafeTrajectory, stamp=None, reuse=None) -> JointTrajectory:
-    """SafeTrajectory -> trajectory_msgs/JointTrajectory, positions per point (no velocities: JTC then interpolates
-    linearly, see the module docstring). The safety filter validated every number (and SafeTrajectory's arrays are
-    read-only), so it is not checked a second time. `reuse`: see build_joint_trajectory."""
+def to_joint_trajectory(trajectory: SafeTrajectory, stamp=None, reuse=None,
+                        velocities: bool = False) -> JointTrajectory:
+    """SafeTrajectory -> trajectory_msgs/JointTrajectory, positions per point (without `velocities` JTC interpolates
+    linearly, see the module docstring; holds send theirs, 0). The safety filter validated every number (and
+    SafeTrajectory's arrays are read-only), so it is not checked a second time. `reuse`: see build_joint_trajectory."""
     return build_joint_trajectory(list(trajectory.joint_names), trajectory.times_s, trajectory.positions,
-                                  None, stamp, reuse)
+                                  trajectory.velocities if velocities else None, stamp, reuse)
 
 
 class JointTrajectoryTopicBackend:
@@ -59,7 +62,7 @@ class JointTrajectoryTopicBackend:
         self._publisher.publish(to_joint_trajectory(trajectory, stamp, reuse=self._reuse))
 
     def hold(self, trajectory: SafeTrajectory) -> None:
-        self.send(trajectory)
+        self._publisher.publish(to_joint_trajectory(trajectory, reuse=self._reuse, velocities=True))
 
     def close(self) -> None:
         self._node.destroy_publisher(self._publisher)
@@ -87,16 +90,16 @@ class FollowJointTrajectoryBackend:
         self.action_name = f"{controller_name}/follow_joint_trajectory"
         self._client = ActionClient(node, FollowJointTrajectory, self.action_name)
 
-    def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
+    def send(self, trajectory: SafeTrajectory, stamp=None, velocities: bool = False) -> None:
         if not self._client.server_is_ready():
             self._node.get_logger().warning(f"action server {self.action_name} not available; trajectory dropped",
                                          throttle_duration_sec=1.0)
             return
-        goal = self._goal_type.Goal(trajectory=to_joint_trajectory(trajectory, stamp))
+        goal = self._goal_type.Goal(trajectory=to_joint_trajectory(trajectory, stamp, velocities=velocities))
         self._client.send_goal_async(goal)
 
     def hold(self, trajectory: SafeTrajectory) -> None:
-        self.send(trajectory)
+        self.send(trajectory, velocities=True)
 
     def close(self) -> None:
         self._client.destroy()

@@ -170,6 +170,8 @@ class PolicyNode(LifecycleNode):
                                                           max_skew_s=get("max_skew_s")))
         self._camera_sizes = {c.name: (c.height, c.width) for c in io.cameras}
         self._undecodable_logged = 0
+        self._received, self._rates_from = {}, (time.monotonic(), {})   # diagnostics of this configuration only
+        self._rejected_frames, self._last_frame_error, self._rejected_reported = 0, "", 0
         self.policy.reset(get("seed"))
         self._warm_up()
         horizon = io.chunk_len / io.control_rate_hz
@@ -191,7 +193,8 @@ class PolicyNode(LifecycleNode):
         self.depth_pubs = {name: self.create_publisher(Image, f"/gem/predicted_depth/{name}", 1)
                            for name in (names if depth_every else [])}
         handles += list(self.depth_pubs.values())
-        handles += [self.chunk_pub, self.status_pub, self.diag_pub, self.create_timer(STATUS_PERIOD_S, self._on_status_timer),
+        handles += [self.chunk_pub, self.status_pub, self.diag_pub,
+                    self.create_timer(STATUS_PERIOD_S, self._on_status_timer),
                     self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)]
         handles.append(ActionServer(
             self, ExecuteInstruction, "/gem/execute_instruction", execute_callback=self._execute,
@@ -264,8 +267,9 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"joint state: {error}", throttle_duration_sec=2.0)
 
     def _on_status_timer(self) -> None:
-        if self.worker is not None:
-            self.worker.watch(self._now())
+        worker = self.worker   # a cleanup on another thread may set it to None meanwhile
+        if worker is not None:
+            worker.watch(self._now())
         self._publish_status()
 
     def _on_success(self, msg: Bool) -> None:
@@ -327,10 +331,9 @@ class PolicyNode(LifecycleNode):
         self.get_logger().warning(f"hold: {reason}")
 
     # ------------------------------------------------------------------------------ status
-    def _state(self) -> tuple[int, str]:
-        if self.worker is None:
+    def _state(self, snap) -> tuple[int, str]:
+        if snap is None:
             return self._status_state, getattr(self, "_status_reason", "")
-        snap = self.worker.snapshot()
         if snap.holding:
             return PolicyStatus.HOLDING, snap.reason
         if snap.running:
@@ -338,11 +341,13 @@ class PolicyNode(LifecycleNode):
         return self._status_state, snap.reason
 
     def _publish_status(self) -> None:
-        state, reason = self._state()
-        timings = self.policy.last_timings if self.policy else {}
-        snap = self.worker.snapshot() if self.worker else None
+        # Local copies: a cleanup on another thread may set them to None while this timer runs.
+        worker, policy, buffer = self.worker, self.policy, self.buffer
+        snap = worker.snapshot() if worker else None
+        state, reason = self._state(snap)
+        timings = policy.last_timings if policy else {}
         msg = PolicyStatus(state=state, state_reason=reason, instruction=snap.instruction if snap else "",
-                           checkpoint=self._checkpoint, device=str(self.policy.device) if self.policy else "",
+                           checkpoint=self._checkpoint, device=str(policy.device) if policy else "",
                            chunks_produced=snap.chunks if snap else 0)
         msg.header.stamp = self.get_clock().now().to_msg()
         for field, key in (("latency_preprocess_ms", "preprocess"), ("latency_vlm_ms", "vlm"),
@@ -353,7 +358,7 @@ class PolicyNode(LifecycleNode):
         self._statuses += 1
         if self._statuses % DIAGNOSTICS_EVERY:
             return
-        ages = self.buffer.health(self._now()) if self.buffer else {}
+        ages = buffer.health(self._now()) if buffer else {}
         level = {PolicyStatus.HOLDING: DiagnosticStatus.WARN, PolicyStatus.ERROR: DiagnosticStatus.ERROR}.get(
             state, DiagnosticStatus.OK)
         if snap and snap.stale_reasons:
@@ -362,26 +367,26 @@ class PolicyNode(LifecycleNode):
         values.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
         values["chunks_produced"] = str(snap.chunks if snap else 0)
         values.update(self._input_rates())
-        if self.buffer is not None:
-            values.update({f"queued_{k}": str(v) for k, v in self.buffer.depths().items()})
+        if buffer is not None:
+            values.update({f"queued_{k}": str(v) for k, v in buffer.depths().items()})
         if self._rejected_frames:   # frames refused on arrival (encoding, size): the camera is misconfigured
             values["rejected_frames"] = str(self._rejected_frames)
             values["last_frame_error"] = self._last_frame_error[:200]
             if self._rejected_frames > self._rejected_reported:
                 self._rejected_reported = self._rejected_frames
                 level = max(level, DiagnosticStatus.WARN)
-                reason = reason or self._last_frame_error
-        if self.buffer is not None and self.buffer.undecodable_frames:   # dropped compressed frames: a camera problem
-            values["undecodable_frames"] = str(self.buffer.undecodable_frames)
-            values["last_decode_error"] = self.buffer.last_decode_error[:200]
-            if self.buffer.undecodable_frames > self._undecodable_logged:   # new ones since the last warning
-                self._undecodable_logged = self.buffer.undecodable_frames
+                reason = f"{reason}; {self._last_frame_error}"
+        if buffer is not None and buffer.undecodable_frames:   # dropped compressed frames: a camera problem
+            values["undecodable_frames"] = str(buffer.undecodable_frames)
+            values["last_decode_error"] = buffer.last_decode_error[:200]
+            if buffer.undecodable_frames > self._undecodable_logged:   # new ones since the last warning
+                self._undecodable_logged = buffer.undecodable_frames
                 self.get_logger().warning(f"{self._undecodable_logged} camera frames would not decode and were "
-                                          f"dropped; last: {self.buffer.last_decode_error}",
+                                          f"dropped; last: {buffer.last_decode_error}",
                                           throttle_duration_sec=10.0)
-        if self.policy is not None:
+        if policy is not None:
             values["inference_mode"] = self._inference_mode
-            failed = dict(self.policy.capture_errors)   # copied: the inference thread may add to it
+            failed = dict(policy.capture_errors)   # copied: the inference thread may add to it
             if failed:   # still correct, but several times slower than configured: say so
                 level = max(level, DiagnosticStatus.WARN)
                 values["cuda_graph_capture_failed"] = "; ".join(f"{stage}: {err[:200]}" for stage, err in failed.items())
