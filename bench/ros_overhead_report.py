@@ -85,6 +85,7 @@ def analyse(record: dict) -> dict:
             "tick_work": ms([e - s for s, e in ticks]), "inference": ms([e - s for s, e in inference]),
             "period_mean_ms": stats["tick_period_mean_s"] * 1e3, "period_std_ms": stats["tick_period_std_s"] * 1e3,
             "jitter_max_ms": stats["tick_jitter_max_s"] * 1e3, "holds": len(holds),
+            "heartbeat_gap_max_ms": stats.get("policy_heartbeat_gap_max_s", float("nan")) * 1e3,
             "hold_reason": max(set(holds), key=holds.count)[:40] if holds else "",
             "cpu": " / ".join(f"{record[k]:.0f}" for k in CPU_KEYS if k in record)}
 
@@ -111,6 +112,7 @@ ROWS = [
     ("tick work p50 / p95 ms", p50_p95("tick_work")),
     ("tick period mean / std ms (50 Hz = 20)", lambda r: f"{r['period_mean_ms']:.2f} / {r['period_std_ms']:.2f}"),
     ("tick jitter max ms", lambda r: f"{r['jitter_max_ms']:.2f}"),
+    ("policy heartbeat gap max ms (timeout 100)", lambda r: f"{r['heartbeat_gap_max_ms']:.1f}"),
     ("holds while the policy ran (starvation etc.)", lambda r: f"{r['holds']}"),
     ("  most frequent reason", lambda r: r["hold_reason"] or "-"),
     ("CPU % of a core: robot / policy / executor", lambda r: r["cpu"]),
