@@ -46,6 +46,9 @@ def test_goal_moves_the_arm_and_cancel_holds_it(ros, sim_checkpoint, handover):
     joints, trajectories = [], []
     probe.create_subscription(JointState, "/joint_states", joints.append, 100)
     probe.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", trajectories.append, 100)
+    received_at = []   # sim time at which each trajectory reached the controller
+    probe.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory",
+                              lambda msg: received_at.append((sim.time_s, len(msg.points))), 100)
     policy.trigger_configure()
     policy.trigger_activate()
     ros.wait_for(lambda: len(joints) > 0, 20, "joint states")
@@ -61,10 +64,17 @@ def test_goal_moves_the_arm_and_cancel_holds_it(ros, sim_checkpoint, handover):
     error = np.abs(sim.follower.target(sim.time_s)[:7] - np.array(joints[-1].position)[:7])
     assert error.max() < 0.2, error
 
+    cancel_requested = sim.time_s
     task.cancel()
     result = task.wait(30)
     assert result is not None and result.outcome_name == "CANCELED"
     cancel_sim_time = sim.time_s
+    # The hold (one point) reaches the controller promptly: the action's cancel is seen within its 50 ms poll,
+    # the worker's hold goes to the executor, which sends it at once (measured here: 0.025 s of sim time).
+    ros.wait_for(lambda: any(at >= cancel_requested and points == 1 for at, points in received_at), 10, "the hold")
+    hold_at = next(at for at, points in received_at if at >= cancel_requested and points == 1)
+    assert hold_at - cancel_requested <= 0.3, hold_at - cancel_requested
+    assert all(points == 1 for at, points in received_at if at > hold_at)   # no motion after the hold
     # Within the bounded hold time the executor stops sending motion, and the arm comes to rest.
     ros.wait_for(lambda: sim.time_s > cancel_sim_time + 1.0, 30, "1 s of sim time")
     sent_after = len(trajectories)
