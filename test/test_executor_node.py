@@ -215,6 +215,45 @@ def test_a_policy_whose_heartbeat_stops_holds_the_arm(harness):
     assert wait_for(lambda: not arm_motion(robot.trajectories[-1]), 2.0)   # the last command is the hold
 
 
+def test_gripper_joints_can_go_to_their_own_controller(harness):
+    """A real arm's JTC does not own the fingers: with gripper_backend 'trajectory' the arm controller gets the 7
+    arm joints and the gripper controller the fingers, both from the same checked plan; a hold stops the arm and
+    leaves the gripper's last command standing (a grasp stays closed)."""
+    node, robot = harness(gripper_backend="trajectory", gripper_controller_name="gripper_controller")
+    gripper = []
+    robot.create_subscription(JointTrajectory, "/gripper_controller/joint_trajectory", gripper.append, 10)
+    assert wait_for(lambda: node.count_subscribers("/gripper_controller/joint_trajectory") > 0)
+    robot.send_chunk(ramp(0.05))
+    assert wait_for(lambda: any(arm_motion(m) for m in robot.trajectories) and gripper)
+    assert all(list(m.joint_names) == JOINTS[:7] for m in robot.trajectories)
+    assert all(list(m.joint_names) == FINGERS for m in gripper)
+    assert gripper[-1].points[0].positions[0] == pytest.approx(0.02)   # width 0.04 m -> 0.02 m per finger
+    robot.send_chunk(np.zeros((0, len(CHANNELS))))                     # stop: the arm holds, the gripper keeps
+    assert wait_for(lambda: node.controller.stats["holds"] == 1)
+    assert wait_for(lambda: not arm_motion(robot.trajectories[-1]))
+    sent_to_gripper = len(gripper)
+    time.sleep(0.2)
+    assert len(gripper) == sent_to_gripper
+
+
+def test_a_gripper_backend_that_cannot_work_here_fails_at_construction():
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        with pytest.raises(ValueError, match="gripper_backend"):
+            make_executor_node(context=context, **PARAMS, gripper_backend="magnet")
+        with pytest.raises(ValueError, match="gripper_joint_names"):
+            make_executor_node(context=context, **{**PARAMS, "gripper_joint_names": [""]},
+                               action_joint_names=JOINTS, gripper_backend="trajectory")
+        try:
+            import control_msgs.action  # noqa: F401
+        except ImportError:   # here: a clear error naming the missing package, not a crash at the first tick
+            with pytest.raises(BackendUnavailable, match="control_msgs"):
+                make_executor_node(context=context, **PARAMS, gripper_backend="gripper_command")
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
 def test_estop_holds_refuses_chunks_until_reset_service(harness):
     node, robot = harness(robot_description=URDF.read_text(), urdf_path="")
     robot.send_chunk(ramp(0.1, points=20))

@@ -26,6 +26,10 @@ PARAMETERS: dict[str, Any] = {
     "joint_names": [""],                        # controller joint order (required)
     "controller_name": "arm_controller",
     "backend": "topic",                         # "topic" | "follow_joint_trajectory"
+    "gripper_backend": "arm",                   # "arm" (gripper joints in the arm's trajectory, as gem_sim) |
+                                                # "trajectory" (their own JTC) | "gripper_command" (GripperCommand)
+    "gripper_controller_name": "gripper_controller",
+    "gripper_max_effort": 20.0,                 # N, GripperCommand goals
     "control_rate_hz": _default(ExecutionConfig, "control_rate_hz"),
     "lookahead_s": _default(ExecutionConfig, "lookahead_s"),
     "joint_state_timeout_s": _default(ExecutionConfig, "joint_state_timeout_s"),

@@ -11,7 +11,8 @@ along a cubic from its current motion instead of reversing the setpoint's veloci
 """
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from rclpy.node import Node
 from trajectory_msgs.msg import JointTrajectory
@@ -20,6 +21,9 @@ from gem_ros.core.safety import SafeTrajectory
 from gem_ros.nodes.conversions import build_joint_trajectory
 
 BACKENDS = ("topic", "follow_joint_trajectory")
+# Where the gripper joints go: with the arm's joints in one trajectory (gem_sim), to a JointTrajectoryController
+# of their own, or to a GripperActionController (control_msgs/action/GripperCommand) - what real arms mostly have.
+GRIPPER_BACKENDS = ("arm", "trajectory", "gripper_command")
 
 
 class BackendUnavailable(RuntimeError):
@@ -103,6 +107,105 @@ class FollowJointTrajectoryBackend:
 
     def close(self) -> None:
         self._client.destroy()
+
+
+def subset(trajectory: SafeTrajectory, names: Sequence[str]) -> SafeTrajectory:
+    """The same validated trajectory for some of its joints (a column subset stays within every limit)."""
+    columns = [trajectory.joint_names.index(n) for n in names]
+    positions, velocities = trajectory.positions[:, columns], trajectory.velocities[:, columns]
+    for array in (positions, velocities):
+        array.setflags(write=False)
+    return SafeTrajectory(tuple(names), trajectory.times_s, positions, velocities, list(trajectory.interventions),
+                          tuple(n for n in trajectory.clamped_joints if n in names))
+
+
+class GripperCommandBackend:
+    """The gripper's target to a GripperActionController (`<controller>/gripper_cmd`, one joint): the position the
+    plan reaches at the end of each trajectory, sent only when it moves by more than `deadband_m` (a goal per
+    50 Hz tick would restart the gripper's own motion every 20 ms)."""
+
+    def __init__(self, node: Node, controller_name: str, joint_name: str, max_effort: float,
+                 deadband_m: float = 5e-4):
+        try:
+            from control_msgs.action import GripperCommand
+        except ImportError as error:
+            raise BackendUnavailable(
+                "gripper_backend 'gripper_command' needs the ROS package control_msgs "
+                f"(control_msgs.action.GripperCommand), which is not importable here ({error}); install "
+                "control_msgs or use gripper_backend 'trajectory' / 'arm'") from error
+        from rclpy.action import ActionClient
+
+        self._node, self._goal_type, self.joint_name = node, GripperCommand, joint_name
+        self.max_effort, self.deadband_m = max_effort, deadband_m
+        self._last: float | None = None   # the last target sent
+        self.action_name = f"{controller_name}/gripper_cmd"
+        self._client = ActionClient(node, GripperCommand, self.action_name)
+
+    def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
+        target = float(trajectory.positions[-1, trajectory.joint_names.index(self.joint_name)])
+        if self._last is not None and abs(target - self._last) <= self.deadband_m:
+            return
+        if not self._client.server_is_ready():
+            self._node.get_logger().warning(f"action server {self.action_name} not available; gripper goal dropped",
+                                            throttle_duration_sec=1.0)
+            return
+        goal = self._goal_type.Goal()
+        goal.command.position, goal.command.max_effort = target, self.max_effort
+        self._client.send_goal_async(goal)
+        self._last = target
+
+    def hold(self, trajectory: SafeTrajectory) -> None:
+        """Nothing: the gripper keeps its last goal (a hold must not open a grasp)."""
+
+    def close(self) -> None:
+        self._client.destroy()
+
+
+class SplitGripperBackend:
+    """The arm's joints to the arm's backend, the gripper's joints to the gripper's (each gets a subset of the same
+    validated trajectory). A hold stops the arm; the gripper keeps its last command, so a grasped object stays
+    grasped (a gripper controller holds its own position)."""
+
+    def __init__(self, arm: TrajectoryBackend, gripper: TrajectoryBackend, arm_names: Sequence[str],
+                 gripper_names: Sequence[str]):
+        self.arm, self.gripper = arm, gripper
+        self.arm_names, self.gripper_names = tuple(arm_names), tuple(gripper_names)
+
+    def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
+        self.arm.send(subset(trajectory, self.arm_names), stamp)
+        self.gripper.send(subset(trajectory, self.gripper_names), stamp)
+
+    def hold(self, trajectory: SafeTrajectory) -> None:
+        self.arm.hold(subset(trajectory, self.arm_names))
+
+    def close(self) -> None:
+        self.arm.close()
+        self.gripper.close()
+
+
+def make_backends(values: Mapping[str, Any], node: Node, joint_names: Sequence[str]) -> TrajectoryBackend:
+    """The executor's output from its parameters (`backend`, `controller_name`, `gripper_backend`,
+    `gripper_controller_name`, `gripper_joint_names`, `gripper_max_effort`); ValueError / BackendUnavailable
+    name the problem."""
+    arm = make_backend(values["backend"], node, values["controller_name"])
+    kind = values["gripper_backend"]
+    if kind == "arm":
+        return arm
+    try:
+        gripper_names = [n for n in values["gripper_joint_names"] if n]
+        if kind not in GRIPPER_BACKENDS:
+            raise ValueError(f"gripper_backend must be one of {GRIPPER_BACKENDS}, got {kind!r}")
+        if not gripper_names:
+            raise ValueError(f"gripper_backend {kind!r} needs gripper_joint_names")
+        controller = values["gripper_controller_name"]
+        if kind == "trajectory":
+            gripper = JointTrajectoryTopicBackend(node, controller)
+        else:
+            gripper = GripperCommandBackend(node, controller, gripper_names[0], float(values["gripper_max_effort"]))
+    except Exception:
+        arm.close()
+        raise
+    return SplitGripperBackend(arm, gripper, [n for n in joint_names if n not in gripper_names], gripper_names)
 
 
 def make_backend(kind: str, node: Node, controller_name: str) -> TrajectoryBackend:

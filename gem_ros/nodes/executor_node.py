@@ -5,7 +5,9 @@ In:  gem/action_chunk (gem_msgs/ActionChunk; num_points == 0 = stop and hold), g
      (sensor_msgs/JointState, by name, partial messages merged), gem/estop (std_msgs/Bool; true latches the
      e-stop, false does nothing: only ~/reset_estop releases it). Services ~/estop, ~/reset_estop (Trigger).
 Out: <controller_name>/joint_trajectory (topic backend) or <controller_name>/follow_joint_trajectory (action
-     backend, needs control_msgs), /diagnostics at 1 Hz.
+     backend, needs control_msgs), /diagnostics at 1 Hz. With gripper_backend trajectory / gripper_command the
+     gripper joints go to <gripper_controller_name>/joint_trajectory or .../gripper_cmd instead (a hold stops the
+     arm and leaves the gripper's last command standing).
 Relative names resolve to /gem/action_chunk, /joint_states, /arm_controller/... in the root namespace and
 follow the node's namespace for multi-arm setups. All logic lives in gem_ros.core.execution.
 With replan_on_chunk (default), an accepted chunk (or the hold an empty one asks for) is sent at once, between
@@ -27,7 +29,7 @@ from std_srvs.srv import Trigger
 
 from gem_msgs.msg import ActionChunk, PolicyStatus
 from gem_ros.core.executor_setup import PARAMETERS, build_controller
-from gem_ros.nodes.backends import make_backend
+from gem_ros.nodes.backends import make_backends
 from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.conversions import diagnostic_status, stamp_to_s
 
@@ -51,7 +53,7 @@ class ExecutorNode(Node):
                                           "limits come from robot_description")
             self.controller = build_controller(values)
             self.controller_name = values["controller_name"]
-            self.backend = make_backend(values["backend"], self, self.controller_name)
+            self.backend = make_backends(values, self, self.controller.cfg.joint_names)
         except Exception:
             super().destroy_node()   # do not leak a half-built node into the caller's context
             raise
