@@ -236,7 +236,26 @@ def test_gripper_joints_can_go_to_their_own_controller(harness):
     assert len(gripper) == sent_to_gripper
 
 
-def test_a_gripper_backend_that_cannot_work_here_fails_at_construction():
+def test_without_a_urdf_parameter_the_limits_come_from_the_latched_robot_description_topic():
+    """As ros2_control (Jazzy+) reads it: robot_state_publisher latches the URDF on /robot_description."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from std_msgs.msg import String
+
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        publisher_node = Node("robot_state_publisher_stand_in", context=context)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        publisher_node.create_publisher(String, "/robot_description", latched).publish(String(data=URDF.read_text()))
+        node = make_executor_node(context=context, **{**PARAMS, "urdf_path": ""})   # published before it started
+        assert node.controller.safety.limits["panda_joint1"].upper == pytest.approx(2.9671)   # the URDF's
+        node.destroy_node()
+        publisher_node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_a_gripper_backend_that_cannot_work_here_fails_at_construction(monkeypatch):
     context = Context()
     rclpy.init(context=context)
     try:
@@ -245,11 +264,9 @@ def test_a_gripper_backend_that_cannot_work_here_fails_at_construction():
         with pytest.raises(ValueError, match="gripper_joint_names"):
             make_executor_node(context=context, **{**PARAMS, "gripper_joint_names": [""]},
                                action_joint_names=JOINTS, gripper_backend="trajectory")
-        try:
-            import control_msgs.action  # noqa: F401
-        except ImportError:   # here: a clear error naming the missing package, not a crash at the first tick
-            with pytest.raises(BackendUnavailable, match="control_msgs"):
-                make_executor_node(context=context, **PARAMS, gripper_backend="gripper_command")
+        monkeypatch.setitem(sys.modules, "control_msgs", None)   # as on this machine, even where it is installed
+        with pytest.raises(BackendUnavailable, match="control_msgs"):   # at construction, not at the first tick
+            make_executor_node(context=context, **PARAMS, gripper_backend="gripper_command")
     finally:
         rclpy.try_shutdown(context=context)
 
@@ -289,8 +306,9 @@ def test_parameters_fail_clearly(monkeypatch):
     context = Context()
     rclpy.init(context=context)
     try:
-        with pytest.raises(ValueError, match="urdf_path or robot_description"):
-            make_executor_node(context=context, **{**PARAMS, "urdf_path": ""})
+        with pytest.raises(ValueError, match="urdf_path or robot_description parameter, and no URDF on "
+                                             "/robot_description within 0.3 s"):
+            make_executor_node(context=context, **{**PARAMS, "urdf_path": ""}, robot_description_timeout_s=0.3)
         with pytest.raises(ValueError, match="unknown executor parameters"):
             make_executor_node(context=context, **PARAMS, contol_rate_hz=10)
         monkeypatch.setitem(sys.modules, "control_msgs", None)   # as on this machine, even where it is installed

@@ -61,8 +61,9 @@ PARAMETERS: dict[str, Any] = {
     "workspace_link": "",                       # a link whose origin must stay in the box below; "" = no box
     "workspace_min_xyz_m": [0.0, 0.0, 0.0],     # box corners in the URDF root frame (used when workspace_link set)
     "workspace_max_xyz_m": [0.0, 0.0, 0.0],
-    "urdf_path": "",                            # one of urdf_path / robot_description (XML) is required
-    "robot_description": "",
+    "urdf_path": "",                            # one of urdf_path / robot_description (XML) is required; the
+    "robot_description": "",                    # node falls back to the robot_description topic (latched)
+    "robot_description_timeout_s": 10.0,        # how long the node waits for that topic
 }
 
 
@@ -74,7 +75,8 @@ def build_controller(values: Mapping[str, Any]) -> ExecutionController:
     """Parameter values (PARAMETERS keys) -> a wired ExecutionController; ValueError names the bad setting."""
     urdf = values["robot_description"] or values["urdf_path"]
     if not urdf:
-        raise ValueError("one of the parameters urdf_path or robot_description is required (joint limits come from it)")
+        raise ValueError("one of the parameters urdf_path or robot_description is required (joint limits come from it; "
+                         "gem_executor also reads the robot_description topic when both are empty)")
     joint_names, gripper = _names(values["joint_names"]), _names(values["gripper_joint_names"])
     arm = _names(values["action_joint_names"]) or [n for n in joint_names if n not in gripper]
     kind = values["action_space"]

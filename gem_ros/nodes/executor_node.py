@@ -48,6 +48,9 @@ class ExecutorNode(Node):
                 self.declare_parameter(name, default, descriptor)
             self.declare_parameter("subscribe_chunks", True)   # False: chunks come by deliver_chunk (composed)
             values = {name: self.get_parameter(name).value for name in PARAMETERS}
+            if not values["robot_description"] and not values["urdf_path"]:
+                values["robot_description"] = self._robot_description_from_topic(
+                    values["robot_description_timeout_s"])
             if values["robot_description"] and values["urdf_path"]:
                 self.get_logger().warning("both robot_description and urdf_path are set; "
                                           "limits come from robot_description")
@@ -73,6 +76,24 @@ class ExecutorNode(Node):
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    def _robot_description_from_topic(self, timeout_s: float) -> str:
+        """The URDF that robot_state_publisher latches on `robot_description` (transient local; ros2_control reads
+        it there too), for robots whose description is not a file here. Blocks up to `timeout_s`."""
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from rclpy.wait_for_message import wait_for_message
+        from std_msgs.msg import String
+
+        topic = self.resolve_topic_name("robot_description")
+        self.get_logger().info(f"no urdf_path / robot_description parameter: waiting for {topic} ({timeout_s} s)")
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        received, msg = wait_for_message(String, self, "robot_description", qos_profile=latched,
+                                         time_to_wait=timeout_s)
+        if not received or not msg.data.strip():
+            raise ValueError(f"no urdf_path or robot_description parameter, and no URDF on {topic} within "
+                             f"{timeout_s} s (is robot_state_publisher running?): joint limits come from it")
+        return msg.data
 
     def _on_joint_state(self, msg: JointState) -> None:
         now = self._now()
