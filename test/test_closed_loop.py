@@ -27,10 +27,9 @@ def sim_checkpoint(tmp_path_factory):
     return make_random_sim_checkpoint(tmp_path_factory.mktemp("sim_ckpt"))
 
 
-@pytest.mark.parametrize("handover", ["topic", "in_process"])
-def test_goal_moves_the_arm_and_cancel_holds_it(ros, sim_checkpoint, handover):
-    """handover "in_process": the executor composed with the policy (gem_policy_executor), chunks and the cancel's
-    hold handed over in memory, nothing planned from the topic."""
+def start_closed_loop(ros, sim_checkpoint, handover):
+    """gem_sim, gem_policy (configured, active) and gem_executor on the bringup YAML, and a probe node recording
+    joint states and trajectories (with the sim time each one reached the controller)."""
     config = bringup_config("panda")
     sim = ros.add(SimNode(context=ros.context, parameter_overrides=node_parameters(config, "gem_sim")))
     policy = ros.add(PolicyNode(context=ros.context, parameter_overrides=node_parameters(
@@ -52,6 +51,14 @@ def test_goal_moves_the_arm_and_cancel_holds_it(ros, sim_checkpoint, handover):
     policy.trigger_configure()
     policy.trigger_activate()
     ros.wait_for(lambda: len(joints) > 0, 20, "joint states")
+    return sim, policy, executor, probe, joints, trajectories, received_at
+
+
+@pytest.mark.parametrize("handover", ["topic", "in_process"])
+def test_goal_moves_the_arm_and_cancel_holds_it(ros, sim_checkpoint, handover):
+    """handover "in_process": the executor composed with the policy (gem_policy_executor), chunks and the cancel's
+    hold handed over in memory, nothing planned from the topic."""
+    sim, policy, executor, probe, joints, trajectories, received_at = start_closed_loop(ros, sim_checkpoint, handover)
     home = np.array(joints[-1].position)
 
     commander = GemCommander(node=probe)
@@ -82,6 +89,34 @@ def test_goal_moves_the_arm_and_cancel_holds_it(ros, sim_checkpoint, handover):
     ros.wait_for(lambda: sim.time_s > cancel_sim_time + 2.0, 30, "another second")
     assert len(trajectories) == sent_after
     np.testing.assert_allclose(np.array(joints[-1].position)[:7], settled[:7], atol=2e-3)
+    commander.close()
+    policy.worker.shutdown()
+
+
+def test_cameras_that_stop_hold_the_arm_and_say_why(ros, sim_checkpoint):
+    """The sim keeps running but its cameras go silent mid-goal: within max_observation_age_s (+ the 50 ms input
+    check, which also runs while a chunk is computed) the policy holds, the executor sends the hold, nothing moves
+    the arm after it, and gem_policy's /diagnostics is an ERROR naming the camera."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    sim, policy, executor, probe, joints, trajectories, received_at = start_closed_loop(ros, sim_checkpoint,
+                                                                                         "in_process")
+    diagnostics = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 100)
+    commander = GemCommander(node=probe)
+    commander.run_instruction(sim.instruction, timeout=120.0)
+    ros.wait_for(lambda: executor.controller.stats["chunks_accepted"] >= 2, 60, "two chunks executed")
+    silent_since = sim.time_s
+    sim._publish_cameras = lambda stamp: None   # the camera driver dies; joint states go on
+    ros.wait_for(lambda: any(at > silent_since and points == 1 for at, points in received_at), 30, "the hold")
+    hold_at = next(at for at, points in received_at if at > silent_since and points == 1)
+    max_age = policy.get_parameter("max_observation_age_s").value
+    assert hold_at - silent_since <= max_age + 0.1 + 0.2, (hold_at - silent_since, max_age)   # + frame period
+    ros.wait_for(lambda: sim.time_s > hold_at + 1.0, 30, "1 s of sim time after the hold")
+    assert all(points == 1 for at, points in received_at if at > hold_at)   # no motion after the hold
+    assert policy.worker.snapshot().holding and "camera" in policy.worker.snapshot().reason
+    ros.wait_for(lambda: any(st.name == "gem_policy" and st.level == DiagnosticStatus.ERROR and "camera" in st.message
+                             for d in diagnostics for st in d.status), 10, "an ERROR on /diagnostics")
     commander.close()
     policy.worker.shutdown()
 
