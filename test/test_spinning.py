@@ -147,7 +147,7 @@ def test_every_launch_configuration_is_declared_and_passed_to_the_nodes():
         assert control.elts[flag + 1].args[0].value == argument
     # and every launch default is one the node's command line accepts
     defaults = {c.args[0].value: kw.value.value for c in calls if c.func.id == "DeclareLaunchArgument"
-                for kw in c.keywords if kw.arg == "default_value"}
+                for kw in c.keywords if kw.arg == "default_value" and isinstance(kw.value, ast.Constant)}
     assert process_options(["gem_executor", "--realtime-priority", defaults["realtime_priority"],
                             "--cpu-dma-latency-us", defaults["cpu_dma_latency_us"]], allow_realtime=True) \
         == ("auto", 0, -1)
@@ -209,6 +209,11 @@ def test_composed_launch_replaces_policy_and_executor_with_gem_policy_executor()
                      "'-p'", "['gem_executor:urdf_path:=', urdf]"]
     assert keyword(by_executable["gem_policy_executor"], "parameters") is None
     assert keyword(by_executable["gem_policy_executor"], "name") is None   # a name would rename both nodes
+    # urdf:= reaches both layouts' executor; its default is the bundled URDF of arm:=
+    urdf = assigned["urdf"]
+    assert ast.unparse(urdf) == "LaunchConfiguration('urdf')"
+    assert "urdf_path" in ast.unparse(keyword(by_executable["gem_executor"], "parameters"))
+    assert "'urdf', arm, [arm, '.urdf']" in ast.unparse(declared["urdf"])
 
 
 def test_the_robot_yaml_leaves_what_the_launch_file_sets_to_it():

@@ -5,6 +5,8 @@ arm stands in for ros2_control (and publishes /clock). gem_policy is a managed n
 activated here with lifecycle events, so the chain comes up in one command. executor:=auto|events|single picks
 the rclpy executor of gem_sim and gem_executor, policy_executor:= that of gem_policy (gem_ros.nodes.spinning;
 auto = events for the first two where rclpy has it, single for the policy, whose inference it would slow).
+urdf:=PATH gives gem_executor the robot's own URDF (default: the bundled one for arm:=); urdf:='' makes it read
+the URDF robot_state_publisher latches on /robot_description.
 realtime_priority:=N (1-99) runs gem_executor's threads under SCHED_FIFO (gem_ros.core.realtime; 0 = off), and
 cpu_dma_latency_us:=N has gem_executor hold every CPU's wake-up latency <= N us while it runs (-1 = off).
 composed:=true starts gem_policy_executor instead: gem_policy and gem_executor in one process, each chunk handed
@@ -32,7 +34,7 @@ def generate_launch_description():
                "--realtime-priority", LaunchConfiguration("realtime_priority"),
                "--cpu-dma-latency-us", LaunchConfiguration("cpu_dma_latency_us")]
     params = PathJoinSubstitution([FindPackageShare("gem_bringup"), "config", arm, "gem.yaml"])
-    urdf = PathJoinSubstitution([FindPackageShare("gem_ros"), "urdf", arm, [arm, ".urdf"]])
+    urdf = LaunchConfiguration("urdf")
     policy = LifecycleNode(package="gem_ros", executable="gem_policy", name="gem_policy", namespace="",
                            parameters=[params, {"checkpoint": checkpoint}], arguments=policy_executor,
                            condition=UnlessCondition(composed), output="screen")
@@ -53,6 +55,10 @@ def generate_launch_description():
         DeclareLaunchArgument("arm", default_value="panda", description="folder under gem_bringup/config"),
         DeclareLaunchArgument("sim", default_value="true", description="start the embedded pybullet arm"),
         DeclareLaunchArgument("checkpoint", description="GEM-VLA checkpoint folder"),
+        DeclareLaunchArgument("urdf", default_value=PathJoinSubstitution([FindPackageShare("gem_ros"), "urdf", arm,
+                                                                          [arm, ".urdf"]]),
+                              description="URDF with the joint limits gem_executor enforces; '' (separate nodes "
+                                          "only): the URDF latched on /robot_description"),
         DeclareLaunchArgument("executor", default_value="auto", description="gem_sim/gem_executor: auto|events|single"),
         DeclareLaunchArgument("policy_executor", default_value="auto", description="gem_policy: auto|events|single"),
         DeclareLaunchArgument("realtime_priority", default_value="0",
