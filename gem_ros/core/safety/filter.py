@@ -139,10 +139,7 @@ class SafetyFilter:
         each trajectory actually commands: blending and the latency cut change the steps between points."""
         names = self._check_names(joint_names)
         target = self._array("positions", positions, (None, len(names)))
-        bad = np.argwhere(~np.isfinite(target))
-        if bad.size:
-            i, j = (int(v) for v in bad[0])
-            raise ChunkRejected(f"joint '{names[j]}' at index {i} is {target[i, j]} (not finite; never clamped)")
+        _reject_non_finite_points(names, target)
         self._check_positions(names, target, self._cached_bounds(names))
         self._check_workspace(names, target)
 
@@ -200,10 +197,7 @@ class SafetyFilter:
             if values is not None and not np.all(np.isfinite(values)):
                 j = int(np.flatnonzero(~np.isfinite(values))[0])
                 raise ChunkRejected(f"{what} of joint '{names[j]}' is {values[j]}")
-        bad = np.argwhere(~np.isfinite(target))
-        if bad.size:
-            i, j = (int(v) for v in bad[0])
-            raise ChunkRejected(f"joint '{names[j]}' at index {i} is {target[i, j]} (not finite; never clamped)")
+        _reject_non_finite_points(names, target)
 
     @staticmethod
     def _check_times(times: np.ndarray) -> None:
@@ -351,6 +345,14 @@ class SafetyFilter:
             a.setflags(write=False)
         return SafeTrajectory(names, times, positions, velocities, interventions=list(interventions),
                               clamped_joints=tuple(clamped))
+
+
+def _reject_non_finite_points(names, target: np.ndarray) -> None:
+    """ChunkRejected naming the first NaN/Inf of `target` (N, J), if any."""
+    bad = np.argwhere(~np.isfinite(target))
+    if bad.size:
+        i, j = (int(v) for v in bad[0])
+        raise ChunkRejected(f"joint '{names[j]}' at index {i} is {target[i, j]} (not finite; never clamped)")
 
 
 def _steps(times: np.ndarray, positions: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
