@@ -46,6 +46,10 @@ EE_DELTA_CHANNELS = ("x", "y", "z", "roll", "pitch", "yaw")   # ActionChunk.msg 
 GRIPPER_CHANNEL = "gripper"
 _DT_REL_TOL = 1e-6          # chunk dt vs configured chunk_dt_s: float32/64 round trips only
 _MIN_HISTORY_S = 1.0        # joint-state history kept for delta kinds; at least max_latency_s is kept
+# Upper bounds of the timing fields: beyond them a watchdog guards nothing in practice (a 1e6 s stale timeout)
+# or the tick cannot run (ros2_control itself updates at <= 1 kHz on common hardware).
+_MAX_CONTROL_RATE_HZ = 1000.0
+_MAX_SECONDS = {"lookahead_s": 5.0, "joint_state_timeout_s": 1.0, "chunk_timeout_s": 60.0, "policy_timeout_s": 5.0}
 _WARN_WINDOW_S = 2.0        # health() stays WARN this long after a problem: longer than the 1 Hz diagnostics period
 
 
@@ -86,6 +90,11 @@ class ExecutionConfig:
         for name in ("control_rate_hz", "lookahead_s", "joint_state_timeout_s", "chunk_timeout_s",
                      "tracking_tolerance_rad", "tracking_tolerance_m"):
             setattr(self, name, _positive(name, getattr(self, name)))
+        if self.control_rate_hz > _MAX_CONTROL_RATE_HZ:
+            raise ValueError(f"control_rate_hz must be <= {_MAX_CONTROL_RATE_HZ:g}, got {self.control_rate_hz!r}")
+        for name, most in _MAX_SECONDS.items():
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be <= {most} s, got {getattr(self, name)!r}")
         if self.lookahead_s * self.control_rate_hz < 1.0 - 1e-9:
             raise ValueError(f"lookahead_s {self.lookahead_s} must cover at least one tick (1 / control_rate_hz = "
                              f"{1.0 / self.control_rate_hz:.4g} s), or the arm stops between ticks")
@@ -154,29 +163,38 @@ class ExecutionController:
         self._gripper_joints = frozenset(action_mapper.cfg.gripper_joint_names)
         self._counts = dict(chunks_accepted=0, chunks_refused=0, safety_interventions=0,
                             safety_interventions_arm=0, safety_interventions_gripper=0, safety_rejections=0,
-                            holds=0, trajectories=0, ticks=0)
+                            joint_states_refused=0, holds=0, trajectories=0, ticks=0)
         self._last_reason = self._last_refusal = self._last_intervention = ""
         self._warning: tuple[float, str] | None = None   # (tick time, message) of the last problem
+        self._last_joint_state_refusal: tuple[float, str] | None = None   # (receipt time, reason)
         self._last_tick_s: float | None = None
         self._periods = [0, 0.0, 0.0, 0.0, 0.0]   # count, sum, sum of squares, max period, max |period - nominal|
 
     # ---- inputs -------------------------------------------------------------------------------------------------
-    def on_joint_state(self, names, positions, velocities, now_s: float, stamp_s: float | None = None) -> None:
-        """Merge a (possibly partial) joint state by name; unknown joints and non-finite positions are ignored.
+    def on_joint_state(self, names, positions, velocities, now_s: float, stamp_s: float | None = None) -> str | None:
+        """Merge a (possibly partial) joint state by name. Returns None when merged, else why it was refused.
 
-        now_s (receipt time) feeds the watchdog; stamp_s (measurement time, default now_s) the history that
-        delta action spaces look up at observation time. `velocities` may be empty (JointState allows it).
+        A message is refused whole (nothing merged) when it lists a name twice (which value is the arm's?), when
+        its arrays do not match its names, or when a controlled joint's position is NaN/Inf: the watchdog then
+        holds, and its reason quotes this refusal. Joints we do not control are ignored. now_s (receipt time)
+        feeds the watchdog; stamp_s (measurement time, default now_s) the history that delta action spaces look
+        up at observation time. `velocities` may be empty (JointState allows it); a non-finite one is unknown.
         """
-        names, positions = list(names), np.asarray(positions, dtype=float).ravel()
-        velocities = np.asarray(velocities if velocities is not None else [], dtype=float).ravel()
-        if len(positions) != len(names):
-            return   # malformed message: the watchdog holds if no good one follows
+        names = list(names)
+        try:
+            positions = np.asarray(positions, dtype=float).ravel()
+            velocities = np.asarray(velocities if velocities is not None else [], dtype=float).ravel()
+        except (TypeError, ValueError) as error:
+            return self._refuse_joint_state(f"values are not numeric: {error}", now_s)
+        reason = self._joint_state_problem(names, positions, velocities)
+        if reason:
+            return self._refuse_joint_state(reason, now_s)
         with self._lock:
             for k, name in enumerate(names):
-                if name not in self._joint_set or not math.isfinite(positions[k]):
-                    continue   # extra joint, or not a measurement (the stale watchdog notices if it persists)
+                if name not in self._joint_set:
+                    continue
                 self._positions[name] = float(positions[k])
-                self._velocities[name] = float(velocities[k]) if len(velocities) == len(names) else math.nan
+                self._velocities[name] = float(velocities[k]) if len(velocities) else math.nan
                 self._updated_s[name] = now_s
             current = self._current_vector()
             if current is not None:
@@ -186,6 +204,30 @@ class ExecutionController:
                 self._history.append((stamp, current))
                 while self._history and self._history[0][0] < stamp - self._history_s:
                     self._history.popleft()
+        return None
+
+    def _joint_state_problem(self, names: list, positions: np.ndarray, velocities: np.ndarray) -> str:
+        if len(positions) != len(names):
+            return f"{len(names)} names but {len(positions)} positions"
+        if len(velocities) not in (0, len(names)):
+            return f"{len(names)} names but {len(velocities)} velocities"
+        seen: set = set()
+        for name in names:
+            if name in seen:
+                return f"joint '{name}' is listed twice (refused: which value is the arm's?)"
+            seen.add(name)
+        for k, name in enumerate(names):
+            if name in self._joint_set and not math.isfinite(positions[k]):
+                return f"position of {name} is {positions[k]}"
+        return ""
+
+    def _refuse_joint_state(self, reason: str, now_s: float) -> str:
+        reason = f"joint_states message refused: {reason}"
+        with self._lock:
+            self._counts["joint_states_refused"] += 1
+            self._last_joint_state_refusal = (now_s, reason)
+            self._warning = (self._last_tick_s or 0.0, reason)
+        return reason
 
     def on_policy_alive(self, now_s: float) -> None:
         """A heartbeat of the policy (receipt time). The first one arms the `policy_timeout_s` watchdog."""
@@ -230,7 +272,7 @@ class ExecutionController:
             if current is None:
                 return self.refuse(f"no joint state yet for {self._missing_joints()}")
             if self._state_age(now_s) > self.cfg.joint_state_timeout_s:
-                return self.refuse(f"joint_states stale ({self._state_age(now_s):.3f} s old)")
+                return self.refuse(self._stale_reason(now_s))
             state_at_obs = None
             if self.mapper.cfg.kind != "absolute_joint":
                 stamp, state = self._state_near(obs_stamp_s)
@@ -343,11 +385,9 @@ class ExecutionController:
             return self._hold(current, f"e-stop engaged: {self._estop}")
         if current is None:
             return self._idle(f"waiting for joint states of {self._missing_joints()}")
-        age = self._state_age(now_s)
-        if age > self.cfg.joint_state_timeout_s:
+        if self._state_age(now_s) > self.cfg.joint_state_timeout_s:
             self._abandon_plan()
-            return self._hold(current, f"joint_states stale: newest complete state is {age:.3f} s old "
-                                       f"(joint_state_timeout_s {self.cfg.joint_state_timeout_s} s)")
+            return self._hold(current, self._stale_reason(now_s))
         if self._pending_stop is not None:
             reason, self._pending_stop = self._pending_stop, None
             if self._pending_stop_is_problem:
@@ -453,6 +493,10 @@ class ExecutionController:
         if problem:
             self._warning = (self._last_tick_s or 0.0, reason)
         trajectory = self.safety.hold(dict(zip(self.cfg.joint_names, current)))
+        if trajectory.interventions:   # a measurement past a limit: held at the limit, and that is a fault
+            reason = f"{reason}; {'; '.join(trajectory.interventions)}"
+            self._last_reason = reason
+            self._warning = (self._last_tick_s or 0.0, reason)
         return Command("hold", trajectory, reason, new_episode)
 
     def _idle(self, reason: str) -> Command:
@@ -521,6 +565,17 @@ class ExecutionController:
 
     def _state_age(self, now_s: float) -> float:
         return now_s - min(self._updated_s[n] for n in self.cfg.joint_names)
+
+    def _stale_reason(self, now_s: float) -> str:
+        """Which joints went stale, and what was wrong with the joint_states messages that did arrive."""
+        timeout = self.cfg.joint_state_timeout_s
+        stale = sorted((self._updated_s[n], n) for n in self.cfg.joint_names if now_s - self._updated_s[n] > timeout)
+        listed = ", ".join(f"{n} {now_s - t:.3f} s" for t, n in stale[:4]) + (", ..." if len(stale) > 4 else "")
+        reason = f"joint_states stale (joint_state_timeout_s {timeout} s): no valid position for {listed}"
+        refusal = self._last_joint_state_refusal
+        if refusal is not None and stale and refusal[0] >= stale[0][0]:   # refused since the state went stale
+            reason += f"; last {refusal[1]} ({now_s - refusal[0]:.3f} s ago)"
+        return reason
 
     def _state_near(self, stamp_s: float) -> tuple[float, np.ndarray]:
         stamps = [s for s, _ in self._history]

@@ -98,7 +98,9 @@ class ExecutorNode(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         now = self._now()
         stamp = stamp_to_s(msg.header.stamp) or now   # unstamped publishers: receipt time
-        self.controller.on_joint_state(msg.name, msg.position, msg.velocity, now, stamp)
+        reason = self.controller.on_joint_state(msg.name, msg.position, msg.velocity, now, stamp)
+        if reason:
+            self.get_logger().warning(reason, throttle_duration_sec=1.0)
 
     def _on_policy_status(self, msg: PolicyStatus) -> None:
         self.controller.on_policy_alive(self._now())

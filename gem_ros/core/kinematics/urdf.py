@@ -71,7 +71,10 @@ def _floats(text: str | None, default: tuple[float, ...], what: str) -> np.ndarr
 def _optional_float(element: ET.Element | None, attribute: str, what: str) -> float | None:
     if element is None or element.get(attribute) is None:
         return None
-    value = float(element.get(attribute))
+    try:
+        value = float(element.get(attribute))
+    except ValueError:
+        raise ValueError(f"URDF {what} {attribute}={element.get(attribute)!r} is not a number") from None
     if math.isnan(value):
         raise ValueError(f"URDF {what} {attribute} is NaN")
     return value
@@ -182,6 +185,11 @@ def load_urdf_limits(source: str | os.PathLike | UrdfDescription,
             if missing:
                 raise ValueError(f"URDF joint '{joint.name}' ({joint.joint_type}) lacks <limit> attributes {missing}")
             lower, upper = joint.lower, joint.upper
+            infinite = [a for a, v in (("lower", lower), ("upper", upper)) if not math.isfinite(v)]
+            if infinite:   # "-inf" or "1e309" would make the position check guard nothing
+                raise ValueError(f"URDF joint '{joint.name}' ({joint.joint_type}) has an infinite {infinite[0]} "
+                                 f"limit: a revolute or prismatic joint needs finite limits (use type continuous "
+                                 f"for a joint without position limits)")
             if lower > upper:
                 raise ValueError(f"URDF joint '{joint.name}' has lower limit {lower} > upper limit {upper}")
         acceleration = accelerations.pop(joint.name, math.inf)

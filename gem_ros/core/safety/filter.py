@@ -152,11 +152,23 @@ class SafetyFilter:
             raise ValueError(f"safety limits unusable: {error.reason}") from None
 
     def hold(self, current_positions: Mapping[str, float]) -> SafeTrajectory:
-        """One point at the current positions, `hold_duration_s` from now, zero velocity."""
+        """One point at the current positions, `hold_duration_s` from now, zero velocity.
+
+        A position past a URDF limit (a miscalibrated or spoofed measurement, a joint that slipped) is held at
+        that limit instead: a hold is a command like any other and never leaves the limits. Such joints are
+        listed in `clamped_joints` and described in `interventions` so the caller can report the fault.
+        """
         names = self._check_names(list(current_positions))
         current = self._array("current_positions", list(current_positions.values()), (len(names),))
         self._check_finite(names, np.array([self.cfg.hold_duration_s]), current[None, :], current, None)
-        return self._trajectory(names, np.array([self.cfg.hold_duration_s]), current[None, :], current, [])
+        lower = np.array([self.limits[n].lower for n in names])
+        upper = np.array([self.limits[n].upper for n in names])
+        held = np.clip(current, lower, upper)
+        outside = np.flatnonzero(held != current)
+        notes = [f"measured {names[j]} = {current[j]:.6g} is outside its URDF limits [{lower[j]:.6g}, "
+                 f"{upper[j]:.6g}]: held at {held[j]:.6g}" for j in outside]
+        return self._trajectory(names, np.array([self.cfg.hold_duration_s]), held[None, :], held, notes,
+                                tuple(names[j] for j in outside))
 
     # ---- validation ---------------------------------------------------------------------------------------------
     def _check_names(self, joint_names: Sequence[str]) -> tuple[str, ...]:

@@ -1,0 +1,138 @@
+"""Fault injection against the executor core (issue 16): bad joint states, measurements past a limit, infinite
+limits, absurd rates. Every command, holds included, stays inside the URDF limits and every refusal says why."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gem_ros.core.execution import ExecutionConfig
+from gem_ros.core.kinematics import load_urdf_limits
+from gem_ros.core.safety import SafetyConfig, SafetyFilter
+from test_execution import CHANNELS, DT, HOME, JOINTS, LIMITS, TICK, URDF, assert_within_limits, feed_state, \
+    make_controller, ramp
+
+J1 = JOINTS.index("panda_joint1")
+
+
+def test_a_joint_state_listing_a_joint_twice_is_refused_whole_with_the_reason():
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    names = JOINTS + ("panda_joint1",)
+    positions = np.append(HOME, HOME[J1] + 1.0)
+    reason = ctrl.on_joint_state(names, positions, np.zeros(len(names)), 0.01)
+    assert reason and "panda_joint1" in reason and "twice" in reason
+    assert ctrl._positions["panda_joint1"] == HOME[J1]            # nothing of the message was merged
+    assert ctrl.stats["joint_states_refused"] == 1
+
+
+def test_the_duplicate_name_feedback_loop_of_issue_16_never_commands_past_the_limit():
+    """The attack: a publisher repeats panda_joint1 with +1 rad; a robot that follows the command reads +1 rad
+    again. Before, each hold/plan moved the arm 1 rad further until it held at 3.93 rad (upper 2.97)."""
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.05)), "absolute_joint", 0.0, 0.0) is None
+    robot, t = HOME.copy(), 0.0
+    for _ in range(60):
+        t = round(t + TICK, 9)
+        spoofed = np.append(robot, robot[J1] + 1.0)
+        ctrl.on_joint_state(JOINTS + ("panda_joint1",), spoofed, np.zeros(len(JOINTS) + 1), t)
+        command = ctrl.tick(t)
+        if command.kind != "idle":
+            assert_within_limits(command)
+            robot = np.array(command.trajectory.positions[0])
+    assert abs(robot[J1] - HOME[J1]) < 0.2                        # the arm never followed the spoofed value
+    level, message = ctrl.health()
+    assert level == "WARN" and "twice" in message
+
+
+def test_a_hold_at_a_measurement_past_a_limit_holds_at_the_limit_and_reports_it():
+    ctrl = make_controller()
+    measured = HOME.copy()
+    measured[J1] = 3.93                                           # URDF upper 2.9671
+    feed_state(ctrl, 0.0, measured)
+    ctrl.engage_estop("test")
+    command = ctrl.tick(0.01)
+    assert command.kind == "hold"
+    assert_within_limits(command)
+    assert command.trajectory.positions[0][J1] == pytest.approx(LIMITS["panda_joint1"].upper)
+    assert "panda_joint1" in command.reason and "outside" in command.reason
+    # the other joints hold exactly where they are
+    others = [j for j in range(len(JOINTS)) if j != J1]
+    np.testing.assert_array_equal(command.trajectory.positions[0][others], measured[others])
+
+
+def test_a_stale_hold_past_a_limit_is_clamped_too():
+    ctrl = make_controller()
+    measured = HOME.copy()
+    measured[J1] = -4.0
+    feed_state(ctrl, 0.0, measured)
+    command = ctrl.tick(1.0)                                      # stale: the hold goes out at the measurement
+    assert command.kind == "hold" and "stale" in command.reason
+    assert_within_limits(command)
+    assert command.trajectory.positions[0][J1] == pytest.approx(LIMITS["panda_joint1"].lower)
+
+
+def test_safety_filter_hold_never_returns_a_point_past_a_limit():
+    safety = SafetyFilter(LIMITS, SafetyConfig(max_step_delta_rad=0.05))
+    hold = safety.hold({"panda_joint1": 1e9, "panda_finger_joint1": -1.0})
+    assert hold.positions[0].tolist() == [LIMITS["panda_joint1"].upper, LIMITS["panda_finger_joint1"].lower]
+    assert hold.clamped_joints == ("panda_joint1", "panda_finger_joint1")
+    assert any("panda_joint1" in note and "outside" in note for note in hold.interventions)
+
+
+@pytest.mark.parametrize("attack, expected", [
+    ("nan", "panda_joint3 is nan"),
+    ("short", "9 names but 8 positions"),
+    ("velocities", "9 names but 3 velocities"),
+    ("inf", "panda_joint3 is inf"),
+])
+def test_a_malformed_joint_state_is_refused_and_the_stale_hold_says_what_was_wrong(attack, expected):
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    names, positions, velocities = list(JOINTS), HOME.copy(), np.zeros(len(JOINTS))
+    k = JOINTS.index("panda_joint3")
+    if attack == "nan":
+        positions[k] = math.nan
+    elif attack == "inf":
+        positions[k] = math.inf
+    elif attack == "short":
+        positions = positions[:-1]
+    else:
+        velocities = velocities[:3]
+    for step in range(1, 10):
+        assert expected in ctrl.on_joint_state(names, positions, velocities, step * TICK)
+    command = ctrl.tick(0.2)
+    assert command.kind == "hold" and "stale" in command.reason and expected in command.reason
+
+
+def test_a_joint_missing_from_every_message_is_named_in_the_stale_reason():
+    ctrl = make_controller()
+    feed_state(ctrl, 0.0)
+    partial = [n for n in JOINTS if n != "panda_joint5"]
+    for step in range(1, 10):
+        assert ctrl.on_joint_state(partial, [HOME[JOINTS.index(n)] for n in partial], [], step * TICK) is None
+    command = ctrl.tick(0.2)
+    assert command.kind == "hold" and "panda_joint5" in command.reason
+
+
+@pytest.mark.parametrize("attribute, value", [("lower", "-inf"), ("upper", "1e309"), ("upper", "inf"),
+                                              ("lower", "nan"), ("upper", "two")])
+def test_an_infinite_or_garbage_position_limit_in_the_urdf_is_refused(tmp_path, attribute, value):
+    text = URDF.read_text()
+    original = 'lower="-2.9671"' if attribute == "lower" else 'upper="2.9671"'
+    assert original in text
+    broken = tmp_path / "panda.urdf"
+    broken.write_text(text.replace(original, f'{attribute}="{value}"', 1))
+    with pytest.raises(ValueError, match="panda_joint1") as error:
+        load_urdf_limits(broken)
+    assert attribute in str(error.value)
+
+
+@pytest.mark.parametrize("field, value", [("control_rate_hz", 1e9), ("control_rate_hz", 5000.0),
+                                          ("joint_state_timeout_s", 1e6), ("lookahead_s", 1e6),
+                                          ("chunk_timeout_s", 1e9), ("policy_timeout_s", 1e9)])
+def test_absurd_rates_and_timeouts_are_refused_at_configure(field, value):
+    with pytest.raises(ValueError, match=field):
+        ExecutionConfig(joint_names=JOINTS, **{field: value})
