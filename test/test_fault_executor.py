@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gem_ros.core.execution import ExecutionConfig
 from gem_ros.core.kinematics import load_urdf_limits
@@ -136,3 +138,44 @@ def test_an_infinite_or_garbage_position_limit_in_the_urdf_is_refused(tmp_path, 
 def test_absurd_rates_and_timeouts_are_refused_at_configure(field, value):
     with pytest.raises(ValueError, match=field):
         ExecutionConfig(joint_names=JOINTS, **{field: value})
+
+
+JOINT_STATE_ATTACKS = ("good", "duplicate", "past_limit", "nan", "short", "huge", "partial", "silent")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(JOINT_STATE_ATTACKS), st.integers(0, 8), st.floats(-5.0, 5.0)),
+                min_size=20, max_size=60),
+       st.sampled_from(["clamp", "reject"]))
+def test_no_joint_state_attack_makes_the_executor_command_past_a_limit(attacks, on_violation):
+    """Every tick a joint_states message: honest, or one joint duplicated / moved past its limit / NaN / 1e300,
+    arrays cut short, joints missing, or nothing at all; a chunk every 5 ticks; a robot that follows the command.
+    Every command, holds included, stays finite and inside the URDF limits."""
+    ctrl = make_controller(safety_kw={"on_violation": on_violation})
+    feed_state(ctrl, 0.0)
+    robot, t = HOME.copy(), 0.0
+    for k, (attack, joint, value) in enumerate(attacks):
+        t = round(t + TICK, 9)
+        names, positions = list(JOINTS), robot.copy()
+        if attack == "duplicate":
+            names.append(JOINTS[joint])
+            positions = np.append(positions, positions[joint] + value)
+        elif attack == "past_limit":
+            positions[joint] = LIMITS[JOINTS[joint]].upper + abs(value) + 1e-3
+        elif attack == "nan":
+            positions[joint] = math.nan
+        elif attack == "short":
+            positions = positions[:joint]
+        elif attack == "huge":
+            positions[joint] = math.copysign(1e300, value)
+        elif attack == "partial":
+            del names[joint]
+            positions = np.delete(positions, joint)
+        if attack != "silent":
+            ctrl.on_joint_state(names, positions, [], t)
+        if k % 5 == 0:
+            ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, value / 20)), "absolute_joint", t, t)
+        command = ctrl.tick(t)
+        if command.kind != "idle":
+            assert_within_limits(command)
+            robot = np.array(command.trajectory.positions[0])
