@@ -53,10 +53,9 @@ class _ExecutorLoop:
 
     def __init__(self, checkpoint: Path, io, arm: str, latency_s: float):
         from gem_ros.core.executor_setup import PARAMETERS, build_controller
-        from gem_ros.demo import executor_overrides
 
         nodes = _bringup_parameters(arm)
-        values = {**PARAMETERS, **nodes["gem_executor"], **executor_overrides(checkpoint),
+        values = {**PARAMETERS, **nodes["gem_executor"], "checkpoint": str(checkpoint),
                   "urdf_path": str(Path(__file__).resolve().parents[1] / "urdf" / arm / f"{arm}.urdf")}
         self.values, self.latency_s = values, latency_s
         self.request_threshold_s = float(nodes["gem_policy"].get("request_threshold_s", 0.3))

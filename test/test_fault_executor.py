@@ -179,3 +179,49 @@ def test_no_joint_state_attack_makes_the_executor_command_past_a_limit(attacks, 
         if command.kind != "idle":
             assert_within_limits(command)
             robot = np.array(command.trajectory.positions[0])
+
+
+# ---- the executor's action space comes from the checkpoint the policy serves (issue 16.8) --------------------------
+def _bringup_executor_values(**extra):
+    import yaml
+
+    from gem_ros.core.executor_setup import PARAMETERS
+
+    repo = URDF.parents[2]
+    bringup = yaml.safe_load((repo / "gem_bringup" / "config" / "panda" / "gem.yaml").read_text())
+    return {**PARAMETERS, **bringup["gem_executor"]["ros__parameters"], "urdf_path": str(URDF),
+            "checkpoint": str(repo / "checkpoints" / "sim_pick_tiny"), **extra}
+
+
+def test_the_bringup_yaml_with_the_shipped_checkpoint_accepts_the_chunks_that_checkpoint_sends():
+    import json
+
+    from gem_ros.core.executor_setup import build_controller
+
+    values = _bringup_executor_values()
+    io = json.loads((URDF.parents[2] / "checkpoints" / "sim_pick_tiny" / "config.json").read_text())["io"]
+    ctrl = build_controller(values)
+    assert ctrl.mapper.cfg.kind == io["action_space"]
+    feed_state(ctrl, 0.0)
+    deltas = np.zeros((io["chunk_len"], io["action_dim"]))
+    deltas[:, -1] = 0.04
+    assert ctrl.on_chunk(io["action_names"], 1.0 / io["control_rate_hz"], deltas, io["action_space"], 0.0, 0.0) \
+        is None
+
+
+@pytest.mark.parametrize("key, value, message", [("action_space", "absolute_joint", "remove action_space"),
+                                                 ("chunk_dt_s", 0.05, "remove chunk_dt_s")])
+def test_an_executor_setting_that_disagrees_with_the_checkpoint_fails_at_configure_saying_what_to_change(
+        key, value, message):
+    from gem_ros.core.executor_setup import build_controller
+
+    with pytest.raises(ValueError, match=message):
+        build_controller(_bringup_executor_values(**{key: value}))
+
+
+def test_an_unreadable_checkpoint_config_fails_at_configure_naming_the_file(tmp_path):
+    from gem_ros.core.executor_setup import build_controller
+
+    (tmp_path / "config.json").write_text('{"io": {"action_space": "delta_joint"}}')
+    with pytest.raises(ValueError, match="config.json.*control_rate_hz"):
+        build_controller(_bringup_executor_values(checkpoint=str(tmp_path)))

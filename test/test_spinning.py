@@ -206,13 +206,15 @@ def test_composed_launch_replaces_policy_and_executor_with_gem_policy_executor()
     # `parameters=` file after them).
     rules = [ast.unparse(e) for e in keyword(by_executable["gem_policy_executor"], "ros_arguments").elts]
     assert rules == ["'--params-file'", "params", "'-p'", "['gem_policy:checkpoint:=', checkpoint]",
-                     "'-p'", "['gem_executor:urdf_path:=', urdf]"]
+                     "'-p'", "['gem_executor:urdf_path:=', urdf]", "'-p'", "['gem_executor:checkpoint:=', checkpoint]"]
     assert keyword(by_executable["gem_policy_executor"], "parameters") is None
     assert keyword(by_executable["gem_policy_executor"], "name") is None   # a name would rename both nodes
     # urdf:= reaches both layouts' executor; its default is the bundled URDF of arm:=
     urdf = assigned["urdf"]
     assert ast.unparse(urdf) == "LaunchConfiguration('urdf')"
     assert "urdf_path" in ast.unparse(keyword(by_executable["gem_executor"], "parameters"))
+    # and the checkpoint: its io decides the executor's action space (issue 16.8)
+    assert "'checkpoint': checkpoint" in ast.unparse(keyword(by_executable["gem_executor"], "parameters"))
     assert "'urdf', arm, [arm, '.urdf']" in ast.unparse(declared["urdf"])
 
 
@@ -224,6 +226,8 @@ def test_the_robot_yaml_leaves_what_the_launch_file_sets_to_it():
 
     config = yaml.safe_load((REPO / "gem_bringup" / "config" / "panda" / "gem.yaml").read_text())
     assert "checkpoint" not in config["gem_policy"]["ros__parameters"]
+    for key in ("checkpoint", "action_space", "chunk_dt_s"):   # the checkpoint decides these (issue 16.8)
+        assert key not in config["gem_executor"]["ros__parameters"]
     assert "urdf_path" not in config["gem_executor"]["ros__parameters"]
     assert "robot_description" not in config["gem_executor"]["ros__parameters"]
 

@@ -49,7 +49,8 @@ def generate_launch_description():
     policy_and_executor = Node(package="gem_ros", executable="gem_policy_executor", arguments=policy_executor,
                                ros_arguments=["--params-file", params,
                                               "-p", ["gem_policy:checkpoint:=", checkpoint],
-                                              "-p", ["gem_executor:urdf_path:=", urdf]],
+                                              "-p", ["gem_executor:urdf_path:=", urdf],
+                                              "-p", ["gem_executor:checkpoint:=", checkpoint]],
                                condition=IfCondition(composed), output="screen")
     return LaunchDescription([
         DeclareLaunchArgument("arm", default_value="panda", description="folder under gem_bringup/config"),
@@ -70,7 +71,7 @@ def generate_launch_description():
         Node(package="gem_ros", executable="gem_sim", name="gem_sim", parameters=[params], arguments=executor,
              condition=IfCondition(sim), output="screen"),
         Node(package="gem_ros", executable="gem_executor", name="gem_executor",
-             parameters=[params, {"urdf_path": urdf}], arguments=control, condition=UnlessCondition(composed),
-             output="screen"),
+             parameters=[params, {"urdf_path": urdf, "checkpoint": checkpoint}], arguments=control,
+             condition=UnlessCondition(composed), output="screen"),
         policy, activate_when_configured, configure, policy_and_executor,
     ])

@@ -6,7 +6,10 @@ same keys. The defaults come from the core config dataclasses: there is no secon
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from gem_ros.core.chunking import ActionMapper, ActionSpaceConfig, ChunkScheduler, ChunkSchedulerConfig
@@ -38,16 +41,19 @@ PARAMETERS: dict[str, Any] = {
     "tracking_tolerance_rad": _default(ExecutionConfig, "tracking_tolerance_rad"),
     "tracking_tolerance_m": _default(ExecutionConfig, "tracking_tolerance_m"),
     "replan_on_chunk": _default(ExecutionConfig, "replan_on_chunk"),
-    "chunk_dt_s": 0.1,                          # must equal ActionChunk.dt (1 / the checkpoint's control rate)
+    "checkpoint": "",                           # the folder gem_policy serves: its io decides action_space,
+                                                # chunk_dt_s and delta_reference (a different value set here fails)
+    "chunk_dt_s": 0.0,                          # ActionChunk.dt; 0 = 1 / the checkpoint's control rate (else 0.1)
     "chunk_mode": _default(ChunkSchedulerConfig, "mode"),
     "blend_duration_s": _default(ChunkSchedulerConfig, "blend_duration_s"),
     "max_latency_s": _default(ChunkSchedulerConfig, "max_latency_s"),
-    "action_space": "absolute_joint",           # must equal ActionChunk.action_space
+    "action_space": "",                         # ActionChunk.action_space; "" = the checkpoint's (else absolute_joint)
     "action_joint_names": [""],                 # empty: joint_names minus gripper_joint_names
     "gripper_joint_names": [""],
     "gripper_scale": _default(ActionSpaceConfig, "gripper_scale"),
     "gripper_offset": _default(ActionSpaceConfig, "gripper_offset"),
-    "delta_reference": _default(ActionSpaceConfig, "delta_reference"),
+    "delta_reference": "",                      # "" = observation for a checkpoint's delta_joint (as gem_train
+                                                # stores it), else the ActionSpaceConfig default
     "ee_link": "",                              # required for action_space "ee_delta"
     "ee_frame": _default(ActionSpaceConfig, "ee_frame"),
     "action_channel_names": [""],               # ActionChunk.joint_names expected; empty: derived (see core)
@@ -71,8 +77,39 @@ def _names(values) -> list[str]:
     return [n for n in values if n]
 
 
+_WITHOUT_CHECKPOINT = {"action_space": "absolute_joint", "chunk_dt_s": 0.1,
+                       "delta_reference": _default(ActionSpaceConfig, "delta_reference")}
+
+
+def resolve_action_io(values: Mapping[str, Any]) -> dict[str, Any]:
+    """action_space, chunk_dt_s and delta_reference: what the served checkpoint's config.json says (its `io`), so
+    that an arm's YAML cannot disagree with the policy; a value set explicitly that differs raises ValueError saying
+    what to change. Reads only the JSON (the executor never loads weights, nor torch)."""
+    checkpoint = values.get("checkpoint", "")
+    if not checkpoint:
+        return {key: values[key] or default for key, default in _WITHOUT_CHECKPOINT.items()}
+    path = Path(checkpoint) / "config.json"
+    try:
+        io = json.loads(path.read_text(encoding="utf-8"))["io"]
+        served = {"action_space": io["action_space"], "chunk_dt_s": 1.0 / float(io["control_rate_hz"])}
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as error:
+        raise ValueError(f"checkpoint {path}: cannot read io.action_space / io.control_rate_hz "
+                         f"({type(error).__name__}: {error})") from None
+    if values["action_space"] and values["action_space"] != served["action_space"]:
+        raise ValueError(f"gem_executor action_space is {values['action_space']!r} but the checkpoint {checkpoint} "
+                         f"serves {served['action_space']!r} chunks: remove action_space from the executor's YAML "
+                         f"(the checkpoint decides) or serve a checkpoint trained for {values['action_space']!r}")
+    if values["chunk_dt_s"] and not math.isclose(values["chunk_dt_s"], served["chunk_dt_s"], rel_tol=1e-6):
+        raise ValueError(f"gem_executor chunk_dt_s is {values['chunk_dt_s']} s but the checkpoint {checkpoint} "
+                         f"acts at {1.0 / served['chunk_dt_s']:g} Hz ({served['chunk_dt_s']:g} s): remove chunk_dt_s "
+                         f"from the executor's YAML (the checkpoint decides)")
+    delta_default = "observation" if served["action_space"] == "delta_joint" else _WITHOUT_CHECKPOINT["delta_reference"]
+    return {**served, "delta_reference": values["delta_reference"] or delta_default}
+
+
 def build_controller(values: Mapping[str, Any]) -> ExecutionController:
     """Parameter values (PARAMETERS keys) -> a wired ExecutionController; ValueError names the bad setting."""
+    values = {**values, **resolve_action_io(values)}
     urdf = values["robot_description"] or values["urdf_path"]
     if not urdf:
         raise ValueError("one of the parameters urdf_path or robot_description is required (joint limits come from it; "
