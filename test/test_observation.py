@@ -116,8 +116,11 @@ def test_png_written_by_pillow_decodes_as_rgb():
 
 
 def test_compressed_errors():
-    with pytest.raises(ValueError, match="could not decode 9 B"):
+    with pytest.raises(ValueError, match="neither PNG nor JPEG"):
         decode_compressed("jpeg", b"not a jpg")
+    ok, png = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="could not decode 40 B as a 16x16 px png image"):
+        decode_compressed("png", png.tobytes()[:40])   # the header is whole, the pixels are not
     with pytest.raises(ValueError, match="no data"):
         decode_compressed("png", b"")
     with pytest.raises(ValueError, match="compressedDepth"):
@@ -303,13 +306,18 @@ def png_frame(value: int) -> EncodedFrame:
     return EncodedFrame("png", png.tobytes())
 
 
+def corrupt_png_frame() -> EncodedFrame:
+    """A header that passes the arrival checks, pixels that do not decode."""
+    return EncodedFrame("png", png_frame(1).data[:40])
+
+
 def test_encoded_frames_are_decoded_only_when_assembled_and_only_once(monkeypatch):
     """Compressed cameras publish more frames than the policy reads: only the picked ones are decoded, once."""
     import gem_ros.core.observation.images as images
 
     decoded = []
     real_decode = images.decode_compressed
-    monkeypatch.setattr(images, "decode_compressed", lambda fmt, data: decoded.append(1) or real_decode(fmt, data))
+    monkeypatch.setattr(images, "decode_compressed", lambda *args: decoded.append(1) or real_decode(*args))
     buf = make_buffer(max_age_s=0.2, max_skew_s=0.05)
     for k in range(5):                                   # 5 frames per camera arrive; none is decoded on arrival
         buf.add_image("front", 1.0 + 0.02 * k, png_frame(10 + k))
@@ -330,7 +338,7 @@ def test_decode_newest_decodes_ahead_what_assemble_will_pick(monkeypatch):
 
     decoded = []
     real_decode = images.decode_compressed
-    monkeypatch.setattr(images, "decode_compressed", lambda fmt, data: decoded.append(1) or real_decode(fmt, data))
+    monkeypatch.setattr(images, "decode_compressed", lambda *args: decoded.append(1) or real_decode(*args))
     buf = make_buffer(max_age_s=0.2, max_skew_s=0.05)
     for k in range(3):
         buf.add_image("front", 1.0 + 0.02 * k, png_frame(10 + k))
@@ -344,7 +352,7 @@ def test_decode_newest_decodes_ahead_what_assemble_will_pick(monkeypatch):
 def test_an_undecodable_frame_is_dropped_as_if_it_never_arrived_and_a_bad_format_is_refused_on_arrival():
     buf = make_buffer(max_age_s=0.2, max_skew_s=0.05)
     buf.add_image("front", 0.98, png_frame(7))
-    buf.add_image("front", 1.0, EncodedFrame("jpeg", b"not a jpeg"))   # the newest front frame is corrupt
+    buf.add_image("front", 1.0, corrupt_png_frame())                 # the newest front frame is corrupt
     buf.add_image("wrist", 1.0, png_frame(3))
     buf.add_joint_state(1.0, JOINTS, [0, 0, 0])
     timed = buf.assemble(1.0, "x")
@@ -352,7 +360,7 @@ def test_an_undecodable_frame_is_dropped_as_if_it_never_arrived_and_a_bad_format
     assert buf.undecodable_frames == 1 and "camera 'front': could not decode" in buf.last_decode_error
     assert buf.assemble(1.0, "x").image_stamps["front"] == 0.98 and buf.undecodable_frames == 1   # gone for good
     only_corrupt = make_buffer(max_age_s=0.2, max_skew_s=0.05)
-    only_corrupt.add_image("front", 1.0, EncodedFrame("jpeg", b"not a jpeg"))
+    only_corrupt.add_image("front", 1.0, corrupt_png_frame())
     only_corrupt.add_image("wrist", 1.0, png_frame(3))
     only_corrupt.add_joint_state(1.0, JOINTS, [0, 0, 0])
     with pytest.raises(StaleObservation, match="no frame from camera 'front'.*camera 'front' frame at 1.000 s "
@@ -362,6 +370,8 @@ def test_an_undecodable_frame_is_dropped_as_if_it_never_arrived_and_a_bad_format
         EncodedFrame("16UC1; compressedDepth png", b"\x00" * 20)
     with pytest.raises(ValueError, match="no data"):
         EncodedFrame("jpeg", b"")
+    with pytest.raises(ValueError, match="neither PNG nor JPEG"):   # no header: refused before the buffer
+        EncodedFrame("jpeg", b"not a jpeg")
 
 
 def test_future_stamps_are_reported_as_clock_mismatch():

@@ -109,6 +109,7 @@ class InferenceWorker:
             with self._lock:
                 self.state.instruction, self.state.running, self.state.holding = instruction, True, False
                 self.state.last_chunk_obs_s, self.state.reason = -math.inf, "running"
+                self.state.last_error = ""   # an error ended the previous goal, not this one
                 self.state.goal_start_s = self.clock()
                 self.state.generation += 1
         self._wake.set()
@@ -171,10 +172,11 @@ class InferenceWorker:
                 self.state.last_chunk_obs_s = -math.inf
         try:
             actions, timings = self.predict(timed.observation)
-        except ValueError as error:   # bad input or a non-finite chunk: hold, report, keep the node alive
+        except Exception as error:   # of any type (a non-finite chunk, CUDA, MemoryError): end the goal, say why
+            reason = f"{type(error).__name__}: {error}"
             with self._lock:
-                self.state.last_error = str(error)
-            self.stop(f"policy error: {error}")
+                self.state.last_error = reason
+            self.stop(f"policy error: {reason}")   # the worker stays up: the next goal runs as usual
             return None
         with self._emit_lock:
             with self._lock:
@@ -223,10 +225,14 @@ class InferenceWorker:
         while not self._stop.is_set():
             try:
                 produced = self.step()
-            except Exception as error:  # a dead policy must hold the arm and say why, not kill the thread silently
+            except Exception as error:  # a bug outside predict must hold the arm and say why, not kill the thread
                 with self._lock:
                     self.state.last_error = repr(error)
-                self.stop(f"inference crashed: {error!r}")
+                try:
+                    self.stop(f"inference crashed: {error!r}")
+                except Exception as hold_error:   # on_hold failed as well: keep the thread for the next goal
+                    with self._lock:
+                        self.state.last_error += f"; the hold failed too: {hold_error!r}"
                 produced = None
             if produced is None:
                 self._wake.wait(self.cfg.poll_period_s)

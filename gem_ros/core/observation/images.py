@@ -105,36 +105,131 @@ def check_compressed_format(format: str) -> None:  # noqa: A002 (ROS field name)
         raise ValueError(f"unsupported compressed format {format!r}; supported: jpeg, png")
 
 
-def decode_compressed(format: str, data: bytes | memoryview) -> np.ndarray:  # noqa: A002 (ROS field name)
-    """JPEG/PNG bytes (a `sensor_msgs/CompressedImage`) -> (H, W, 3) uint8 RGB.
+# Largest frame a CompressedImage may declare, px: 4096x4096 (16.7 Mpx, ~50 MB as RGB) holds 4K UHD cameras
+# (8.3 Mpx). The declared size is read from the header and refused above this *before* decoding: a 1 MB PNG can
+# declare 20000x20000 px (1.2 GB decoded), and OpenCV raises its own error type on larger declarations.
+MAX_DECODE_PIXELS = 4096 * 4096
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (SOF0-SOF15) carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) are not frames
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01}   # RSTn and TEM stand alone
+
+
+def _jpeg_size(view: memoryview) -> tuple[int, int]:
+    """(height, width) from the first SOFn segment; the segments before it (APPn, DQT, DHT, ...) are skipped by
+    their length fields, so the scan costs one step per segment, not per byte."""
+    at = 2
+    while at + 4 <= len(view):
+        if view[at] != 0xFF:
+            raise ValueError(f"JPEG header is corrupt: expected a marker at byte {at}, found 0x{view[at]:02x}")
+        marker = view[at + 1]
+        if marker == 0xFF:   # a fill byte before a marker
+            at += 1
+            continue
+        if marker in _JPEG_NO_LENGTH:
+            at += 2
+            continue
+        if marker in (0xD9, 0xDA):   # end of image / start of scan before any frame header
+            break
+        length = int.from_bytes(view[at + 2:at + 4], "big")   # counts its own 2 bytes
+        if marker in _JPEG_SOF:
+            if length < 8 or at + 9 > len(view):
+                raise ValueError(f"JPEG header is truncated: frame header at byte {at} of {len(view)} B")
+            return int.from_bytes(view[at + 5:at + 7], "big"), int.from_bytes(view[at + 7:at + 9], "big")
+        if length < 2:
+            raise ValueError(f"JPEG header is corrupt: segment 0x{marker:02x} at byte {at} has length {length}")
+        at += 2 + length
+    raise ValueError(f"JPEG header has no frame size (no SOF marker in {len(view)} B)")
+
+
+def compressed_size(data: bytes | memoryview) -> tuple[int, int]:
+    """(height, width) px that PNG or JPEG bytes declare, read from the header alone (PNG IHDR, JPEG SOFn).
+
+    Raises ValueError for any other codec, a truncated or corrupt header, or a zero size.
+    """
+    view = memoryview(data).cast("B")   # no copy; bytes, array.array('B') (rclpy's uint8[]) and numpy alike
+    if view[:8] == _PNG_SIGNATURE:
+        # the IHDR chunk comes first: length (4) "IHDR" (4) width (4) height (4) ...
+        if len(view) < 24 or view[12:16] != b"IHDR":
+            raise ValueError(f"PNG header is truncated or corrupt (no IHDR chunk in {len(view)} B)")
+        height, width = int.from_bytes(view[20:24], "big"), int.from_bytes(view[16:20], "big")
+    elif view[:2] == b"\xff\xd8":
+        height, width = _jpeg_size(view)
+    else:
+        raise ValueError(f"compressed image is neither PNG nor JPEG (starts with {bytes(view[:8])!r})")
+    if height == 0 or width == 0:
+        raise ValueError(f"compressed image declares {width}x{height} px (zero size)")
+    return height, width
+
+
+def check_compressed(format: str, data: bytes | memoryview,  # noqa: A002 (ROS field name)
+                     max_pixels: int = MAX_DECODE_PIXELS) -> tuple[int, int]:
+    """The arrival checks of a CompressedImage, without decoding: format, bytes present, header readable and its
+    declared size at most `max_pixels`. Returns the declared (height, width) px; raises ValueError."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    check_compressed_format(format)
+    if len(data) == 0:
+        raise ValueError(f"compressed image ({format!r}) has no data")
+    height, width = compressed_size(data)
+    if height * width > max_pixels:
+        raise ValueError(f"compressed image declares {width}x{height} px ({height * width / 1e6:.1f} Mpx), above "
+                         f"the {max_pixels / 1e6:.1f} Mpx limit; refused without decoding")
+    return height, width
+
+
+def _error_name(error: BaseException) -> str:
+    """'cv2.error', 'MemoryError': OpenCV's exception type is called plain 'error'."""
+    kind = type(error)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+def decode_compressed(format: str, data: bytes | memoryview,  # noqa: A002 (ROS field name)
+                      max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:
+    """JPEG/PNG bytes (a `sensor_msgs/CompressedImage`) -> (H, W, 3) uint8 RGB; raises ValueError only.
 
     `format` is the message's field, e.g. "jpeg", "png" or image_transport's "bgr8; jpeg compressed bgr8".
     The codec is detected from the bytes, and standard JPEG/PNG files store colours in the usual order,
     so the result is RGB whatever the "<encoding>;" prefix says. compressedDepth (a custom header + PNG)
-    is rejected rather than misread. EXIF orientation is ignored, as cv_bridge does.
+    is rejected rather than misread. EXIF orientation is ignored, as cv_bridge does. The declared size is
+    checked against `max_pixels` before decoding (`check_compressed`), and any decoder error, of whatever
+    type OpenCV raises, becomes a ValueError naming it.
     """
-    check_compressed_format(format)
+    height, width = check_compressed(format, data, max_pixels)
     buffer = np.frombuffer(data, dtype=np.uint8)
-    if buffer.size == 0:
-        raise ValueError(f"compressed image ({format!r}) has no data")
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except Exception as error:   # cv2.error, MemoryError, ...: a bad frame, never a dead inference thread
+        raise ValueError(f"could not decode {buffer.size} B as a {width}x{height} px {format or 'jpeg/png'} image: "
+                         f"{_error_name(error)}: {str(error).strip()}") from None
     if bgr is None:
-        raise ValueError(f"could not decode {buffer.size} B as a {format or 'jpeg/png'} image")
+        raise ValueError(f"could not decode {buffer.size} B as a {width}x{height} px {format or 'jpeg/png'} image")
+    if bgr.shape[:2] != (height, width):   # the size checked is the size decoded, or the check proved nothing
+        raise ValueError(f"compressed image declares {width}x{height} px but decoded to "
+                         f"{bgr.shape[1]}x{bgr.shape[0]} px")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_frame(format: str, data: bytes | memoryview,  # noqa: A002 (ROS field name)
+                 max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:
+    """What the policy node does with a CompressedImage's bytes: the arrival checks of `EncodedFrame`, then its
+    decode. (H, W, 3) uint8 RGB or a ValueError saying why the frame is refused; any other exception is a bug
+    (a fuzz target)."""
+    return EncodedFrame(format, data, max_pixels).decode()
 
 
 class EncodedFrame:
     """A JPEG/PNG frame kept encoded until a policy uses it. Cameras publish at 10-60 Hz but the policy reads a
     frame per chunk (a few per second): decoding only those saves most of the decode work (`bench/ros_overhead.py
-    --cameras raw jpeg-eager jpeg`), and it runs on the inference thread instead of the subscription callbacks. The
-    format is checked on arrival; corrupt bytes surface when the frame is decoded (`decode` raises ValueError, and
-    ObservationBuffer.assemble drops the frame)."""
+    --cameras raw jpeg-eager jpeg`), and it runs on the inference thread instead of the subscription callbacks.
+    The header is checked on arrival (`check_compressed`: format, codec, declared size at most `max_pixels`), so
+    an oversized or unreadable frame never reaches the buffer; a corrupt body surfaces when the frame is decoded
+    (`decode` raises ValueError, and ObservationBuffer.assemble drops the frame)."""
 
-    def __init__(self, format: str, data: bytes | memoryview):  # noqa: A002 (ROS field name)
-        check_compressed_format(format)
-        if len(data) == 0:
-            raise ValueError(f"compressed image ({format!r}) has no data")
-        self.format, self.data = format, data
+    def __init__(self, format: str, data: bytes | memoryview,  # noqa: A002 (ROS field name)
+                 max_pixels: int = MAX_DECODE_PIXELS):
+        self.height, self.width = check_compressed(format, data, max_pixels)   # declared, px
+        self.format, self.data, self.max_pixels = format, data, max_pixels
         self._lock = threading.Lock()
         self._rgb: np.ndarray | None = None
         self._error = ""
@@ -144,10 +239,10 @@ class EncodedFrame:
         with self._lock:
             if self._rgb is None and not self._error:
                 try:
-                    self._rgb = decode_compressed(self.format, self.data)
+                    self._rgb = decode_compressed(self.format, self.data, self.max_pixels)
                     self._rgb.flags.writeable = False
-                except ValueError as error:
-                    self._error = str(error)
+                except Exception as error:   # ValueError by contract; anything else drops the frame as well
+                    self._error = str(error) if isinstance(error, ValueError) else f"{_error_name(error)}: {error}"
                 self.data = b""   # decoded or not, the bytes are not needed any more
             if self._error:
                 raise ValueError(self._error)
