@@ -6,6 +6,8 @@ Recording, either way gives a rosbag2 folder (MCAP or sqlite3):
         (std_srvs/Trigger) or ~/instruction (std_msgs/String); it writes <bag>/instruction.txt.
     ros2 bag record -s mcap -o bags/ep_001 /joint_states /camera/scene/image_raw /camera/wrist/image_raw/compressed
         any robot PC with ROS 2; then `echo "pick up the red cube" > bags/ep_001/instruction.txt`.
+Recovering what a killed recorder left in bags/.recording (gem_recorder also does this when it starts):
+    gem_record recover bags          # -> bags/<episode>/ with every message up to the last flush (~0.5 s)
 Converting (no ROS needed: the pure-Python `rosbags` reads the bag):
     gem_record convert bags/* --out data/real --config robot.yaml
     gem_record convert bags/ep_001 --out data/real --camera scene=/camera/scene/image_raw \
@@ -362,6 +364,30 @@ def _runs(indices: np.ndarray) -> list[list[int]]:
     return [[int(run[0]), int(run[-1])] for run in np.split(indices, breaks)]
 
 
+def recover(paths: list[Path]) -> int:
+    """`gem_record recover`: print what each recovery got back; 1 when any recording could not be recovered."""
+    from gem_ros.nodes.bag_recovery import STAGING_DIR, RecoverySummary, recover_recording, recover_recordings
+
+    summaries = []
+    for path in paths:
+        path = path.parent if path.is_file() else path
+        if not path.is_dir():
+            summaries.append(RecoverySummary(path, error="no such folder"))
+        elif (path / STAGING_DIR).is_dir() or path.name == STAGING_DIR:
+            found = recover_recordings(path.parent if path.name == STAGING_DIR else path)
+            summaries += found
+            if not found:
+                print(f"{path}: nothing to recover")
+        else:
+            try:
+                summaries.append(recover_recording(path))
+            except (ValueError, OSError) as exc:
+                summaries.append(RecoverySummary(path, error=str(exc)))
+    for summary in summaries:
+        print(summary.report(), file=sys.stderr if summary.error else sys.stdout)
+    return 1 if any(s.error for s in summaries) else 0
+
+
 def _parse_cameras(items: list[str] | None) -> dict[str, str] | None:
     pairs = [item.split("=", 1) for item in items or []]
     if any(len(pair) != 2 for pair in pairs):
@@ -391,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
                               choices=_CHOICES.get(f.name), help=None if f.default is MISSING else
                               f"default {f.default}", **kind)
     sub.add_parser("record", help="start the gem_recorder node; ROS arguments (--ros-args ...) are passed on")
+    rec = sub.add_parser("recover", help="unfinished recordings (a killed recorder) -> complete bags")
+    rec.add_argument("paths", nargs="+", type=Path,
+                     help="a recorder's out_dir (recovers all of out_dir/.recording/*) or one unfinished bag folder")
     args, rest = parser.parse_known_args(argv)
     if args.command == "record":
         from gem_ros.nodes.recorder_node import main as recorder_main   # lazy: gem_train itself stays ROS-free
@@ -399,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "recover":
+        return recover(args.paths)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "bags", "out", "config", "camera")}
     try:
         overrides["camera_topics"] = _parse_cameras(args.camera)

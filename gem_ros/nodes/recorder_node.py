@@ -11,29 +11,31 @@ A topic is `/name` or `/name:pkg/msg/Type`; each is subscribed once it has a pub
 reliable when all its publishers are, else best effort, like `ros2 bag record`. Messages stay raw (CDR bytes,
 never deserialized) and are stamped with this node's clock on receipt (sim time under use_sim_time); the
 converter aligns on header stamps. A bag is written as out_dir/.recording/<name> (MCAP when rosbags has it,
-else sqlite3) and renamed to out_dir/<name> on stop, with its instruction in <name>/instruction.txt, so a crash
-never leaves a half-written bag where converters look. On a PC with ROS 2, `ros2 bag record` + an
-instruction.txt does the same job.
+else sqlite3), its instruction in <name>/instruction.txt from the start, and renamed to out_dir/<name> on stop, so
+a crash never leaves a half-written bag where converters look. Every flush_period_s (steady clock) the bag is
+flushed to the OS, so a kill -9 loses at most that much; on start the recorder turns what a killed one left in
+.recording into complete bags (gem_ros.nodes.bag_recovery; `gem_record recover` does the same by hand). On a PC
+with ROS 2, `ros2 bag record` + an instruction.txt does the same job.
 """
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
+from gem_ros.nodes.bag_recovery import INSTRUCTION_FILE, STAGING_DIR, flush_bag, lock_recording, recover_recordings
 from gem_ros.nodes.params import spin_node
-
-INSTRUCTION_FILE = "instruction.txt"     # read by gem_train.record.convert_bag
-STAGING_DIR = ".recording"
 
 
 @dataclass
@@ -43,6 +45,7 @@ class RecorderConfig:
     storage: str = "mcap"                 # "mcap" | "sqlite3"; mcap falls back to sqlite3 if rosbags lacks it
     name_prefix: str = "episode"
     instruction: str = ""                 # for episodes started by ~/start
+    flush_period_s: float = 0.5           # a kill -9 loses at most this much (s, steady clock)
 
     def __post_init__(self) -> None:
         self.topics = [t for t in self.topics if t]
@@ -53,6 +56,9 @@ class RecorderConfig:
             raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {self.storage!r}")
         if not self.name_prefix or "/" in self.name_prefix:
             raise ValueError(f"name_prefix must be a non-empty file name, got {self.name_prefix!r}")
+        if not (isinstance(self.flush_period_s, (int, float)) and math.isfinite(self.flush_period_s)
+                and self.flush_period_s > 0):
+            raise ValueError(f"flush_period_s must be a finite number > 0, got {self.flush_period_s!r}")
 
     @property
     def plugin(self) -> StoragePlugin:
@@ -64,7 +70,7 @@ class RecorderNode(Node):
     def __init__(self, **kwargs):
         super().__init__("gem_recorder", **kwargs)
         defaults = {"topics": ["/joint_states"], "out_dir": "bags", "storage": "mcap", "name_prefix": "episode",
-                    "instruction": ""}
+                    "instruction": "", "flush_period_s": 0.5}
         self.cfg = RecorderConfig(**{k: self.declare_parameter(k, v).value for k, v in defaults.items()})
         self.typestore = get_typestore(getattr(Stores, "ROS2_KILTED", Stores.LATEST))
         self.types = dict(t.split(":", 1) if ":" in t else (t, None) for t in self.cfg.topics)
@@ -76,11 +82,15 @@ class RecorderNode(Node):
         self._writer: Writer | None = None
         self._connections: dict[str, object] = {}
         self._staging: Path | None = None
+        self._staging_lock: int | None = None                 # fd holding the staging folder's lock
         self._episodes = 0
+        for summary in recover_recordings(self.cfg.out_dir):  # what a killed recorder left
+            (self.get_logger().error if summary.error else self.get_logger().warning)(summary.report())
         self.create_service(Trigger, "~/start", self._on_start)
         self.create_service(Trigger, "~/stop", self._on_stop)
         self.create_subscription(String, "~/instruction", self._on_instruction, 10)
         self._discovery = self.create_timer(0.5, self._subscribe_known)
+        self.create_timer(self.cfg.flush_period_s, self._flush, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._subscribe_known()
 
     @property
@@ -126,6 +136,11 @@ class RecorderNode(Node):
                 self._writer.write(self._connections[topic], stamp_ns, data)
                 self.written[topic] += 1
 
+    def _flush(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                flush_bag(self._writer)
+
     def start_recording(self, instruction: str | None = None) -> Path:
         """Open a new bag in the staging folder; returns the path it will have once stopped."""
         with self._lock:
@@ -137,11 +152,13 @@ class RecorderNode(Node):
             self._staging.parent.mkdir(parents=True, exist_ok=True)
             self._writer = Writer(self._staging, version=9, storage_plugin=self.cfg.plugin)
             self._writer.open()
+            self._staging_lock = lock_recording(self._staging)   # recovery by another process keeps off
             self._connections = {}
             for topic in self.subscribed_topics:
                 self._add_connection(topic)
             self.written = dict.fromkeys(self.types, 0)
             self.instruction = self.instruction if instruction is None else instruction
+            (self._staging / INSTRUCTION_FILE).write_text(self.instruction + "\n")   # recovered bags keep it
         self.get_logger().info(f"recording {name} ({self.cfg.plugin.name.lower()})")
         return self.cfg.out_dir / name
 
@@ -152,11 +169,11 @@ class RecorderNode(Node):
                 return None
             try:
                 self._writer.close()
-                (self._staging / INSTRUCTION_FILE).write_text(self.instruction + "\n")
                 final = self.cfg.out_dir / self._staging.name
                 os.replace(self._staging, final)
             finally:
                 self._writer = None
+                os.close(self._staging_lock)
         self.get_logger().info(f"saved {final}: {self.written}")
         return final
 

@@ -80,7 +80,10 @@ def open_bag(bag: Path):
         reader = Reader(bag)
         reader.open()
     except (ReaderError, FileNotFoundError) as exc:
-        raise ValueError(f"{bag}: not a readable rosbag2 folder ({exc})") from exc
+        unfinished = bag.is_dir() and not (bag / "metadata.yaml").exists() and any(
+            p.suffix in (".mcap", ".db3") for p in bag.iterdir())
+        hint = "; an unfinished recording: `gem_record recover` makes it a complete bag" if unfinished else ""
+        raise ValueError(f"{bag}: not a readable rosbag2 folder ({exc}){hint}") from exc
     try:
         yield reader
     finally:
