@@ -95,6 +95,11 @@ def test_recovery_of_a_cut_mcap_keeps_every_complete_chunk(tmp_path):
         assert not staging.exists() and not any((out / ".recording").iterdir())
     # The finished bag itself (footer and all) recovers whole.
     assert summary.total == 35 and summary.seconds == pytest.approx(0.034)
+    # A tail of zeros (what a power cut can leave) ends the reading; nothing is invented from it.
+    out = tmp_path / "zeros"
+    staged_copy(bag, out, data[:chunks[2][1] + 3] + bytes(4096))
+    [summary] = recover_recordings(out)
+    assert summary.total == 21 and "damaged record" in summary.stopped and summary.lost_bytes > 3000
 
 
 def test_recovery_refuses_clearly_and_keeps_the_original(tmp_path):
