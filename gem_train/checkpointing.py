@@ -12,8 +12,9 @@ A step folder appears only by an atomic rename of a finished scratch folder. A c
 manifest matches the files on disk (sizes and safetensors headers), so a truncated file is caught without
 reading gigabytes. `find_resume_checkpoint` warns about and skips incomplete ones.
 
-Data order and flow-matching noise are pure functions of (seed, epoch, batch) and (seed, step, micro-batch,
-process), so a resumed run needs only the position, not the state of a sampler or generator.
+Data order, flow-matching noise and the dataset's augmentation are pure functions of (seed, epoch, batch),
+(seed, step, micro-batch, process) and (seed, epoch, sample index), so a resumed run needs only the position,
+not the state of a sampler or generator: even a kill -9 loses nothing that resuming needs.
 """
 from __future__ import annotations
 
@@ -208,16 +209,20 @@ def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.de
     return torch.Generator(device=device).manual_seed(_seed(seed, 1, step, micro, rank))
 
 
-class EpochBatchSampler(Sampler[list[int]]):
+class EpochBatchSampler(Sampler[list]):
     """Seeded shuffle per epoch, cut into global batches of batch_size x num_processes; each process takes its
-    slice. `set_position` starts an epoch at a given global batch, which is how a resumed run skips data."""
+    slice. `set_position` starts an epoch at a given global batch, which is how a resumed run skips data.
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, num_processes: int = 1):
+    with_epoch: yield (index, epoch) keys instead of indices, for datasets whose random draws are a function of
+    both (`ChunkDataset.draws_by_epoch`): fresh augmentation every epoch without any generator state."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, num_processes: int = 1,
+                 with_epoch: bool = False):
         if num_samples < batch_size * num_processes:
             raise ValueError(f"the training split has {num_samples} samples, fewer than one global batch "
                              f"({batch_size} x {num_processes} processes)")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.num_processes = rank, num_processes
+        self.rank, self.num_processes, self.with_epoch = rank, num_processes, with_epoch
         self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start_batch: int) -> None:
@@ -230,8 +235,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(_seed(self.seed, 2, self.epoch)))
         per_batch = self.batch_size * self.num_processes
         for b in range(self.start, self.num_samples // per_batch):
-            mine = order[b * per_batch + self.rank * self.batch_size:][: self.batch_size]
-            yield mine.tolist()
+            mine = order[b * per_batch + self.rank * self.batch_size:][: self.batch_size].tolist()
+            yield [(i, self.epoch) for i in mine] if self.with_epoch else mine
 
 
 def endless_batches(loader: DataLoader, sampler: EpochBatchSampler, state: TrainerState, seed: int, rank: int):

@@ -6,8 +6,9 @@
 
 The run folder holds `train_config.yaml`, `checkpoints/step_<N>/` (serving checkpoint + trainer state, see
 `checkpointing.py`) and `tensorboard/`. A killed run continues with `--resume` from the newest complete
-checkpoint: weights, AdamW moments, step, data position and RNG states come back, so it is bit-exact with the
-uninterrupted run whenever the dataset's own augmentation is reproducible (same process count and batch size).
+checkpoint: weights, AdamW moments, step, data position and RNG states come back, and the episode dataset's
+augmentation is a function of (seed, epoch, sample), so even after a kill -9 it is bit-exact with the
+uninterrupted run (same process count and batch size; a dataset of your own must draw statelessly too).
 """
 from __future__ import annotations
 
@@ -93,7 +94,8 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
     configure_deepspeed(accelerator, tc)
     model, optimizer = accelerator.prepare(objective, optimizer)
 
-    sampler = EpochBatchSampler(len(data.train_set), tc.batch_size, tc.seed, rank, world)
+    sampler = EpochBatchSampler(len(data.train_set), tc.batch_size, tc.seed, rank, world,
+                                with_epoch=getattr(data.train_set, "draws_by_epoch", False))
     loader = DataLoader(data.train_set, batch_sampler=sampler, collate_fn=data.collate_fn, num_workers=tc.num_workers,
                         persistent_workers=tc.num_workers > 0, generator=torch.Generator())
     batches = endless_batches(loader, sampler, state, tc.seed, rank)

@@ -373,6 +373,60 @@ def test_augmentation_drops(tmp_path):
     assert any(not np.array_equal(img, episode.images["scene"][0]) for img in kept)
 
 
+def _same_sample(a: dict, b: dict) -> bool:
+    return (a["instruction"] == b["instruction"]
+            and all(np.array_equal(x, y) for x, y in zip(a["images"], b["images"]))
+            and all(np.array_equal(a[key], b[key]) for key in ("state", "actions", "depth", "depth_valid")))
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
+    """No generator state: a fresh process (a resumed run, another worker) draws what the first one drew."""
+    import dataclasses
+    import pickle
+
+    paths = [write_episode(tmp_path / f"episode_{k}.hdf5", make_episode(n=6, seed=k)) for k in range(2)]
+    cfg = ChunkDatasetConfig(["scene", "wrist"], chunk_len=2, image_size=(24, 32), image_drop_prob=0.3,
+                             instruction_drop_prob=0.3, color_jitter=True, random_shift_px=3, state_noise_std=0.1,
+                             depth_size=8, seed=5)
+    keys = [(i, epoch) for epoch in range(3) for i in range(12)]
+    dataset = ChunkDataset(paths, cfg)
+    first = [dataset[key] for key in keys]
+    other = pickle.loads(pickle.dumps(ChunkDataset(paths, cfg)))       # as a DataLoader worker receives it
+    assert all(_same_sample(other[key], s) for key, s in reversed(list(zip(keys, first))))
+    epochs = [first[i::12] for i in range(12)]                          # the 3 epochs of each sample
+    assert sum(not _same_sample(e[0], e[1]) for e in epochs) >= 10      # fresh draws every epoch
+    assert all(_same_sample(ChunkDataset(paths, cfg)[i], first[i]) for i in range(12))   # plain index = epoch 0
+    reseeded = ChunkDataset(paths, dataclasses.replace(cfg, seed=6))
+    assert sum(not _same_sample(reseeded[key], s) for key, s in zip(keys, first)) >= 30
+
+
+def test_loader_batches_do_not_depend_on_workers_or_where_an_epoch_starts(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from gem_train.checkpointing import EpochBatchSampler
+
+    paths = [write_episode(tmp_path / f"episode_{k}.hdf5", make_episode(n=6, seed=k)) for k in range(2)]
+    ds = ChunkDataset(paths, ChunkDatasetConfig(["scene", "wrist"], chunk_len=2, image_size=(24, 32),
+                                                image_drop_prob=0.3, instruction_drop_prob=0.3, color_jitter=True,
+                                                random_shift_px=3))
+
+    def batches(workers: int, epoch: int, start: int) -> list:
+        sampler = EpochBatchSampler(len(ds), 3, seed=0, with_epoch=ds.draws_by_epoch)
+        sampler.set_position(epoch, start)
+        loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_batch, num_workers=workers,
+                            generator=torch.Generator().manual_seed(workers + start))   # any worker seeds
+        return [(b.instructions, np.stack([np.stack(i) for i in b.images]), b.state) for b in loader]
+
+    def same(a, b) -> bool:
+        return len(a) == len(b) and all(x[0] == y[0] and np.array_equal(x[1], y[1]) and torch.equal(x[2], y[2])
+                                        for x, y in zip(a, b))
+
+    epoch_1 = batches(0, 1, 0)
+    assert len(epoch_1) == 4 and same(batches(2, 1, 0), epoch_1)
+    assert same(batches(0, 1, 2), epoch_1[2:])          # a run resumed mid-epoch
+    assert not same(batches(0, 2, 0), epoch_1)
+
 # -------------------------------------------------------------------------------------- stats, collate, split
 def test_stats_match_numpy_and_build_normalizers(tmp_path):
     episodes = [make_episode(n=5, seed=1), make_episode(n=7, seed=2)]

@@ -6,6 +6,10 @@ actions[t : t + chunk_len] padded with the episode's last action, one instructio
 
 Loading: actions/states of all episodes are read once (small); frames are read and decoded per item from
 HDF5 files that each DataLoader worker opens itself (handles are never shared across processes).
+
+Random draws (dropout, shift, colour jitter, state noise, instruction choice) come from a generator seeded by
+(seed, epoch, sample index) alone, never from state that accumulates: a run resumed after a kill -9, with any
+num_workers or process count, sees the same augmented sample wherever and whenever it is loaded.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from gem_train.data.depth import depth_target
 from gem_train.data.episodes import EpisodeData, read_episode
 
 Size = tuple[int, int]
+_AUGMENT_STREAM = 4      # keeps these seeds apart from the sampler's and the noise's (gem_train.checkpointing)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -109,7 +114,12 @@ class ChunkDataset(Dataset):
 
     Give HDF5 episodes as paths: each worker then opens its own handles. An `EpisodeData` from
     `read_episode(lazy=True)` holds an open h5py file, which cannot be sent to spawned workers.
+
+    `dataset[index]` draws as epoch 0; `dataset[(index, epoch)]` draws afresh per epoch, which is what
+    `EpochBatchSampler(..., with_epoch=True)` asks for in training.
     """
+
+    draws_by_epoch = True    # __getitem__ takes (index, epoch) keys
 
     def __init__(self, episodes: Sequence[Path | str | EpisodeData], cfg: ChunkDatasetConfig) -> None:
         self.cfg = cfg
@@ -150,12 +160,11 @@ class ChunkDataset(Dataset):
     def _reset_process_state(self) -> None:
         self._pid = os.getpid()
         self._open: OrderedDict[int, EpisodeData] = OrderedDict()
-        self._rng: np.random.Generator | None = None
         self._frames: dict[tuple[int, str], np.ndarray] = {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_open=OrderedDict(), _rng=None, _pid=-1, _frames={})
+        state.update(_open=OrderedDict(), _pid=-1, _frames={})
         return state
 
     def _episode(self, k: int) -> EpisodeData:
@@ -172,15 +181,9 @@ class ChunkDataset(Dataset):
             self._open.popitem(last=False)[1].close()
         return self._open[k]
 
-    def _generator(self) -> np.random.Generator:
-        if self._pid != os.getpid():
-            self._reset_process_state()
-        if self._rng is None:
-            # Workers: torch gives each worker a seed that changes every epoch; main process: cfg.seed alone.
-            info = torch.utils.data.get_worker_info()
-            entropy = [self.cfg.seed] + ([info.seed % 2**63] if info is not None else [])
-            self._rng = np.random.default_rng(entropy)
-        return self._rng
+    def sample_rng(self, index: int, epoch: int) -> np.random.Generator:
+        """The generator of every random draw of sample `index` in `epoch`: a pure function of its arguments."""
+        return np.random.default_rng([self.cfg.seed, _AUGMENT_STREAM, epoch, index])
 
     # ------------------------------------------------------------------ sampling
     def __len__(self) -> int:
@@ -198,9 +201,10 @@ class ChunkDataset(Dataset):
         k = int(np.searchsorted(self._ends, index, side="right"))
         return k, index - (int(self._ends[k - 1]) if k else 0)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        k, t = self.locate(int(index))
-        cfg, rng = self.cfg, self._generator()
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
+        k, t = self.locate(index)
+        cfg, rng = self.cfg, self.sample_rng(index, epoch)
         actions = self._actions[k]
         chunk = actions[t:t + cfg.chunk_len]
         if chunk.shape[0] < cfg.chunk_len:       # past the end the robot holds the last target
