@@ -362,3 +362,44 @@ def test_warmup_instructions_prepare_their_prompt_plans_at_configure(ros, tiny_c
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert [key[0][0] for key in node.policy._plans.keys()] == ["pick up the red cube", long]
     assert len(node.policy._programs) == 2
+
+
+def test_a_storm_of_goals_never_has_two_executing_at_once(ros, setup, monkeypatch):
+    """Each accepted goal ends the one before it (ABORTED, outcome PREEMPTED) before it starts EXECUTING itself: at
+    every goal state change the server holds at most one EXECUTING goal, and so does every status message."""
+    from action_msgs.msg import GoalStatus, GoalStatusArray
+    from rclpy.action.server import ServerGoalHandle
+
+    policy, probe, robot, seen = setup
+    server = policy._action_server
+    executing_after_change = []
+    update_state = ServerGoalHandle._update_state
+
+    def counting_update_state(handle, event):   # publish_status runs inside: this is what the topic carries
+        update_state(handle, event)
+        executing_after_change.append(sum(h.status == GoalStatus.STATUS_EXECUTING
+                                          for h in list(server._goal_handles.values())))
+
+    monkeypatch.setattr(ServerGoalHandle, "_update_state", counting_update_state)
+    on_topic = []
+    probe.create_subscription(GoalStatusArray, "/gem/execute_instruction/_action/status",
+                              lambda msg: on_topic.append(sum(s.status == GoalStatus.STATUS_EXECUTING
+                                                              for s in msg.status_list)), 100)
+    commander = GemCommander(node=probe)
+    assert commander._client.wait_for_server(timeout_sec=10)
+    storm = []
+
+    def send_storm():   # on the spinning thread: rclpy's send_goal_async races with a response taken meanwhile
+        timer.cancel()
+        storm.extend(commander.run_instruction(f"pick up the red cube {i}", timeout=60.0) for i in range(12))
+
+    timer = probe.create_timer(0.01, send_storm)
+    ros.wait_for(lambda: len(storm) == 12, 10, "12 goals sent")
+    results = [task.wait(30) for task in storm[:-1]]
+    assert all(r is not None and r.outcome_name == "PREEMPTED" for r in results), [r and r.reason for r in results]
+    ros.wait_for(lambda: policy.worker.snapshot().instruction == "pick up the red cube 11", 10, "the last goal runs")
+    storm[-1].cancel()
+    assert storm[-1].wait(20).outcome_name == "CANCELED"
+    commander.close()
+    assert len(executing_after_change) >= 2 * len(storm) and max(executing_after_change) == 1, executing_after_change
+    assert on_topic and max(on_topic) <= 1, on_topic

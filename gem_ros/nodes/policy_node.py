@@ -22,7 +22,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.task import Future
 from rclpy.publisher import Publisher
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.service import Service
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
@@ -46,6 +46,9 @@ Outcome = ExecuteInstruction.Result
 # camera or /joint_states older than max_observation_age_s holds the arm within this period, not after the
 # inference; InferenceWorker.watch). /diagnostics goes out every DIAGNOSTICS_EVERY-th tick (5 Hz).
 STATUS_PERIOD_S, DIAGNOSTICS_EVERY = 0.05, 4
+# Goal requests queued before the executor takes them (rclpy's default, 10, silently drops the oldest of a burst:
+# their clients never get an answer). Each accepted goal pre-empts the one before it, so a burst costs little.
+GOAL_QUEUE_DEPTH = 100
 
 
 def compile_supported(device) -> bool:
@@ -196,10 +199,12 @@ class PolicyNode(LifecycleNode):
         handles += [self.chunk_pub, self.status_pub, self.diag_pub,
                     self.create_timer(STATUS_PERIOD_S, self._on_status_timer),
                     self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)]
-        handles.append(ActionServer(
+        self._action_server = ActionServer(
             self, ExecuteInstruction, "/gem/execute_instruction", execute_callback=self._execute,
-            goal_callback=self._on_goal, cancel_callback=lambda _: CancelResponse.ACCEPT,
-            callback_group=self._group))
+            goal_callback=self._on_goal, handle_accepted_callback=self._on_goal_accepted,
+            cancel_callback=lambda _: CancelResponse.ACCEPT, callback_group=self._group,
+            goal_service_qos_profile=QoSProfile(depth=GOAL_QUEUE_DEPTH))
+        handles.append(self._action_server)
         self._status_state, self._status_reason = PolicyStatus.IDLE, "configured"
         threads = f", {torch.get_num_threads()} CPU threads" if self.policy.device.type == "cpu" else ""
         self.get_logger().info(f"loaded {self._checkpoint} on {self.policy.device}{threads} (inference {mode}); "
@@ -437,14 +442,27 @@ class PolicyNode(LifecycleNode):
         finally:
             self.destroy_timer(timer)
 
+    def _on_goal_accepted(self, goal_handle) -> None:
+        """One goal EXECUTING at a time: the previous one ends (ABORTED, outcome PREEMPTED) before this one starts.
+        Its coroutine may still be asleep (or not started yet); it finds itself replaced when it wakes."""
+        with self._goal_lock:
+            previous, self._active_goal = self._active_goal, goal_handle
+            if previous is not None and previous.is_active:
+                previous.abort()
+            goal_handle.execute()
+
     async def _execute(self, goal_handle):
         """A coroutine on the node's executor: it only waits and reports, the worker thread does the inference."""
         request = goal_handle.request
-        with self._goal_lock:
-            self._active_goal = goal_handle   # the loop of an older goal sees this and ends as PREEMPTED
-        self._task_success = False
-        self.worker.run_instruction(request.instruction)
         start_wall, start = time.monotonic(), self._now()
+        with self._goal_lock:   # a newer goal accepted before this coroutine ran: never start this one's instruction
+            replaced = self._active_goal is not goal_handle
+            if not replaced:
+                self._task_success = False
+                self.worker.run_instruction(request.instruction)
+        if replaced:
+            return self._finish_goal(goal_handle, Outcome.PREEMPTED, "a newer instruction replaced this goal",
+                                     start_wall, 0)
         timeout = request.timeout.sec + request.timeout.nanosec * 1e-9
         chunks_at_start = self.worker.snapshot().chunks
         outcome, reason = None, ""
@@ -475,15 +493,21 @@ class PolicyNode(LifecycleNode):
                     self._active_goal = None
                     if outcome != Outcome.CANCELED:
                         self.worker.stop(f"goal ended: {reason}")
-        result = Outcome(outcome=outcome, reason=reason, duration_s=float(time.monotonic() - start_wall),
-                         chunks_executed=self.worker.snapshot().chunks - chunks_at_start)
-        if outcome == Outcome.SUCCEEDED:
-            goal_handle.succeed()
-        elif outcome == Outcome.CANCELED:
-            goal_handle.canceled()
-        else:
-            goal_handle.abort()
-        return result
+        return self._finish_goal(goal_handle, outcome, reason, start_wall,
+                                 self.worker.snapshot().chunks - chunks_at_start)
+
+    def _finish_goal(self, goal_handle, outcome: int, reason: str, start_wall: float, chunks: int):
+        """The terminal state (unless a newer goal already aborted this one) and the result the client receives."""
+        with self._goal_lock:   # serialised with _on_goal_accepted's abort: one terminal transition per goal
+            if goal_handle.is_active:
+                if outcome == Outcome.SUCCEEDED:
+                    goal_handle.succeed()
+                elif outcome == Outcome.CANCELED:
+                    goal_handle.canceled()
+                else:
+                    goal_handle.abort()
+        return Outcome(outcome=outcome, reason=reason, duration_s=float(time.monotonic() - start_wall),
+                       chunks_executed=chunks)
 
 
 def main(args=None) -> None:
