@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -178,11 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
     import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from tqdm import tqdm
 
     from gem_ros.commander import GemCommander
+    from gem_ros.core.policy.checkpoint import read_config
     from gem_ros.demo_report import write_episode_outputs
     from gem_ros.nodes.composed import connect_in_process
     from gem_ros.nodes.executor_node import ExecutorNode
@@ -192,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     from gem_ros.nodes.spinning import make_executor
 
     checkpoint = args.checkpoint
+    if checkpoint is not None:   # the sim and executor settings come from its config: a broken one stops here
+        try:
+            read_config(checkpoint)
+        except ValueError as error:
+            print(f"gem_demo: cannot use checkpoint {checkpoint}: {error}", file=sys.stderr)
+            return 1
     scratch = tempfile.TemporaryDirectory(prefix="gem_demo_")
     if args.random_policy:
         scene_of = checkpoint or (SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.exists() else None)
@@ -231,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     spin.start()
     results = []
     try:
-        policy.trigger_configure()
+        if policy.trigger_configure() != TransitionCallbackReturn.SUCCESS:   # else: no action server, ever
+            print(f"gem_demo: gem_policy could not load {checkpoint}: {policy.configure_error}", file=sys.stderr)
+            return 1
         policy.trigger_activate()
         commander = GemCommander(node=tools)
         bar = tqdm(range(args.episodes), desc="episodes", unit="ep")

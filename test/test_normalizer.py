@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import save_file
 
 from gem_ros.core.policy.normalizer import (MinMaxNormalizer, import_reference_normalizer, load_normalizers,
                                             save_normalizers)
@@ -58,3 +59,20 @@ def test_reference_normalizer_import_uses_weights_only(tmp_path):
     torch.save({"action": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="refusing to unpickle"):
         import_reference_normalizer(tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(b"\xff" * 64), "not a safetensors file.*header too large"),
+    (lambda p: p.write_bytes(p.read_bytes()[:40]), "not a safetensors file"),
+    (lambda p: save_file({"action.min": np.zeros(3, np.int64), "action.max": np.ones(3, np.int64)}, str(p),
+                         metadata={"kind": "minmax", "range_floor": '{"action": 0.001}'}), "'action.min' must be"),
+    (lambda p: save_file({"action.min": np.zeros(3, np.float32)}, str(p),
+                         metadata={"kind": "minmax", "range_floor": '{"action": 0.001}'}), "'action'.*action.max"),
+    (lambda p: save_file({}, str(p), metadata={"kind": "minmax", "range_floor": "[1"}), "range_floor"),
+])
+def test_a_damaged_normalizer_file_is_named_with_what_is_wrong(tmp_path, damage, message):
+    path = tmp_path / "normalizer.safetensors"
+    save_normalizers(path, {"action": MinMaxNormalizer(np.zeros(3), np.ones(3))})
+    damage(path)
+    with pytest.raises(ValueError, match=f"normalizer.safetensors.*{message}"):
+        load_normalizers(path)

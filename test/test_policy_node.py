@@ -144,9 +144,10 @@ def test_a_compressed_camera_gives_the_policy_the_same_pixels_as_a_raw_one(ros, 
     images = policy._last_observation.images
     np.testing.assert_array_equal(images["scene"], images["wrist"])
     # Every other frame corrupt: those are dropped (and counted on /diagnostics), the policy goes on from the others.
+    # An unreadable header is refused on arrival (rejected_frames), a body that fails to decode later (undecodable).
     corrupt_every_other[0], chunks = True, policy.worker.snapshot().chunks
-    ros.wait_for(lambda: any(kv.key == "undecodable_frames" for d in diagnostics for st in d.status
-                             for kv in st.values), 20, "undecodable frames on /diagnostics")
+    ros.wait_for(lambda: any(kv.key in ("rejected_frames", "undecodable_frames") for d in diagnostics
+                             for st in d.status for kv in st.values), 20, "dropped frames on /diagnostics")
     ros.wait_for(lambda: policy.worker.snapshot().chunks >= chunks + 2, 60, "chunks despite corrupt frames")
     policy.worker.shutdown()
 
@@ -403,3 +404,47 @@ def test_a_storm_of_goals_never_has_two_executing_at_once(ros, setup, monkeypatc
     commander.close()
     assert len(executing_after_change) >= 2 * len(storm) and max(executing_after_change) == 1, executing_after_change
     assert on_topic and max(on_topic) <= 1, on_topic
+
+
+def _checkpoint_mutations():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_checkpoint_mutations", Path(__file__).resolve().parents[1] / "bench" / "checkpoint_mutations.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return {m.name: m for m in module.MUTATIONS}, module.mutated_copy
+
+
+def test_configure_with_a_broken_checkpoint_fails_the_transition_and_logs_why(ros, tiny_checkpoint_dir, tmp_path,
+                                                                              capfd, monkeypatch):
+    """The four breakages that configured without a word (issue 16): each fails the transition (FAILURE, not a
+    silent ERROR) with an ERROR log naming the file; an exception of any other type is logged with its type, and
+    the node configures once the fault is gone."""
+    mutations, mutated_copy = _checkpoint_mutations()
+    on_cpu = [Parameter("device", value="cpu"), Parameter("state_joint_names", value=JOINTS)]
+    for name in ("camera_height_1e9", "selected_layers_99", "normalizer_garbage", "backbone_pytorch_model_bin"):
+        broken = mutated_copy(tiny_checkpoint_dir, tmp_path / name, mutations[name])
+        node = ros.add(PolicyNode(context=ros.context, parameter_overrides=on_cpu + [
+            Parameter("checkpoint", value=str(broken))]))
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE, name
+        logged = capfd.readouterr().err
+        error = next((line for line in logged.splitlines() if "[ERROR]" in line and "configure failed" in line), "")
+        assert "ValueError" in error and mutations[name].file in error and mutations[name].field in error, logged
+        assert mutations[name].file in node.configure_error and node.policy is None and node.worker is None
+
+    def out_of_memory(self):
+        raise MemoryError("warm-up allocation failed")
+
+    node = ros.add(PolicyNode(context=ros.context, parameter_overrides=on_cpu + [
+        Parameter("checkpoint", value=str(tiny_checkpoint_dir))]))
+    monkeypatch.setattr(PolicyNode, "_warm_up", out_of_memory)
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    logged = capfd.readouterr().err
+    assert any("[ERROR]" in line and "MemoryError: warm-up allocation failed" in line for line in logged.splitlines())
+    assert node.configure_error == "MemoryError: warm-up allocation failed"
+    monkeypatch.undo()
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node.configure_error == ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import array
 import threading
 import time
+import traceback
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -100,6 +101,7 @@ class PolicyNode(LifecycleNode):
         self._active = False   # lifecycle state "active": only then are goals accepted (the worker runs)
         self._task_success = False
         self._status_state, self._checkpoint = PolicyStatus.UNCONFIGURED, ""
+        self.configure_error = ""   # "<type>: <message>" of the last failed configure (gem_demo prints it)
         self._depth_every, self._depth_ms = 0, None
         # Input rates and refusals for /diagnostics: counted in the callbacks, turned into rates per status period.
         self._received: dict[str, int] = {}
@@ -109,13 +111,17 @@ class PolicyNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state) -> TransitionCallbackReturn:
+        self.configure_error = ""
         try:
             with normal_priority():   # loading + warm-up (and torch's worker threads) never at real-time priority
                 self._configure()
-        except (ValueError, OSError) as error:
-            self.get_logger().error(f"configure failed: {error}")
-            self._status_state = PolicyStatus.ERROR
-            self._status_reason = str(error)
+        except Exception as error:  # noqa: BLE001 - rclpy would swallow it (transition ERROR, no log): say why
+            self.configure_error = f"{type(error).__name__}: {error}"
+            expected = isinstance(error, (ValueError, OSError))   # bad parameters or files; anything else is a bug
+            self.get_logger().error(f"configure failed: {self.configure_error}"
+                                    + ("" if expected else f"\n{traceback.format_exc()}"))
+            self._release()
+            self._status_state, self._status_reason = PolicyStatus.ERROR, self.configure_error
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
 
@@ -237,15 +243,21 @@ class PolicyNode(LifecycleNode):
         super().destroy_node()
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._release()
+        self._status_state, self._status_reason = PolicyStatus.UNCONFIGURED, "cleaned up"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Destroy what configure created (all of it, or what it got to before it failed) and drop the model."""
         destroyers = ((Subscription, self.destroy_subscription), (Publisher, self.destroy_publisher),
                       (Timer, self.destroy_timer), (Service, self.destroy_service))
         for handle in getattr(self, "_handles", []):
             destroy = next((fn for kind, fn in destroyers if isinstance(handle, kind)), None)
             destroy(handle) if destroy else handle.destroy()   # the action server removes itself
         self._handles = []
+        if self.worker is not None:
+            self.worker.shutdown()
         self.policy = self.worker = self.buffer = None
-        self._status_state, self._status_reason = PolicyStatus.UNCONFIGURED, "cleaned up"
-        return TransitionCallbackReturn.SUCCESS
 
     # ------------------------------------------------------------------------------ inputs
     def _now(self) -> float:

@@ -17,6 +17,8 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from gem_ros.core.lru import LRUCache
 from gem_ros.core.policy import image_processing
+from gem_ros.core.policy.checkpoint import read_json_object, refuse_pickles, safetensors_header
+from gem_ros.core.policy.config import GemVLAConfig
 from gem_ros.core.policy.image_processing import BatchedQwen2VLImageProcessor
 
 REQUIRED_BACKBONE_FILES = ("config.json", "tokenizer_config.json")
@@ -33,12 +35,17 @@ class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
 
 
 def load_processor(path: Path, max_pixels: int | None = None) -> ImageOnlyQwen3VLProcessor:
-    image_processor = AutoImageProcessor.from_pretrained(str(path))
-    if type(image_processor) is Qwen2VLImageProcessorPil:   # no torchvision: the batched variant, same output
-        image_processor = BatchedQwen2VLImageProcessor.from_pretrained(str(path))
+    refuse_pickles(path)
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(str(path))
+        if type(image_processor) is Qwen2VLImageProcessorPil:   # no torchvision: the batched variant, same output
+            image_processor = BatchedQwen2VLImageProcessor.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left")
+    except Exception as error:  # noqa: BLE001 - transformers and tokenizers raise many types; name the folder
+        raise ValueError(f"backbone folder {path}: the image processor or tokenizer does not load "
+                         f"({type(error).__name__}: {error})") from error
     if max_pixels is not None:
         image_processor.size = {**dict(image_processor.size), "longest_edge": int(max_pixels)}
-    tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left")
     template_file = Path(path) / "chat_template.jinja"
     chat_template = template_file.read_text() if template_file.exists() else tokenizer.chat_template
     if chat_template is None:
@@ -47,21 +54,54 @@ def load_processor(path: Path, max_pixels: int | None = None) -> ImageOnlyQwen3V
 
 
 def check_backbone_dir(path: Path) -> None:
+    """Before transformers opens the folder: no pickles, the files it needs, JSON configs, readable weight shards."""
     if not path.is_dir():
         raise ValueError(f"backbone folder {path} does not exist")
+    refuse_pickles(path)
     missing = [name for name in REQUIRED_BACKBONE_FILES if not (path / name).exists()]
-    if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").exists():
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards and not (path / "model.safetensors.index.json").exists():
         missing.append("*.safetensors")
     if missing:
         raise ValueError(f"backbone folder {path} is missing {missing}")
+    for name in ("config.json", "tokenizer_config.json"):
+        read_json_object(path / name)
+    for shard in shards:
+        safetensors_header(shard)
+
+
+def check_backbone_fits(path: Path, config: GemVLAConfig, config_file: Path) -> None:
+    """`check_backbone_dir`, and the policy `config` (read from `config_file`) against the VLM it describes: every
+    selected layer is one of its hidden states, and the action expert reads its width."""
+    check_backbone_dir(path)
+    backbone_file = path / "config.json"
+    text = read_json_object(backbone_file).get("text_config")
+    layers, width = (text.get("num_hidden_layers"), text.get("hidden_size")) if isinstance(text, dict) else (None,) * 2
+    for name, value in (("num_hidden_layers", layers), ("hidden_size", width)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise ValueError(f"{backbone_file}: text_config.{name} must be a positive integer, got {value!r}")
+    beyond = sorted({i for i in config.selected_layers if i > layers})
+    if beyond:   # hidden state 0 is the embeddings, i the output of decoder layer i
+        raise ValueError(f"{config_file}: selected_layers {beyond} are beyond the backbone's {layers + 1} hidden "
+                         f"states (0..{layers}; {backbone_file}: text_config.num_hidden_layers = {layers})")
+    if width != config.rdt.cond_hidden_size:
+        raise ValueError(f"{config_file}: rdt.cond_hidden_size {config.rdt.cond_hidden_size} != the backbone's "
+                         f"width ({backbone_file}: text_config.hidden_size = {width})")
 
 
 def load_backbone(path: Path, dtype: torch.dtype, device: torch.device) -> Qwen3VLForConditionalGeneration:
-    """Load the VLM with HF `from_pretrained`. GEM-2B's extra `sana.*`/`vae.*`/`diffusion_connector.*` keys are
-    not part of this class and are ignored here; `depth_keys_in` routes them to the depth expert."""
+    """Load the VLM with HF `from_pretrained`, safetensors only. GEM-2B's extra `sana.*`/`vae.*`/
+    `diffusion_connector.*` keys are not part of this class and are ignored here; `depth_keys_in` routes them to
+    the depth expert."""
     check_backbone_dir(path)
     attn = "sdpa"
-    model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype, attn_implementation=attn)
+    try:
+        model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype, attn_implementation=attn,
+                                                                use_safetensors=True)
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - transformers raises many types; name the folder
+        raise ValueError(f"backbone folder {path} does not load ({type(error).__name__}: {error})") from error
     patch_embed = model.model.visual.patch_embed
     patch_embed.proj = PatchProjection(patch_embed.proj)
     return model.to(device)

@@ -8,10 +8,28 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 ACTION_SPACES = ("absolute_joint", "delta_joint", "ee_delta")
 SAMPLERS = ("euler", "one_step")
+
+
+# Upper bounds of the sizes a checkpoint may declare: far above any real GEM-VLA (224 px cameras, 14-dim arms,
+# 32-step chunks, 2048-wide VLM), far below what would exhaust memory or stall a prediction (a 1e9 px camera, a
+# billion sampler steps). Widths and depths of the weights are also checked against model.safetensors.
+MAX_IMAGE_SIDE = 4096          # px per camera side
+MAX_ASPECT_RATIO = 200         # the Qwen-VL image processor refuses longer images
+MAX_CAMERAS = 16
+MAX_CHANNELS = 1024            # state_dim, action_dim
+MAX_CHUNK_LEN = 1024           # actions per chunk
+MAX_CONTROL_RATE_HZ = 1000.0
+MAX_INFERENCE_STEPS = 1000
+MAX_HIDDEN_STATES = 1024       # selected_layers index bound before the backbone's own count is known
+MAX_WIDTH = 65536              # any model width (hidden, ffn multiple, frequency dim)
+MAX_BLOCKS = 256               # rdt.depth
+MAX_HEADS = 1024
+MAX_REGISTER_TOKENS = 1024
 
 
 def _require(condition: bool, message: str) -> None:
@@ -19,9 +37,42 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _positive_int(name: str, value: Any) -> None:
-    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-             f"{name} must be a positive integer, got {value!r}")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value: Any, maximum: int | None = None) -> None:
+    _require(_is_int(value) and value > 0 and (maximum is None or value <= maximum),
+             f"{name} must be a positive integer{'' if maximum is None else f' <= {maximum}'}, got {value!r}")
+
+
+def _number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
+    """A finite int/float in [low, high] ((low, high] with low_open): NaN, Inf, bools and strings are refused."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value > low if low_open else value >= low) and value <= high
+    _require(ok, f"{name} must be in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
+
+
+def _names(name: str, value: Any) -> list[str]:
+    _require(isinstance(value, (list, tuple)) and all(isinstance(v, str) and v.strip() for v in value),
+             f"{name} must be a list of non-empty strings, got {value!r}")
+    duplicates = sorted({v for v in value if list(value).count(v) > 1})
+    _require(not duplicates, f"{name} has duplicate names {duplicates}")
+    return list(value)
+
+
+def _nested(cls, value: Any, name: str):
+    """`cls(**value)` for a JSON object, with unknown and missing fields named (not a bare TypeError)."""
+    if isinstance(value, cls):
+        return value
+    _require(isinstance(value, dict), f"{name} must be an object (a JSON dict), got {type(value).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - set(fields))
+    _require(not unknown, f"{name} has unknown fields {unknown}")
+    missing = [k for k, f in fields.items() if k not in value and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    _require(not missing, f"{name} is missing the fields {missing}")
+    return cls(**value)
 
 
 @dataclass
@@ -34,8 +85,10 @@ class CameraSpec:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and self.name.strip() != "", "camera name must be a non-empty string")
-        _positive_int(f"camera '{self.name}' height", self.height)
-        _positive_int(f"camera '{self.name}' width", self.width)
+        _positive_int(f"camera '{self.name}' height", self.height, MAX_IMAGE_SIDE)
+        _positive_int(f"camera '{self.name}' width", self.width, MAX_IMAGE_SIDE)
+        _require(max(self.height, self.width) <= MAX_ASPECT_RATIO * min(self.height, self.width),
+                 f"camera '{self.name}' {self.height} x {self.width} px: aspect ratio above {MAX_ASPECT_RATIO}")
 
 
 @dataclass
@@ -57,23 +110,31 @@ class IOSchema:
     state_input: bool = True
 
     def __post_init__(self) -> None:
-        self.cameras = [c if isinstance(c, CameraSpec) else CameraSpec(**c) for c in self.cameras]
-        _require(len(self.cameras) > 0, "io.cameras must list at least one camera")
+        _require(isinstance(self.cameras, (list, tuple)) and 0 < len(self.cameras) <= MAX_CAMERAS,
+                 f"io.cameras must list 1 to {MAX_CAMERAS} cameras, got {self.cameras!r}")
+        self.cameras = [_nested(CameraSpec, c, f"io.cameras[{i}]") for i, c in enumerate(self.cameras)]
         names = [c.name for c in self.cameras]
         _require(len(set(names)) == len(names), f"io.cameras has duplicate names: {names}")
-        _positive_int("io.state_dim", self.state_dim)
-        _positive_int("io.action_dim", self.action_dim)
-        _positive_int("io.chunk_len", self.chunk_len)
+        _positive_int("io.state_dim", self.state_dim, MAX_CHANNELS)
+        _positive_int("io.action_dim", self.action_dim, MAX_CHANNELS)
+        _positive_int("io.chunk_len", self.chunk_len, MAX_CHUNK_LEN)
         _require(self.action_space in ACTION_SPACES,
                  f"io.action_space must be one of {ACTION_SPACES}, got {self.action_space!r}")
-        _require(isinstance(self.control_rate_hz, (int, float)) and math.isfinite(self.control_rate_hz)
-                 and self.control_rate_hz > 0, f"io.control_rate_hz must be a positive number, got {self.control_rate_hz!r}")
+        _number("io.control_rate_hz", self.control_rate_hz, 0.0, MAX_CONTROL_RATE_HZ, low_open=True)
+        self.state_names = _names("io.state_names", self.state_names)
+        self.action_names = _names("io.action_names", self.action_names)
         _require(not self.state_names or len(self.state_names) == self.state_dim,
                  f"io.state_names has {len(self.state_names)} names but state_dim is {self.state_dim}")
         _require(not self.action_names or len(self.action_names) == self.action_dim,
                  f"io.action_names has {len(self.action_names)} names but action_dim is {self.action_dim}")
+        _require(isinstance(self.gripper_channels, (list, tuple)) and all(map(_is_int, self.gripper_channels)),
+                 f"io.gripper_channels must be a list of action indices, got {self.gripper_channels!r}")
+        self.gripper_channels = list(self.gripper_channels)
         bad = [i for i in self.gripper_channels if not 0 <= i < self.action_dim]
         _require(not bad, f"io.gripper_channels {bad} are outside 0..{self.action_dim - 1}")
+        for flag in ("normalize_state", "state_input"):
+            _require(isinstance(getattr(self, flag), bool), f"io.{flag} must be true or false, "
+                                                            f"got {getattr(self, flag)!r}")
 
     @property
     def camera_names(self) -> list[str]:
@@ -109,16 +170,19 @@ class RDTConfig:
     cond_hidden_size: int = 2048          # width of the VLM hidden states the lang adaptor reads
 
     def __post_init__(self) -> None:
-        for name in ("hidden_size", "depth", "num_heads", "num_kv_heads", "ffn_multiple_of",
-                     "timestep_freq_dim", "cond_hidden_size"):
-            _positive_int(f"rdt.{name}", getattr(self, name))
-        _require(self.num_register_tokens >= 0, "rdt.num_register_tokens must be >= 0")
+        for name, maximum in (("hidden_size", MAX_WIDTH), ("depth", MAX_BLOCKS), ("num_heads", MAX_HEADS),
+                              ("num_kv_heads", MAX_HEADS), ("ffn_multiple_of", MAX_WIDTH),
+                              ("timestep_freq_dim", MAX_WIDTH), ("cond_hidden_size", MAX_WIDTH)):
+            _positive_int(f"rdt.{name}", getattr(self, name), maximum)
+        _require(_is_int(self.num_register_tokens) and 0 <= self.num_register_tokens <= MAX_REGISTER_TOKENS,
+                 f"rdt.num_register_tokens must be an integer in [0, {MAX_REGISTER_TOKENS}], "
+                 f"got {self.num_register_tokens!r}")
         _require(self.hidden_size % self.num_heads == 0,
                  f"rdt.hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
         _require(self.num_heads % self.num_kv_heads == 0,
                  f"rdt.num_heads {self.num_heads} must be divisible by num_kv_heads {self.num_kv_heads}")
         _require(self.head_dim % 2 == 0 and self.hidden_size % 2 == 0, "rdt head and hidden sizes must be even")
-        _require(self.norm_eps > 0, "rdt.norm_eps must be > 0")
+        _number("rdt.norm_eps", self.norm_eps, 0.0, 1.0, low_open=True)
 
     @property
     def head_dim(self) -> int:
@@ -157,20 +221,31 @@ class GemVLAConfig:
     sim_scene: dict | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.io, dict):
-            self.io = IOSchema(**self.io)
-        if isinstance(self.rdt, dict):
-            self.rdt = RDTConfig(**self.rdt)
-        _require(len(self.selected_layers) in (1, self.rdt.depth),
-                 f"selected_layers must have 1 or rdt.depth={self.rdt.depth} entries, got {len(self.selected_layers)}")
-        _require(all(isinstance(i, int) and i >= 0 for i in self.selected_layers),
-                 f"selected_layers must be non-negative hidden-state indices, got {self.selected_layers}")
-        _positive_int("num_inference_steps", self.num_inference_steps)
+        self.io = _nested(IOSchema, self.io, "io")
+        self.rdt = _nested(RDTConfig, self.rdt, "rdt")
+        _require(isinstance(self.selected_layers, (list, tuple)) and len(self.selected_layers) in (1, self.rdt.depth),
+                 f"selected_layers must be a list of 1 or rdt.depth={self.rdt.depth} hidden-state indices, "
+                 f"got {self.selected_layers!r}")
+        self.selected_layers = list(self.selected_layers)
+        _require(all(_is_int(i) and 0 <= i < MAX_HIDDEN_STATES for i in self.selected_layers),
+                 f"selected_layers must be hidden-state indices in [0, {MAX_HIDDEN_STATES}), got {self.selected_layers}")
+        _positive_int("num_inference_steps", self.num_inference_steps, MAX_INFERENCE_STEPS)
         _require(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        _require(isinstance(self.noise_scale, (int, float)) and not isinstance(self.noise_scale, bool)
-                 and 0 <= self.noise_scale <= 1,
-                 f"noise_scale must be in [0, 1], got {self.noise_scale!r}")
-        _require(self.depth_loss_weight >= 0, "depth_loss_weight must be >= 0")
+        _number("noise_scale", self.noise_scale, 0.0, 1.0)
+        _number("depth_loss_weight", self.depth_loss_weight, 0.0, 1e6)
+        _require(self.max_pixels_per_image is None or (_is_int(self.max_pixels_per_image) and
+                                                       0 < self.max_pixels_per_image <= MAX_IMAGE_SIDE ** 2),
+                 f"max_pixels_per_image must be null or a positive integer <= {MAX_IMAGE_SIDE ** 2}, "
+                 f"got {self.max_pixels_per_image!r}")
+        # A folder inside the checkpoint: never an absolute path or one that climbs out of it.
+        backbone = PurePosixPath(self.backbone_dir) if isinstance(self.backbone_dir, str) else None
+        _require(backbone is not None and self.backbone_dir.strip() != "" and not backbone.is_absolute()
+                 and ".." not in backbone.parts and "\\" not in self.backbone_dir,
+                 f"backbone_dir must be a folder inside the checkpoint (relative, no '..'), got {self.backbone_dir!r}")
+        for name in ("depth_expert", "sim_scene"):
+            value = getattr(self, name)
+            _require(value is None or isinstance(value, dict),
+                     f"{name} must be null or an object (a JSON dict), got {type(value).__name__}")
 
     @property
     def layers_per_block(self) -> list[int]:
@@ -184,6 +259,7 @@ class GemVLAConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> GemVLAConfig:
+        _require(isinstance(data, dict), f"a GemVLAConfig must be an object (a JSON dict), got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"format_version"})
         _require(not unknown, f"unknown GemVLAConfig fields: {unknown}")

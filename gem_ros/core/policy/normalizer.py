@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 RANGE_FLOOR = 1e-3
@@ -91,15 +92,33 @@ def save_normalizers(path: Path, normalizers: dict[str, MinMaxNormalizer]) -> No
 
 
 def load_normalizers(path: Path) -> dict[str, MinMaxNormalizer]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        metadata = f.metadata() or {}
+    """Every statistic of a normalizer file; any fault is a ValueError that names the file and the key."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise ValueError(f"{path}: not a safetensors file, or corrupt or truncated ({error})") from error
     if metadata.get("kind") != "minmax":
         raise ValueError(f"{path} is not a min-max normalizer file (metadata kind={metadata.get('kind')!r})")
-    floors = json.loads(metadata.get("range_floor", "{}"))
-    tensors = load_file(str(path))
-    return {key: MinMaxNormalizer.from_state_dict(tensors, key, float(floor)) for key, floor in floors.items()}
+    try:
+        floors = json.loads(metadata.get("range_floor", "{}"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: metadata range_floor is not JSON ({error})") from error
+    if not isinstance(floors, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in floors.values()):
+        raise ValueError(f"{path}: metadata range_floor must map each key to a number, got {floors!r}")
+    normalizers = {}
+    for key, floor in floors.items():
+        for name in (f"{key}.min", f"{key}.max"):
+            tensor = tensors.get(name)
+            if tensor is not None and (tensor.ndim != 1 or not np.issubdtype(tensor.dtype, np.floating)):
+                raise ValueError(f"{path}: '{name}' must be a 1-D float vector, got {tensor.dtype} {tensor.shape}")
+        try:
+            normalizers[key] = MinMaxNormalizer.from_state_dict(tensors, key, float(floor))
+        except ValueError as error:
+            raise ValueError(f"{path}: '{key}' statistics: {error}") from error
+    return normalizers
 
 
 def import_reference_normalizer(path: Path, key: str = "action") -> MinMaxNormalizer:
