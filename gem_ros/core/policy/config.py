@@ -228,7 +228,8 @@ class GemVLAConfig:
                  f"got {self.selected_layers!r}")
         self.selected_layers = list(self.selected_layers)
         _require(all(_is_int(i) and 0 <= i < MAX_HIDDEN_STATES for i in self.selected_layers),
-                 f"selected_layers must be hidden-state indices in [0, {MAX_HIDDEN_STATES}), got {self.selected_layers}")
+                 f"selected_layers must be hidden-state indices in [0, {MAX_HIDDEN_STATES}), "
+                 f"got {self.selected_layers}")
         _positive_int("num_inference_steps", self.num_inference_steps, MAX_INFERENCE_STEPS)
         _require(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         _number("noise_scale", self.noise_scale, 0.0, 1.0)
