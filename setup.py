@@ -50,7 +50,7 @@ setup(
         "rich",
         "tokenizers",
         "matplotlib",  # demo and evaluation plots (PNG)
-        "rosbags",     # gem_recorder writes rosbag2 without rosbag2_py; gem_record reads them
+        "rosbags>=0.11,<0.12",   # gem_recorder (its periodic flush uses 0.11 writer internals); writes rosbag2 without rosbag2_py; gem_record reads them
     ],
     extras_require={
         "train": ["h5py", "tensorboard", "pandas", "pyarrow"],

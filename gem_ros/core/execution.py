@@ -9,7 +9,7 @@ the control rate what to send to the controller:
   on every tick; `Command.new_episode` is True only on the first one, so the node sends each episode once.
   One-shot conditions (plan starved, stop, dead policy, safety rejection) return one hold, then "idle".
 A dead policy is noticed two ways: no chunk for `chunk_timeout_s`, or, once the policy has sent a heartbeat
-(`on_policy_alive`: gem_policy's PolicyStatus, 20 Hz), none for `policy_timeout_s` (default 0.1 s) at two
+(`on_policy_alive`: gem_policy's PolicyStatus, 50 Hz), none for `policy_timeout_s` (default 0.05 s) at two
 consecutive ticks while a plan runs (the second look lets a heartbeat queued behind an overdue tick count): the
 arm does not finish a plan whose policy process died or stalled. `policy_heartbeat_gap_max_s` in `stats` shows
 how late heartbeats come on a given machine.
@@ -68,7 +68,7 @@ class ExecutionConfig:
     lookahead_s: float = 0.2             # each trajectory covers this much of the plan
     joint_state_timeout_s: float = 0.1   # older /joint_states -> hold (we cannot validate blind)
     chunk_timeout_s: float = 2.0         # no accepted chunk for this long while running -> hold (dead policy)
-    policy_timeout_s: float = 0.1        # no policy heartbeat for this long while running -> hold; 0 = off
+    policy_timeout_s: float = 0.05       # no policy heartbeat for this long while running -> hold; 0 = off
     tracking_tolerance_rad: float = 0.1  # |measured - setpoint| beyond this: check the next step from measured
     tracking_tolerance_m: float = 0.01   # the same for prismatic joints (gripper fingers)
     replan_on_chunk: bool = True         # send the new plan when a chunk is accepted, not at the next tick

@@ -195,7 +195,7 @@ class InferenceWorker:
         """A freshness check for the time the worker is busy in `step` (it polls by itself between steps, but not
         during one: a CPU chunk takes up to a few hundred ms, a predicted depth image after it as long again). The
         node calls it from a timer; a goal whose inputs stopped (newest sample older than max_age_s) holds now, and
-        a chunk being computed is dropped when it comes. Only the inputs' ages are checked (cheap, at 20 Hz); the
+        a chunk being computed is dropped when it comes. Only the inputs' ages are checked (cheap, at 50 Hz); the
         worker's polls check alignment as well."""
         with self._lock:
             if not (self.state.running and self._busy) or self.state.holding:

@@ -1,7 +1,7 @@
 """gem_executor: action chunks in, safety-filtered JointTrajectory out, at the control rate. One node per arm.
 
 In:  gem/action_chunk (gem_msgs/ActionChunk; num_points == 0 = stop and hold), gem/policy_status (gem_policy's
-     20 Hz heartbeat: once seen, its silence for policy_timeout_s holds a running plan), joint_states
+     50 Hz heartbeat: once seen, its silence for policy_timeout_s holds a running plan), joint_states
      (sensor_msgs/JointState, by name, partial messages merged), gem/estop (std_msgs/Bool; true latches the
      e-stop, false does nothing: only ~/reset_estop releases it). Services ~/estop, ~/reset_estop (Trigger).
 Out: <controller_name>/joint_trajectory (topic backend) or <controller_name>/follow_joint_trajectory (action

@@ -42,11 +42,12 @@ from gem_ros.nodes.conversions import (compressed_msg_to_frame, diagnostic_statu
                                        rgb_to_image_msg, s_to_stamp, stamp_to_s)
 
 Outcome = ExecuteInstruction.Result
-# One 20 Hz timer: PolicyStatus, which doubles as the heartbeat gem_executor watches (its policy_timeout_s, 0.1 s
-# by default: two missed beats), and the input check while a chunk is computed (the worker cannot poll then: a
-# camera or /joint_states older than max_observation_age_s holds the arm within this period, not after the
-# inference; InferenceWorker.watch). /diagnostics goes out every DIAGNOSTICS_EVERY-th tick (5 Hz).
-STATUS_PERIOD_S, DIAGNOSTICS_EVERY = 0.05, 4
+# One 50 Hz timer: PolicyStatus, which doubles as the heartbeat gem_executor watches (its policy_timeout_s, 0.05 s
+# by default: a killed policy is held <= 100 ms later, bench/fault_soak.py), and the input check while a chunk is
+# computed (the worker cannot poll then: a camera or /joint_states older than max_observation_age_s holds the arm
+# within this period, not after the inference; InferenceWorker.watch). /diagnostics goes out every
+# DIAGNOSTICS_EVERY-th tick (5 Hz).
+STATUS_PERIOD_S, DIAGNOSTICS_EVERY = 0.02, 10
 # Goal requests queued before the executor takes them (rclpy's default, 10, silently drops the oldest of a burst:
 # their clients never get an answer). Each accepted goal pre-empts the one before it, so a burst costs little.
 GOAL_QUEUE_DEPTH = 100
