@@ -206,12 +206,12 @@ def hand_over(policy, executor, record: dict) -> None:
 
 
 def make_executor(context, record: dict, replan: bool = True, subscribe: bool = True):
-    from gem_ros.nodes.executor_node import ExecutorNode
+    from gem_ros.nodes.executor_node import ExecutorNode, start_executor
     from gem_ros.nodes.params import bringup_config, node_parameters
 
-    node = ExecutorNode(context=context, parameter_overrides=node_parameters(
+    node = start_executor(ExecutorNode(context=context, parameter_overrides=node_parameters(
         bringup_config("panda"), "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"), use_sim_time=False,
-        replan_on_chunk=replan, subscribe_chunks=subscribe))
+        replan_on_chunk=replan, subscribe_chunks=subscribe)))
     controller = node.controller
     record.update(chunk_work=[], tick_work=[], replan_work=[], sent=[])
     controller.on_chunk = timed(controller.on_chunk, record["chunk_work"])

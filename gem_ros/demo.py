@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from gem_ros.core.policy.checkpoint import read_config
     from gem_ros.demo_report import write_episode_outputs
     from gem_ros.nodes.composed import connect_in_process
-    from gem_ros.nodes.executor_node import ExecutorNode
+    from gem_ros.nodes.executor_node import ExecutorNode, start_executor
     from gem_ros.nodes.params import bringup_config, node_parameters
     from gem_ros.nodes.policy_node import PolicyNode
     from gem_ros.nodes.sim_node import SimNode
@@ -222,12 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scene: {scene} (the checkpoint's training scene)")
     sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed, gui=args.gui,
                                                       real_time_factor=args.real_time_factor, **scene))
+    # Sim time for the policy and executor, as the launch file gives them with sim:=true (gem_ros.bringup)
     policy = PolicyNode(parameter_overrides=node_parameters(config, "gem_policy", checkpoint=str(checkpoint),
-                                                            cpu_threads=args.cpu_threads,
+                                                            cpu_threads=args.cpu_threads, use_sim_time=True,
                                                             **policy_overrides(Path(checkpoint))))
-    executor_node = ExecutorNode(parameter_overrides=node_parameters(
-        config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf"),
-        subscribe_chunks=False, **executor_overrides(Path(checkpoint))))
+    executor_node = start_executor(ExecutorNode(parameter_overrides=node_parameters(
+        config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf"), use_sim_time=True,
+        subscribe_chunks=False, **executor_overrides(Path(checkpoint)))))
     connect_in_process(policy, executor_node)   # as gem_policy_executor: chunks in memory, no DDS hop
     # On sim time like the other nodes: the recorder stamps trajectories with it (trajectories per sim second).
     tools = Node("gem_demo", parameter_overrides=[Parameter("use_sim_time", value=True)])

@@ -99,10 +99,10 @@ def harness():
     """factory(**params) -> (executor node, fake robot); contexts, nodes and the spin thread are torn down."""
     made = []
 
-    def factory(**params):
+    def factory(start=True, **params):
         context = Context()
         rclpy.init(context=context)
-        executor_node = make_executor_node(context=context, **{**PARAMS, **params})
+        executor_node = make_executor_node(context=context, start=start, **{**PARAMS, **params})
         robot = FakeRobot(context)
         executor = make_executor("auto", context)   # as gem_executor's main: events where rclpy has it
         executor.add_node(executor_node)
@@ -110,11 +110,8 @@ def harness():
         thread = threading.Thread(target=executor.spin, daemon=True)
         thread.start()
         made.append((context, executor, thread, (executor_node, robot)))
-        assert wait_for(lambda: robot.chunk_pub.get_subscription_count() > 0
-                        and robot.estop_pub.get_subscription_count() > 0
-                        and executor_node.count_publishers("/arm_controller/joint_trajectory") > 0
-                        and robot.count_subscribers("/joint_states") > 0)
-        assert wait_for(lambda: math.isfinite(executor_node.controller.stats["joint_state_age_s"]))
+        if start:
+            wait_until_running(executor_node, robot)
         return executor_node, robot
 
     threads_before = threading.active_count()
@@ -127,6 +124,15 @@ def harness():
             node.destroy_node()
         rclpy.try_shutdown(context=context)
     assert wait_for(lambda: threading.active_count() <= threads_before, 5.0), threading.enumerate()
+
+
+def wait_until_running(executor_node, robot) -> None:
+    """Active and wired: the robot hears trajectories, the executor hears chunks and joint states."""
+    assert wait_for(lambda: robot.chunk_pub.get_subscription_count() > 0
+                    and robot.estop_pub.get_subscription_count() > 0
+                    and executor_node.count_publishers("/arm_controller/joint_trajectory") > 0
+                    and robot.count_subscribers("/joint_states") > 0)
+    assert wait_for(lambda: math.isfinite(executor_node.controller.stats["joint_state_age_s"]))
 
 
 def arm_motion(msg: JointTrajectory) -> bool:
@@ -355,3 +361,143 @@ def test_a_workspace_box_from_parameters_refuses_a_chunk_that_leaves_it():
                 {"workspace_min_xyz_m": [0.9, -0.6, 0.25]}):
         with pytest.raises(ValueError, match="workspace_box"):
             build_controller({**base, **box, **bad})
+
+
+# ---- gem_executor is a managed node (issue 17.7) --------------------------------------------------------------------
+def change_state(robot: Node, transition: int, node: str = "/gem_executor") -> bool:
+    """What `ros2 lifecycle set <node> <transition>` does: the node's change_state service."""
+    from lifecycle_msgs.srv import ChangeState
+
+    client = robot.create_client(ChangeState, f"{node}/change_state")
+    assert client.wait_for_service(timeout_sec=10.0)
+    request = ChangeState.Request()
+    request.transition.id = transition
+    future = client.call_async(request)
+    assert wait_for(future.done, 30.0)
+    robot.destroy_client(client)
+    return future.result().success
+
+
+def lifecycle_state(robot: Node, node: str = "/gem_executor") -> str:
+    from lifecycle_msgs.srv import GetState
+
+    client = robot.create_client(GetState, f"{node}/get_state")
+    assert client.wait_for_service(timeout_sec=10.0)
+    future = client.call_async(GetState.Request())
+    assert wait_for(future.done, 10.0)
+    robot.destroy_client(client)
+    return future.result().current_state.label
+
+
+def test_the_lifecycle_from_the_cli_configures_activates_and_deactivation_holds_once_and_stays(harness):
+    """Unconfigured and inactive it commands nothing; activate starts the tick; deactivate mid-plan sends one hold
+    and then nothing, and ignores chunks, until activated again; cleanup frees the controller."""
+    from lifecycle_msgs.msg import Transition
+
+    node, robot = harness(start=False)
+    assert lifecycle_state(robot) == "unconfigured" and node.controller is None
+    robot.send_chunk(ramp(0.05))
+    assert not wait_for(lambda: robot.trajectories, 0.3)
+    assert change_state(robot, Transition.TRANSITION_CONFIGURE) and lifecycle_state(robot) == "inactive"
+    assert wait_for(lambda: math.isfinite(node.controller.stats["joint_state_age_s"]))   # it reads the arm
+    robot.send_chunk(ramp(0.05))
+    assert not wait_for(lambda: robot.trajectories, 0.3) and node.controller.stats["ticks"] == 0
+    assert change_state(robot, Transition.TRANSITION_ACTIVATE) and lifecycle_state(robot) == "active"
+    wait_until_running(node, robot)
+    robot.send_chunk(ramp(0.1, points=30))   # a 3 s plan
+    assert wait_for(lambda: any(arm_motion(m) for m in robot.trajectories)), node.controller.stats
+    assert change_state(robot, Transition.TRANSITION_DEACTIVATE) and lifecycle_state(robot) == "inactive"
+    assert wait_for(lambda: not arm_motion(robot.trajectories[-1]), 2.0)   # the hold is the last command
+    sent, ticks = len(robot.trajectories), node.controller.stats["ticks"]
+    robot.send_chunk(ramp(0.1))
+    time.sleep(0.5)   # 25 control periods: any tick, replan or chunk would have sent something by now
+    assert len(robot.trajectories) == sent and node.controller.stats["ticks"] == ticks
+    assert sum(1 for m in robot.trajectories if not arm_motion(m)) == 1
+    assert lifecycle_state(robot) == "inactive"   # nothing re-activated it
+    assert change_state(robot, Transition.TRANSITION_ACTIVATE)
+    robot.send_chunk(np.tile([*robot.positions[:7], 0.04], (10, 1)))
+    assert wait_for(lambda: any(arm_motion(m) for m in robot.trajectories[sent:]))
+    assert change_state(robot, Transition.TRANSITION_DEACTIVATE)
+    assert change_state(robot, Transition.TRANSITION_CLEANUP) and lifecycle_state(robot) == "unconfigured"
+    assert node.controller is None and node.count_publishers("/arm_controller/joint_trajectory") == 0
+
+
+def test_a_bad_parameter_fails_configure_with_the_reason_and_the_node_stays_unconfigured(harness):
+    from lifecycle_msgs.msg import Transition
+
+    node, robot = harness(start=False, gripper_backend="magnet")
+    assert not change_state(robot, Transition.TRANSITION_CONFIGURE)
+    assert lifecycle_state(robot) == "unconfigured" and node.controller is None
+    assert isinstance(node.configure_error, ValueError) and "gripper_backend" in str(node.configure_error)
+    assert node.count_publishers("/arm_controller/joint_trajectory") == 0   # nothing half-built left behind
+
+
+def test_an_estop_heard_before_configure_stays_latched_through_cleanup_and_configure(harness):
+    from lifecycle_msgs.msg import Transition
+
+    node, robot = harness(start=False)
+    assert wait_for(lambda: robot.estop_pub.get_subscription_count() > 0)
+    robot.estop_pub.publish(Bool(data=True))
+    assert wait_for(lambda: node._estop is not None)
+    for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_CLEANUP,
+                       Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+        assert change_state(robot, transition)
+    assert node.controller.estop_engaged
+    wait_until_running(node, robot)
+    refused = node.controller.stats["chunks_refused"]
+    robot.send_chunk(ramp(0.1))
+    assert wait_for(lambda: node.controller.stats["chunks_refused"] == refused + 1)
+    assert not any(arm_motion(m) for m in robot.trajectories)
+
+
+def test_configure_from_the_cli_reads_the_latched_robot_description_while_the_node_spins(harness):
+    """The launch file configures gem_executor through its change_state service, i.e. inside the node's own
+    (events) executor: the URDF on /robot_description must still be read there."""
+    from lifecycle_msgs.msg import Transition
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from std_msgs.msg import String
+
+    node, robot = harness(start=False, urdf_path="", robot_description_timeout_s=5.0)
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    robot.create_publisher(String, "/robot_description", latched).publish(String(data=URDF.read_text()))
+    assert change_state(robot, Transition.TRANSITION_CONFIGURE), node.configure_error
+    assert node.controller.safety.limits["panda_joint1"].upper == pytest.approx(2.9671)
+    assert change_state(robot, Transition.TRANSITION_ACTIVATE)
+    wait_until_running(node, robot)
+    robot.send_chunk(ramp(0.05))
+    assert wait_for(lambda: any(arm_motion(m) for m in robot.trajectories))
+
+
+def test_gem_executor_main_configures_itself_unless_managed():
+    """`ros2 run gem_ros gem_executor` comes up active as before; the launch file's `--managed` leaves it
+    unconfigured for its lifecycle events; a configure error ends the process with the reason."""
+    import subprocess
+
+    code = "import sys; from gem_ros.nodes.executor_node import main; main(sys.argv)"
+    common = [sys.executable, "-c", code]
+    params = ["--ros-args", "-p", f"urdf_path:={URDF}", "-p", f"joint_names:={JOINTS}",
+              "-r", "__ns:=/gem_main_test"]
+    context = Context()
+    rclpy.init(context=context)
+    probe = Node("main_probe", context=context)
+    executor = make_executor("single", context)
+    executor.add_node(probe)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        for extra, expected in (([], "active"), (["--managed"], "unconfigured")):
+            proc = subprocess.Popen([*common, *extra, *params], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+            try:
+                assert lifecycle_state(probe, "/gem_main_test/gem_executor") == expected
+            finally:
+                proc.terminate()
+                proc.communicate(timeout=30)
+        bad = subprocess.run([*common, *params, "-p", "gripper_backend:=magnet"], capture_output=True, text=True,
+                             timeout=60)
+        assert bad.returncode != 0 and "gripper_backend" in bad.stderr, bad.stderr[-2000:]
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        thread.join(5.0)
+        probe.destroy_node()
+        rclpy.try_shutdown(context=context)

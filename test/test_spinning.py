@@ -12,6 +12,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from gem_ros import bringup  # noqa: E402
 from gem_ros.nodes.spinning import (EXECUTOR_KINDS, EventsSpinner, events_executor_available,  # noqa: E402
                                     make_executor, process_options, resolve_kind)
 
@@ -32,7 +33,7 @@ def test_executor_from_the_command_line_leaves_ros_arguments_to_rclpy():
 def test_realtime_priority_from_the_command_line_is_checked_and_refused_where_inference_runs():
     assert process_options(["gem_executor"], allow_realtime=True).realtime_priority == 0
     assert process_options(["gem_executor", "--realtime-priority", "50", "--ros-args", "-p", "x:=1"],
-                           allow_realtime=True) == ("auto", 50, -1)
+                           allow_realtime=True) == ("auto", 50, -1, False)
     for bad in ("0.5", "-1", "100"):
         with pytest.raises(SystemExit):
             process_options(["gem_executor", "--realtime-priority", bad], allow_realtime=True)
@@ -44,7 +45,7 @@ def test_realtime_priority_from_the_command_line_is_checked_and_refused_where_in
 def test_cpu_dma_latency_from_the_command_line_is_checked_and_only_for_gem_executor():
     assert process_options(["gem_executor"], allow_realtime=True).cpu_dma_latency_us == -1
     assert process_options(["gem_executor", "--cpu-dma-latency-us", "0", "--realtime-priority", "50"],
-                           allow_realtime=True) == ("auto", 50, 0)
+                           allow_realtime=True) == ("auto", 50, 0, False)
     for bad in ("0.5", "-2", "1000001", "x"):
         with pytest.raises(SystemExit):
             process_options(["gem_executor", "--cpu-dma-latency-us", bad], allow_realtime=True)
@@ -120,37 +121,44 @@ def test_events_spinner_delivers_while_other_threads_publish_and_stops_promptly(
     assert result["stopped"] and result["joined"] and result["stop_s"] < 1.0
 
 
-def test_every_launch_configuration_is_declared_and_passed_to_the_nodes():
-    """launch_ros is not installable here: check the launch file's wiring statically."""
-    tree = ast.parse((REPO / "gem_bringup" / "launch" / "gem.launch.py").read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
-    first_arg = lambda name: {c.args[0].value for c in calls if c.func.id == name and c.args}  # noqa: E731
-    assert first_arg("LaunchConfiguration") <= first_arg("DeclareLaunchArgument")
-    executor_default = next(kw.value.value for c in calls if c.func.id == "DeclareLaunchArgument"
-                            and c.args[0].value == "executor" for kw in c.keywords if kw.arg == "default_value")
-    assert executor_default in EXECUTOR_KINDS
-    # Every node gets --executor: `arguments=<a list variable>` whose literal starts with "--executor".
-    lists = {t.id: n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
-             if isinstance(t, ast.Name) and isinstance(n.value, ast.List)}
-    nodes = [c for c in calls if c.func.id in ("Node", "LifecycleNode")]
-    passed = [next((kw.value for kw in c.keywords if kw.arg == "arguments"), None) for c in nodes]
-    assert len(nodes) == 4 and all(isinstance(v, ast.Name) and v.id in lists for v in passed), "arguments missing"
-    assert all(lists[v.id].elts[0].value == "--executor" for v in passed)
-    # gem_executor also gets the latency options, each from its launch argument (declared: checked above).
-    executor_node = next(c for c in nodes if any(kw.arg == "name" and kw.value.value == "gem_executor"
-                                                 for kw in c.keywords))
-    control = lists[next(kw.value.id for kw in executor_node.keywords if kw.arg == "arguments")]
-    for option, argument in (("--realtime-priority", "realtime_priority"),
-                             ("--cpu-dma-latency-us", "cpu_dma_latency_us")):
-        flag = next(i for i, e in enumerate(control.elts) if isinstance(e, ast.Constant) and e.value == option)
-        assert control.elts[flag + 1].func.id == "LaunchConfiguration"
-        assert control.elts[flag + 1].args[0].value == argument
-    # and every launch default is one the node's command line accepts
-    defaults = {c.args[0].value: kw.value.value for c in calls if c.func.id == "DeclareLaunchArgument"
-                for kw in c.keywords if kw.arg == "default_value" and isinstance(kw.value, ast.Constant)}
-    assert process_options(["gem_executor", "--realtime-priority", defaults["realtime_priority"],
-                            "--cpu-dma-latency-us", defaults["cpu_dma_latency_us"]], allow_realtime=True) \
-        == ("auto", 0, -1)
+LAUNCH_FILE = REPO / "gem_bringup" / "launch" / "gem.launch.py"
+
+
+def test_the_launch_file_only_composes_what_gem_ros_bringup_decides():
+    """launch_ros is not installable here: check statically that the launch file is the thin shell over
+    gem_ros.bringup (whose logic test_bringup runs): its arguments come from bringup.ARGUMENTS, its actions from
+    bringup.launch_actions, and the launch classes it hands over are every one launch_actions uses."""
+    from gem_ros import bringup
+
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    modules = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
+    assert modules <= {"launch", "launch.actions", "launch_ros.actions", "launch_ros.event_handlers",
+                       "launch_ros.events.lifecycle", "lifecycle_msgs.msg", "gem_ros"}, modules
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    # Substitutions are resolved in Python (bringup), not by the launch release: the nested-list
+    # PathJoinSubstitution older Jazzy releases reject, and LaunchConfiguration, are gone.
+    assert not names & {"PathJoinSubstitution", "LaunchConfiguration", "FindPackageShare", "IfCondition"}
+    source = ast.unparse(tree)
+    assert "bringup.ARGUMENTS.items()" in source and "DeclareLaunchArgument(name" in source
+    assert "OpaqueFunction(function=lambda context: bringup.launch_actions(context.launch_configurations, _Api))" \
+        in source
+    api = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "_Api")
+    given = {t.id for a in api.body if isinstance(a, ast.Assign) for t in a.targets[0].elts}
+    used = {n.attr for n in ast.walk(ast.parse(Path(bringup.__file__).read_text()))
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "api"}
+    assert used == given, (used, given)
+
+
+def test_launch_argument_defaults_are_what_the_nodes_command_lines_accept():
+    assert bringup.EXECUTOR_KINDS == EXECUTOR_KINDS   # bringup keeps a copy: it must not import rclpy
+    defaults = {name: default for name, (default, _) in bringup.ARGUMENTS.items()}
+    assert defaults["checkpoint"] is None   # required: `ros2 launch` refuses to start without it
+    assert process_options(["gem_executor", "--executor", defaults["executor"], "--realtime-priority",
+                            defaults["realtime_priority"], "--cpu-dma-latency-us", defaults["cpu_dma_latency_us"],
+                            "--managed"], allow_realtime=True, allow_managed=True) == ("auto", 0, -1, True)
+    assert process_options(["gem_policy", "--executor", defaults["policy_executor"]]).executor == "auto"
+    with pytest.raises(SystemExit):   # only gem_executor starts itself; the policy is always managed
+        process_options(["gem_policy", "--managed"])
 
 
 @pytest.mark.skipif(not events_executor_available(), reason="rclpy has no EventsExecutor (before Kilted)")
@@ -178,69 +186,36 @@ def _record_errors(fn, errors: list) -> None:
         errors.append(error)
 
 
-def test_composed_launch_replaces_policy_and_executor_with_gem_policy_executor():
-    """composed:=true: one gem_policy_executor process with both nodes' parameters, the two separate nodes and the
-    lifecycle events that drive gem_policy off (gem_policy_executor configures itself)."""
-    tree = ast.parse((REPO / "gem_bringup" / "launch" / "gem.launch.py").read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
-    keyword = lambda call, name: next((kw.value for kw in call.keywords if kw.arg == name), None)  # noqa: E731
-    declared = {c.args[0].value: keyword(c, "default_value") for c in calls if c.func.id == "DeclareLaunchArgument"}
-    assert declared["composed"].value == "false"
-    composed = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
-                if isinstance(n.value, ast.Call) and getattr(n.value.func, "id", "") == "LaunchConfiguration"
-                and n.value.args[0].value == "composed"}
-
-    def condition(call) -> str:
-        cond = keyword(call, "condition")
-        assert cond is not None and isinstance(cond.args[0], ast.Name) and cond.args[0].id in composed, \
-            f"{ast.unparse(call)[:80]} has no composed condition"
-        return cond.func.id
-
-    by_executable = {keyword(c, "executable").value: c for c in calls if c.func.id in ("Node", "LifecycleNode")}
-    assert condition(by_executable["gem_policy_executor"]) == "IfCondition"
-    assert condition(by_executable["gem_policy"]) == condition(by_executable["gem_executor"]) == "UnlessCondition"
-    assigned = {t.id: n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
-                if isinstance(t, ast.Name)}
-    assert condition(assigned["configure"]) == condition(assigned["activate_when_configured"]) == "UnlessCondition"
-    # The YAML first, then the node-scoped rules: rcl keeps the last value of a parameter (launch_ros would put a
-    # `parameters=` file after them).
-    rules = [ast.unparse(e) for e in keyword(by_executable["gem_policy_executor"], "ros_arguments").elts]
-    assert rules == ["'--params-file'", "params", "'-p'", "['gem_policy:checkpoint:=', checkpoint]",
-                     "'-p'", "['gem_executor:urdf_path:=', urdf]", "'-p'", "['gem_executor:checkpoint:=', checkpoint]"]
-    assert keyword(by_executable["gem_policy_executor"], "parameters") is None
-    assert keyword(by_executable["gem_policy_executor"], "name") is None   # a name would rename both nodes
-    # urdf:= reaches both layouts' executor; its default is the bundled URDF of arm:=
-    urdf = assigned["urdf"]
-    assert ast.unparse(urdf) == "LaunchConfiguration('urdf')"
-    assert "urdf_path" in ast.unparse(keyword(by_executable["gem_executor"], "parameters"))
-    # and the checkpoint: its io decides the executor's action space (issue 16.8)
-    assert "'checkpoint': checkpoint" in ast.unparse(keyword(by_executable["gem_executor"], "parameters"))
-    assert "'urdf', arm, [arm, '.urdf']" in ast.unparse(declared["urdf"])
-
-
-def test_the_robot_yaml_leaves_what_the_launch_file_sets_to_it():
-    """gem.launch.py passes checkpoint and urdf_path per node; launch_ros puts `parameters=` files after them and
-    rcl keeps the last value, so the YAML must not carry those keys (an empty urdf_path there overrode the launch
-    file's and the executor refused to start)."""
+@pytest.mark.parametrize("arm", bringup.known_arms())
+def test_an_arm_yaml_leaves_what_the_launch_file_sets_to_it(arm):
+    """The launch file (gem_ros.bringup) sets checkpoint, urdf_path and use_sim_time per node; a value in the arm's
+    YAML would be a second source (an empty urdf_path there once overrode the launch file's and the executor refused
+    to start), and use_sim_time must follow sim:= (a real arm has no /clock)."""
     import yaml
 
-    config = yaml.safe_load((REPO / "gem_bringup" / "config" / "panda" / "gem.yaml").read_text())
+    config = yaml.safe_load(bringup.arm_config(arm).read_text())
+    for node in ("gem_sim", "gem_policy", "gem_executor"):
+        assert "use_sim_time" not in ((config.get(node) or {}).get("ros__parameters") or {}), node
     assert "checkpoint" not in config["gem_policy"]["ros__parameters"]
-    for key in ("checkpoint", "action_space", "chunk_dt_s"):   # the checkpoint decides these (issue 16.8)
-        assert key not in config["gem_executor"]["ros__parameters"]
-    assert "urdf_path" not in config["gem_executor"]["ros__parameters"]
-    assert "robot_description" not in config["gem_executor"]["ros__parameters"]
+    for key in ("checkpoint", "action_space", "chunk_dt_s", "urdf_path", "robot_description"):
+        assert key not in config["gem_executor"]["ros__parameters"], key   # the checkpoint decides (issue 16.8)
 
 
-
-def test_launch_description_builds_where_launch_ros_is_installed():
+def test_launch_description_builds_where_launch_ros_is_installed(tmp_path):
     """Where launch_ros exists (a ROS install, not this pip environment) the file must at least construct: a wrong
     keyword of a launch action fails here rather than at `ros2 launch`."""
     pytest.importorskip("launch_ros")
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gem_launch", REPO / "gem_bringup" / "launch" / "gem.launch.py")
+    spec = importlib.util.spec_from_file_location("gem_launch", LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
-    assert len(description.entities) >= 10
+    assert len(description.entities) == len(bringup.ARGUMENTS) + 1
+    # and the actions gem_ros.bringup composes, with the real launch classes (wrong keywords fail here)
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    for layout in ("false", "true"):
+        actions = bringup.launch_actions({"checkpoint": str(checkpoint), "composed": layout, "namespace": "left"},
+                                         module._Api, params_folder=str(tmp_path))
+        assert len(actions) >= 2

@@ -10,7 +10,8 @@ twice. rclpy has no intra-process transport; this is the in-process hand-over th
     ros2 run gem_ros gem_policy_executor --ros-args --params-file <gem_bringup>/config/panda/gem.yaml \
         -p gem_policy:checkpoint:=/path -p gem_executor:urdf_path:=/path/panda.urdf
 
-Unlike the launch file's managed gem_policy, this entry point configures and activates the policy itself.
+Unlike the launch file's managed nodes, this process configures and activates both of its nodes itself (the
+executor first); `ros2 lifecycle set /gem_executor deactivate` (or /gem_policy) still works on each.
 `--executor events|single|auto` (before --ros-args) picks the rclpy executor (gem_ros.nodes.spinning).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import faulthandler
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
-from gem_ros.nodes.executor_node import ExecutorNode
+from gem_ros.nodes.executor_node import ExecutorNode, start_executor
 from gem_ros.nodes.policy_node import PolicyNode
 
 
@@ -50,6 +51,11 @@ def main(args=None) -> None:
         executor_node = ExecutorNode(parameter_overrides=[Parameter("subscribe_chunks", value=False)])
         nodes.append(executor_node)
         connect_in_process(policy, executor_node)
+        try:   # the executor first: a bad URDF or parameter ends the process before the model loads
+            start_executor(executor_node)
+        except Exception as error:  # noqa: BLE001 - logged by the node; the process ends with the reason
+            nodes.remove(executor_node)   # start_executor destroyed it
+            raise SystemExit(f"gem_executor did not come up: {error}") from error
         if policy.trigger_configure() != TransitionCallbackReturn.SUCCESS \
                 or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS:
             raise SystemExit("gem_policy did not come up: see its error above")

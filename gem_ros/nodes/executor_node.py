@@ -1,9 +1,15 @@
 """gem_executor: action chunks in, safety-filtered JointTrajectory out, at the control rate. One node per arm.
 
+A managed (lifecycle) node: configure builds the controller from the parameters and the URDF (a bad value fails the
+transition, logged with its reason) and starts reading joint states; activate starts the control tick and takes
+chunks; deactivate sends one hold (when a plan was running) and commands nothing more; cleanup frees it all.
+`gem_executor` configures and activates itself unless started `--managed` (the launch file then drives it).
+
 In:  gem/action_chunk (gem_msgs/ActionChunk; num_points == 0 = stop and hold), gem/policy_status (gem_policy's
      50 Hz heartbeat: once seen, its silence for policy_timeout_s holds a running plan), joint_states
      (sensor_msgs/JointState, by name, partial messages merged), gem/estop (std_msgs/Bool; true latches the
      e-stop, false does nothing: only ~/reset_estop releases it). Services ~/estop, ~/reset_estop (Trigger).
+     The e-stop is heard in every lifecycle state and stays latched across cleanup and configure.
 Out: <controller_name>/joint_trajectory (topic backend) or <controller_name>/follow_joint_trajectory (action
      backend, needs control_msgs), /diagnostics at 1 Hz. With gripper_backend trajectory / gripper_command the
      gripper joints go to <gripper_controller_name>/joint_trajectory or .../gripper_cmd instead (a hold stops the
@@ -16,37 +22,58 @@ ticks: it reaches the controller up to one control period (20 ms at 50 Hz) earli
 from __future__ import annotations
 
 import threading
+import traceback
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
 from gem_msgs.msg import ActionChunk, PolicyStatus
 from gem_ros.core.executor_setup import PARAMETERS, build_controller
-from gem_ros.nodes.backends import make_backends
+from gem_ros.nodes.backends import BackendUnavailable, make_backends
 from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.conversions import diagnostic_status, stamp_to_s
 
 NODE_NAME = "gem_executor"
 _LEVELS = {"OK": 0, "WARN": 1, "ERROR": 2}
+_EXPECTED_ERRORS = (ValueError, OSError, BackendUnavailable)   # bad parameters, files, missing packages
 
 
-class ExecutorNode(Node):
+class ExecutorNode(LifecycleNode):
     def __init__(self, **kwargs):
-        """kwargs go to rclpy Node (context, parameter_overrides, namespace, ...)."""
+        """kwargs go to rclpy's LifecycleNode (context, parameter_overrides, namespace, ...). Unconfigured: nothing
+        is read or commanded until configure (see start_executor)."""
         super().__init__(NODE_NAME, **kwargs)
+        for name, default in PARAMETERS.items():
+            # Numbers accept int or float ("rate: 50" in YAML); the config dataclasses validate them.
+            descriptor = ParameterDescriptor(dynamic_typing=isinstance(default, float))
+            self.declare_parameter(name, default, descriptor)
+        self.declare_parameter("subscribe_chunks", True)   # False: chunks come by deliver_chunk (composed)
+        self.controller = self.backend = None
+        self.configure_error: Exception | None = None   # why the last configure failed (start_executor raises it)
+        self._estop: str | None = None                   # latched e-stop source, whatever the lifecycle state
+        self._active = False                             # read and written under _send_lock
+        self._configured, self._activated = [], []       # handles that cleanup / deactivate destroy
+        # A trajectory is computed and sent under one lock: with chunks delivered on the policy's thread, a tick
+        # computed before a replan must not reach the controller after it, nor anything after deactivate's hold.
+        self._send_lock = threading.Lock()
+        self.create_subscription(Bool, "gem/estop", self._on_estop_topic, 10)
+        self.create_service(Trigger, "~/estop", self._on_estop_service)
+        self.create_service(Trigger, "~/reset_estop", self._on_reset_service)
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        self.configure_error = None
         try:
-            for name, default in PARAMETERS.items():
-                # Numbers accept int or float ("rate: 50" in YAML); the config dataclasses validate them.
-                descriptor = ParameterDescriptor(dynamic_typing=isinstance(default, float))
-                self.declare_parameter(name, default, descriptor)
-            self.declare_parameter("subscribe_chunks", True)   # False: chunks come by deliver_chunk (composed)
             values = {name: self.get_parameter(name).value for name in PARAMETERS}
             if not values["robot_description"] and not values["urdf_path"]:
                 values["robot_description"] = self._robot_description_from_topic(
@@ -55,41 +82,101 @@ class ExecutorNode(Node):
                 self.get_logger().warning("both robot_description and urdf_path are set; "
                                           "limits come from robot_description")
             self.controller = build_controller(values)
-            self.controller_name = values["controller_name"]
             self.backend = make_backends(values, self, self.controller.cfg.joint_names)
-        except Exception:
-            super().destroy_node()   # do not leak a half-built node into the caller's context
-            raise
-        # A trajectory is computed and sent under one lock: with chunks delivered on the policy's thread, a tick
-        # computed before a replan must not reach the controller after it.
-        self._send_lock = threading.Lock()
-        if self.get_parameter("subscribe_chunks").value:
-            self.create_subscription(ActionChunk, "gem/action_chunk", self._on_chunk, 10)
-        self.create_subscription(JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data)
-        self.create_subscription(PolicyStatus, "gem/policy_status", self._on_policy_status, 10)
-        self.create_subscription(Bool, "gem/estop", self._on_estop_topic, 10)
-        self.create_service(Trigger, "~/estop", self._on_estop_service)
-        self.create_service(Trigger, "~/reset_estop", self._on_reset_service)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0 / values["control_rate_hz"], self._on_tick)
-        self.create_timer(1.0, self._publish_diagnostics)
+        except Exception as error:  # noqa: BLE001 - rclpy would swallow it (transition ERROR, no log): say why
+            self.configure_error = error
+            expected = isinstance(error, _EXPECTED_ERRORS)   # anything else is a bug: keep its traceback
+            self.get_logger().error(f"configure failed: {type(error).__name__}: {error}"
+                                    + ("" if expected else f"\n{traceback.format_exc()}"))
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        if self._estop is not None:
+            self.controller.engage_estop(self._estop)
+        self.controller_name, self._control_period_s = values["controller_name"], 1.0 / values["control_rate_hz"]
+        # Joint states from configure on (nothing is commanded with them before activate): the first active tick
+        # then starts from where the arm is, not from where it was before a deactivate.
+        self._configured = [
+            self.create_subscription(JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data),
+            self.create_publisher(DiagnosticArray, "/diagnostics", 10),
+            self.create_timer(1.0, self._publish_diagnostics)]
+        self.diagnostics_pub = self._configured[1]
+        return TransitionCallbackReturn.SUCCESS
 
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        if self.get_parameter("subscribe_chunks").value:
+            self._activated.append(self.create_subscription(ActionChunk, "gem/action_chunk", self._on_chunk, 10))
+        self._activated += [self.create_subscription(PolicyStatus, "gem/policy_status", self._on_policy_status, 10),
+                            self.create_timer(self._control_period_s, self._on_tick)]
+        with self._send_lock:
+            self._active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._stop_commanding("gem_executor deactivated")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._stop_commanding("gem_executor shut down")
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_commanding(self, reason: str) -> None:
+        """A running plan ends in one hold; then nothing more is sent until activate."""
+        self._destroy(self._activated)
+        with self._send_lock:
+            if self._active:
+                self._active = False
+                self.controller.stop(reason)
+                self._send(self.controller.replan(self._now()))
+
+    def _release(self) -> None:
+        self._destroy(self._activated)
+        self._destroy(self._configured)
+        if self.backend is not None:
+            self.backend.close()
+        self.controller = self.backend = None
+
+    def _destroy(self, handles: list) -> None:
+        """Through the node, so that its executor forgets them too."""
+        destroyers = ((Subscription, self.destroy_subscription), (Publisher, self.destroy_publisher),
+                      (Timer, self.destroy_timer))
+        for handle in handles:
+            next(destroy for kind, destroy in destroyers if isinstance(handle, kind))(handle)
+        handles.clear()
+
+    def destroy_node(self) -> None:
+        self._release()
+        super().destroy_node()
+
+    # ------------------------------------------------------------------------------ callbacks
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _robot_description_from_topic(self, timeout_s: float) -> str:
         """The URDF that robot_state_publisher latches on `robot_description` (transient local; ros2_control reads
-        it there too), for robots whose description is not a file here. Blocks up to `timeout_s`."""
+        it there too), for robots whose description is not a file here. Blocks up to `timeout_s`. Read by a node
+        of its own that no executor spins: configure may run inside this node's executor (a lifecycle service
+        call), which must not take the one latched message first."""
+        import rclpy
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from rclpy.wait_for_message import wait_for_message
         from std_msgs.msg import String
 
-        topic = self.resolve_topic_name("robot_description")
+        topic = self.resolve_topic_name("robot_description")   # with this node's namespace and remappings
         self.get_logger().info(f"no urdf_path / robot_description parameter: waiting for {topic} ({timeout_s} s)")
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
-        received, msg = wait_for_message(String, self, "robot_description", qos_profile=latched,
-                                         time_to_wait=timeout_s)
+        reader = rclpy.create_node(f"{self.get_name()}_urdf_reader", namespace=self.get_namespace(),
+                                   context=self.context, use_global_arguments=False,
+                                   start_parameter_services=False, enable_rosout=False)
+        try:
+            received, msg = wait_for_message(String, reader, topic, qos_profile=latched, time_to_wait=timeout_s)
+        finally:
+            reader.destroy_node()
         if not received or not msg.data.strip():
             raise ValueError(f"no urdf_path or robot_description parameter, and no URDF on {topic} within "
                              f"{timeout_s} s (is robot_state_publisher running?): joint limits come from it")
@@ -107,27 +194,37 @@ class ExecutorNode(Node):
 
     def deliver_chunk(self, msg: ActionChunk) -> None:
         """In-process delivery of a chunk (any thread), for a policy composed into this process; the node should
-        then be built with subscribe_chunks false so the topic copy is not planned twice."""
+        then be built with subscribe_chunks false so the topic copy is not planned twice. Dropped unless active."""
         self._on_chunk(msg)
 
     def _on_chunk(self, msg: ActionChunk) -> None:
-        if msg.num_points == 0:
-            self.controller.stop("empty action chunk from the policy")
-            self._replan_now()   # the hold goes out now too, not at the next tick
-            return
-        actions = np.asarray(msg.positions, dtype=float)
-        if actions.size != msg.num_points * msg.num_joints:
-            reason = self.controller.refuse(f"{actions.size} values for {msg.num_points} x {msg.num_joints} positions")
-        else:
-            reason = self.controller.on_chunk(
-                list(msg.joint_names), msg.dt, actions.reshape(msg.num_points, msg.num_joints), msg.action_space,
-                stamp_to_s(msg.header.stamp), self._now())
-        if reason:
-            self.get_logger().warning(f"action chunk {msg.chunk_index} refused: {reason}", throttle_duration_sec=1.0)
-        self._replan_now()   # the new plan, or the hold an unsafe chunk asks for, goes out now
+        with self._send_lock:
+            if not self._active:   # a composed policy hands chunks over whatever this node's state
+                self.get_logger().warning("action chunk ignored: gem_executor is not active",
+                                          throttle_duration_sec=2.0)
+                return
+            if msg.num_points == 0:
+                self.controller.stop("empty action chunk from the policy")
+                self._replan_now()   # the hold goes out now too, not at the next tick
+                return
+            actions = np.asarray(msg.positions, dtype=float)
+            if actions.size != msg.num_points * msg.num_joints:
+                reason = self.controller.refuse(
+                    f"{actions.size} values for {msg.num_points} x {msg.num_joints} positions")
+            else:
+                reason = self.controller.on_chunk(
+                    list(msg.joint_names), msg.dt, actions.reshape(msg.num_points, msg.num_joints),
+                    msg.action_space, stamp_to_s(msg.header.stamp), self._now())
+            if reason:
+                self.get_logger().warning(f"action chunk {msg.chunk_index} refused: {reason}",
+                                          throttle_duration_sec=1.0)
+            self._replan_now()   # the new plan, or the hold an unsafe chunk asks for, goes out now
 
     def _engage_estop(self, source: str) -> None:
-        self.controller.engage_estop(source)
+        self._estop = source
+        controller = self.controller
+        if controller is not None:
+            controller.engage_estop(source)
         self.get_logger().error(f"e-stop engaged by {source}; call ~/reset_estop to release")
 
     def _on_estop_topic(self, msg: Bool) -> None:
@@ -140,20 +237,24 @@ class ExecutorNode(Node):
         return response
 
     def _on_reset_service(self, request, response):
-        was_engaged = self.controller.reset_estop()
+        was_engaged, self._estop = self._estop is not None, None
+        controller = self.controller
+        if controller is not None:
+            was_engaged = controller.reset_estop() or was_engaged
         response.success = True
         response.message = "e-stop released" if was_engaged else "e-stop was not engaged"
         self.get_logger().info(response.message)
         return response
 
     def _replan_now(self) -> None:
+        """Under _send_lock, while active."""
         if self.controller.cfg.replan_on_chunk:
-            with self._send_lock:
-                self._send(self.controller.replan(self._now()))
+            self._send(self.controller.replan(self._now()))
 
     def _on_tick(self) -> None:
         with self._send_lock:
-            self._send(self.controller.tick(self._now()))
+            if self._active:
+                self._send(self.controller.tick(self._now()))
 
     def _send(self, command) -> None:
         if command.kind == "trajectory":
@@ -164,27 +265,38 @@ class ExecutorNode(Node):
 
     def _publish_diagnostics(self) -> None:
         level, message = self.controller.health()
-        status = diagnostic_status(f"{NODE_NAME}: execution", _LEVELS[level], message, self.controller.stats,
+        values = {"lifecycle": "active" if self._active else "inactive", **self.controller.stats}
+        status = diagnostic_status(f"{NODE_NAME}: execution", _LEVELS[level], message, values,
                                    hardware_id=self.controller_name)
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_pub.publish(array)
 
-    def destroy_node(self) -> None:
-        self.backend.close()
-        super().destroy_node()
+
+def start_executor(node: ExecutorNode) -> ExecutorNode:
+    """Configure and activate `node` (what the launch file's lifecycle events do); if configure fails the node is
+    destroyed and its error raised (ValueError / BackendUnavailable naming the parameter)."""
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        error = node.configure_error or RuntimeError("gem_executor configure failed (see its log)")
+        node.destroy_node()
+        raise error
+    if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        node.destroy_node()
+        raise RuntimeError("gem_executor activate failed (see its log)")
+    return node
 
 
-def make_executor_node(context=None, **overrides) -> ExecutorNode:
-    """An ExecutorNode with parameter overrides by name, e.g. make_executor_node(ctx, joint_names=[...])."""
+def make_executor_node(context=None, start: bool = True, **overrides) -> ExecutorNode:
+    """An ExecutorNode with parameter overrides by name, e.g. make_executor_node(ctx, joint_names=[...]),
+    configured and activated unless `start` is false."""
     unknown = sorted(set(overrides) - set(PARAMETERS) - {"use_sim_time", "subscribe_chunks"})
     if unknown:
         raise ValueError(f"unknown executor parameters {unknown}; known: {sorted(PARAMETERS)}")
     parameters = [Parameter(name, value=list(value) if isinstance(value, tuple) else value)
                   for name, value in overrides.items()]
-    return ExecutorNode(context=context, parameter_overrides=parameters)
+    node = ExecutorNode(context=context, parameter_overrides=parameters)
+    return start_executor(node) if start else node
 
 
 def main(args=None) -> None:
-    spin_node(ExecutorNode, args, allow_realtime=True)
-
+    spin_node(ExecutorNode, args, allow_realtime=True, start=start_executor)

@@ -19,18 +19,22 @@ def node_parameters(yaml_path: Path, node_name: str, **overrides) -> list[Parame
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
-def spin_node(make_node, args=None, runs_inference: bool = False, allow_realtime: bool = False) -> None:
+def spin_node(make_node, args=None, runs_inference: bool = False, allow_realtime: bool = False,
+              start=None) -> None:
     """`main()` of every gem node: init, build, spin (executor from `--executor`; see gem_ros.nodes.spinning for
     what `auto` picks) until Ctrl-C or shutdown, always clean up. `--realtime-priority N` (`allow_realtime`:
     gem_executor only) is applied before rclpy starts, so the middleware's threads get it too;
-    `--cpu-dma-latency-us N` (the same) is held until the process ends (gem_ros.core.realtime)."""
+    `--cpu-dma-latency-us N` (the same) is held until the process ends (gem_ros.core.realtime).
+    `start(node)` (a lifecycle node that brings itself up: configure + activate, raising why it cannot) runs before
+    spinning unless the command line says `--managed`; a failure ends the process with the reason."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     from gem_ros.core.realtime import hold_cpu_wakeup_latency, make_calling_thread_realtime
     from gem_ros.nodes.spinning import make_executor, process_options, resolve_kind
 
-    options = process_options(args, allow_realtime and not runs_inference)   # bad arguments fail before anything
+    # bad arguments fail before anything
+    options = process_options(args, allow_realtime and not runs_inference, allow_managed=start is not None)
     kind = resolve_kind(options.executor, runs_inference)
     faulthandler.enable()   # a crash in a C extension (DDS, torch) leaves the Python stacks in the log
     realtime, scheduling = make_calling_thread_realtime(options.realtime_priority)
@@ -39,6 +43,12 @@ def spin_node(make_node, args=None, runs_inference: bool = False, allow_realtime
     node = None
     try:
         node = make_node()
+        if start is not None and not options.managed:
+            try:
+                start(node)
+            except Exception as error:  # noqa: BLE001 - the node logged it; the process ends with the reason
+                node = None   # start destroyed it
+                raise SystemExit(f"{error}") from error
         executor = make_executor(kind)
         log = node.get_logger()
         refused = (options.realtime_priority and not realtime) or \
@@ -57,16 +67,8 @@ def spin_node(make_node, args=None, runs_inference: bool = False, allow_realtime
 
 
 def bringup_config(arm: str) -> Path:
-    """gem_bringup/config/<arm>/gem.yaml from the install (colcon) or the source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
+    """gem_bringup/config/<arm>/gem.yaml from the install (colcon) or the source tree; an unknown arm raises
+    ValueError naming the known ones."""
+    from gem_ros.bringup import arm_config
 
-        candidate = Path(get_package_share_directory("gem_bringup")) / "config" / arm / "gem.yaml"
-        if candidate.exists():
-            return candidate
-    except Exception:  # noqa: BLE001 - gem_bringup is optional outside colcon installs
-        pass
-    candidate = Path(__file__).resolve().parents[2] / "gem_bringup" / "config" / arm / "gem.yaml"
-    if not candidate.exists():
-        raise ValueError(f"no config for arm '{arm}': {candidate} does not exist")
-    return candidate
+    return arm_config(arm)

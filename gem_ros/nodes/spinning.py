@@ -93,12 +93,14 @@ class ProcessOptions(NamedTuple):
     executor: str                   # one of EXECUTOR_KINDS
     realtime_priority: int = 0      # 0 = default scheduling; 1-99 SCHED_FIFO (gem_ros.core.realtime)
     cpu_dma_latency_us: int = -1    # -1 = idle states left alone; N >= 0: CPU wake-up latency held <= N us
+    managed: bool = False           # leave a lifecycle node unconfigured for a lifecycle manager (the launch file)
 
 
-def process_options(args=None, allow_realtime: bool = False) -> ProcessOptions:
-    """`--executor KIND`, `--realtime-priority N` and `--cpu-dma-latency-us N` of a gem node's command line (`args`
-    as rclpy.init takes them; None: sys.argv). ROS arguments (after --ros-args) are left to rclpy; anything else is
-    refused, as are the two latency options unless `allow_realtime` (gem_executor; see gem_ros.core.realtime)."""
+def process_options(args=None, allow_realtime: bool = False, allow_managed: bool = False) -> ProcessOptions:
+    """`--executor KIND`, `--realtime-priority N`, `--cpu-dma-latency-us N` and `--managed` of a gem node's command
+    line (`args` as rclpy.init takes them; None: sys.argv). ROS arguments (after --ros-args) are left to rclpy;
+    anything else is refused, as are the two latency options unless `allow_realtime` (gem_executor; see
+    gem_ros.core.realtime) and --managed unless `allow_managed` (a node that configures itself by default)."""
     import argparse
     import sys
 
@@ -127,7 +129,13 @@ def process_options(args=None, allow_realtime: bool = False) -> ProcessOptions:
                         help="hold every CPU's wake-up latency <= N us while the node runs (/dev/cpu_dma_latency; "
                              "-1: leave idle states alone; where the OS refuses it, the node logs why and runs "
                              "without)")
+    parser.add_argument("--managed", action="store_true",
+                        help="stay unconfigured: a lifecycle manager (the launch file, `ros2 lifecycle set`) "
+                             "configures and activates the node")
     parsed = parser.parse_args(argv[1:])
+    if parsed.managed and not allow_managed:
+        parser.error("--managed: only gem_executor configures itself by default; this node always waits for "
+                     "its lifecycle transitions")
     try:
         resolve_kind(parsed.executor)
     except ValueError as error:
@@ -137,4 +145,4 @@ def process_options(args=None, allow_realtime: bool = False) -> ProcessOptions:
         if value != off and not allow_realtime:
             parser.error(f"{option}: only gem_executor, in its own process, takes the latency options (inference "
                          f"and busy nodes must not run real-time; see gem_ros.core.realtime)")
-    return ProcessOptions(parsed.executor, parsed.realtime_priority, parsed.cpu_dma_latency_us)
+    return ProcessOptions(parsed.executor, parsed.realtime_priority, parsed.cpu_dma_latency_us, parsed.managed)
