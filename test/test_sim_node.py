@@ -95,3 +95,51 @@ def test_a_tick_that_runs_after_destroy_does_nothing(ros):
     sim.destroy_node()
     sim.tick()
     assert sim._ticks == ticks
+
+
+def test_a_ur5e_sim_speaks_the_ur_drivers_names_and_latches_its_urdf(ros):
+    """gem_sim arm:=ur5e: the UR driver's joint names on joint_states, its controller's trajectory topic, and the
+    model's URDF on robot_description (latched), as robot_state_publisher gives it on a real arm."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    from gem_ros.core.kinematics import load_urdf_limits
+    from gem_ros.nodes.params import bringup_config, node_parameters
+
+    if not _has_erd():
+        pytest.skip("example-robot-data is not installed")
+    sim = ros.add(SimNode(context=ros.context, parameter_overrides=node_parameters(
+        bringup_config("ur5e"), "gem_sim", camera_rate_hz=1.0)))
+    probe = ros.add(Node("probe", context=ros.context))
+    joints, descriptions = [], []
+    probe.create_subscription(JointState, "/joint_states", joints.append, 50)
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    probe.create_subscription(String, "/robot_description", descriptions.append, latched)
+    ros.wait_for(lambda: joints and descriptions, 30, "joint_states and robot_description")
+    ur = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",
+          "wrist_3_joint"]
+    assert list(joints[-1].name) == ur
+    assert set(ur) <= set(load_urdf_limits(descriptions[-1].data))
+    pub = probe.create_publisher(JointTrajectory, "/scaled_joint_trajectory_controller/joint_trajectory", 10)
+    ros.wait_for(lambda: pub.get_subscription_count() >= 1, 10, "the UR controller's trajectory topic")
+    msg = JointTrajectory(joint_names=["shoulder_pan_joint"])
+    msg.points = [JointTrajectoryPoint(positions=[0.3], time_from_start=Duration(sec=1))]
+    pub.publish(msg)
+    ros.wait_for(lambda: abs(joints[-1].position[0] - 0.3) < 0.01, 30, "shoulder_pan_joint to reach 0.3 rad")
+
+
+def test_an_arm_without_a_model_is_refused_naming_the_ones_there_are(ros):
+    from gem_ros.nodes.params import bringup_config, node_parameters
+
+    with pytest.raises(ValueError, match="no simulation model for arm 'fr3'.*ur5e"):
+        SimNode(context=ros.context, parameter_overrides=node_parameters(bringup_config("fr3"), "gem_sim"))
+
+
+def _has_erd() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("example-robot-data")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False

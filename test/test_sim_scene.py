@@ -250,3 +250,36 @@ def test_sim_modules_are_ros_free():
         imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and node.module}
         assert "rclpy" not in imported, module
+
+
+@pytest.mark.parametrize("arm, first_joint, wrist", [("ur5e", "shoulder_pan_joint", "tool0"),
+                                                      ("ur10e", "shoulder_pan_joint", "tool0"),
+                                                      ("xarm7", "joint1", "link_eef")])
+def test_registry_arms_load_with_the_vendor_joint_names_and_run_dry(arm, first_joint, wrist):
+    """example-robot-data's UR5/UR10/xArm7 (meshes found wherever the wheel lives): the vendor drivers' joint names,
+    position control by name, both cameras (the wrist one on the arm's flange), and no task success: no gripper."""
+    from gem_ros.sim.arms import ERD, SIM_ARMS, package_root
+
+    try:
+        package_root(ERD)
+    except ValueError as missing:
+        pytest.skip(str(missing))
+    with TabletopSim(SimConfig(arm=arm)) as sim:
+        names, home, _ = sim.joint_state()
+        assert names == list(SIM_ARMS[arm].arm_joints) and names[0] == first_joint
+        np.testing.assert_allclose(home, SIM_ARMS[arm].home_rad, atol=1e-6)
+        sim.set_joint_targets([first_joint], np.array([home[0] + 0.2]))
+        sim.step(1.0)
+        assert sim.joint_state()[1][0] == pytest.approx(home[0] + 0.2, abs=0.01)
+        assert sim.cfg.cameras[1].mount_link == wrist
+        rgb, depth = sim.render("scene")
+        assert rgb.shape == (224, 224, 3) and rgb.std() > 10 and np.isfinite(depth).all()
+        assert sim.task_success() is False
+        assert sim.ee_pose()[0][2] > 0.2                  # the tool hangs over the table at home
+
+
+def test_an_arm_without_a_model_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="no simulation model for arm 'kinova_gen3'.*panda"):
+        SimConfig(arm="kinova_gen3")
+    with pytest.raises(ValueError, match="coarse_robot_meshes"):
+        SimConfig(arm="xarm7", coarse_robot_meshes=True)

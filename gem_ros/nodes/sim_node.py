@@ -1,24 +1,28 @@
 """gem_sim: the embedded pybullet arm, speaking the topics of a real arm under ros2_control.
 
-Out: /clock (sim time), /joint_states, /camera/<name>/image_raw + camera_info (+ depth/image_raw when asked),
-/gem/task_success (std_msgs/Bool). In: /<controller_name>/joint_trajectory (trajectory_msgs/JointTrajectory)
+`arm` picks the model (gem_ros/sim/arms.py: panda, ur5e, ur10e, xarm7), with the vendor's joint names.
+Out: /clock (sim time), joint_states, camera/<name>/image_raw + camera_info (+ depth/image_raw when asked),
+gem/task_success (std_msgs/Bool), robot_description (the URDF loaded, latched as robot_state_publisher does).
+In: <controller_name>/joint_trajectory (trajectory_msgs/JointTrajectory)
 with JointTrajectoryController semantics (see gem_ros/sim/follower.py). Physics advances `step_s` of sim time
 per timer tick; when the machine cannot keep up, sim time simply runs slower than wall time, and every node
-on `use_sim_time` stays consistent.
+on `use_sim_time` stays consistent. Names but /clock are relative: in a namespace the arm's topics follow it
+(/clock is process-wide, as Gazebo's).
 """
 from __future__ import annotations
 
 import threading
 
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory
 
 from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.conversions import depth_to_image_msg, make_camera_info, rgb_to_image_msg, s_to_stamp, stamp_to_s
+from gem_ros.sim.arms import resolved_urdf_text
 from gem_ros.sim.follower import TrajectoryFollower
 from gem_ros.sim.scene import SimConfig, TabletopSim
 
@@ -28,6 +32,7 @@ class SimNode(Node):
         super().__init__("gem_sim", **kwargs)
         p = self.declare_parameter
         p("seed", 0)
+        p("arm", "panda")                 # the model loaded (gem_ros.sim.arms.SIM_ARMS)
         p("controller_name", "arm_controller")
         p("step_s", 0.0125)               # sim time per tick [s], rounded to whole physics steps
         p("real_time_factor", 1.0)        # tick period = step_s / factor (wall); <= 0 = as fast as possible
@@ -39,7 +44,8 @@ class SimNode(Node):
         p("coarse_robot_meshes", False)   # draw the Panda with its collision meshes (as some datasets were)
         get = lambda name: self.get_parameter(name).value  # noqa: E731
         colors = [c for c in get("object_colors") if c]
-        scene = {"coarse_robot_meshes": bool(get("coarse_robot_meshes")), **({"object_colors": colors} if colors else {})}
+        scene = {"arm": get("arm"), "coarse_robot_meshes": bool(get("coarse_robot_meshes")),
+                 **({"object_colors": colors} if colors else {})}
         self.sim = TabletopSim(sim_config or SimConfig(seed=get("seed"), gui=bool(get("gui")), **scene))
         # A whole number of physics steps per tick, so /clock advances evenly: 0.02 s at 240 Hz alternated 20.8 and
         # 16.7 ms steps, and the executor's 20 ms ROS-time timer (which cannot fire between /clock updates) lost
@@ -62,17 +68,22 @@ class SimNode(Node):
         self._publish_depth = bool(get("publish_depth"))
 
         self.clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=10))
-        self.joint_pub = self.create_publisher(JointState, "/joint_states", 50)
-        self.success_pub = self.create_publisher(Bool, "/gem/task_success", 10)
+        self.joint_pub = self.create_publisher(JointState, "joint_states", 50)
+        self.success_pub = self.create_publisher(Bool, "gem/task_success", 10)
+        # Like robot_state_publisher: a node that reads limits from the topic finds the simulated arm's URDF.
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self.description_pub = self.create_publisher(String, "robot_description", latched)
+        self.description_pub.publish(String(data=resolved_urdf_text(self.sim.arm)))
         self.camera_pubs = {}
         for cam in self.sim.cfg.cameras:
-            base = f"/camera/{cam.name}"
+            base = f"camera/{cam.name}"
             self.camera_pubs[cam.name] = (
                 self.create_publisher(Image, f"{base}/image_raw", qos_profile_sensor_data),
                 self.create_publisher(CameraInfo, f"{base}/camera_info", qos_profile_sensor_data),
                 self.create_publisher(Image, f"{base}/depth/image_raw", qos_profile_sensor_data)
                 if self._publish_depth else None)
-        self.create_subscription(JointTrajectory, f"/{get('controller_name')}/joint_trajectory",
+        self.create_subscription(JointTrajectory, f"{get('controller_name')}/joint_trajectory",
                                  self._on_trajectory, 10)
         factor = float(get("real_time_factor"))
         self.create_timer(self.step_s / factor if factor > 0 else 1e-4, self.tick)

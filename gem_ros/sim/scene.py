@@ -1,8 +1,10 @@
-"""Embedded tabletop simulator (pybullet, no GL, no ROS): a Franka Panda, a table and coloured cubes.
+"""Embedded tabletop simulator (pybullet, no GL, no ROS): an arm (a Franka Panda by default), a table and
+coloured cubes.
 
-The world frame is the robot base `panda_link0` (x forward, z up, metres); the table top is the plane z = 0.
-Each `TabletopSim` owns its own pybullet client, so several can run side by side in one process.
-A ROS node wraps this class; nothing here imports rclpy.
+The world frame is the robot base (`panda_link0` for the Panda; x forward, z up, metres); the table top is the
+plane z = 0. Other arms (`SimConfig.arm`, see gem_ros/sim/arms.py) sit at the same place; without a gripper they
+run dry runs only (the pick task needs fingers). Each `TabletopSim` owns its own pybullet client, so several can
+run side by side in one process. A ROS node wraps this class; nothing here imports rclpy.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pybullet as p
 import pybullet_data
 
 from gem_ros.core.policy.config import SIM_SCENE_FIELDS
+from gem_ros.sim.arms import SIM_ARMS, resolved_urdf_text, sim_arm
 from gem_ros.sim.camera import (CameraConfig, Intrinsics, intrinsics, optical_frame, projection_matrix,
                                 quat_from_matrix, world_eye_target_up, zbuffer_to_depth_m)
 
@@ -26,13 +29,13 @@ CUBE_COLORS_RGBA = MappingProxyType({
     "red": (0.9, 0.05, 0.05, 1.0), "green": (0.05, 0.75, 0.05, 1.0), "blue": (0.05, 0.1, 0.9, 1.0),
     "yellow": (0.95, 0.85, 0.05, 1.0),
 })
-ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
-FINGER_JOINTS = ("panda_finger_joint1", "panda_finger_joint2")
-EE_LINK = "panda_grasptarget"
-PANDA_URDF = "franka_panda/panda.urdf"   # inside pybullet_data, with meshes
-# Franka "ready" pose (rad); fingers fully open (m per finger).
-HOME_ARM_RAD = (0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4)
-FINGER_OPEN_M = 0.04
+# The Panda's (the default arm's) names; other arms' are in gem_ros/sim/arms.py.
+ARM_JOINTS = SIM_ARMS["panda"].arm_joints
+FINGER_JOINTS = SIM_ARMS["panda"].finger_joints
+EE_LINK = SIM_ARMS["panda"].ee_link
+PANDA_URDF = SIM_ARMS["panda"].urdf   # inside pybullet_data, with meshes
+HOME_ARM_RAD = SIM_ARMS["panda"].home_rad   # Franka "ready" pose (rad)
+FINGER_OPEN_M = 0.04                        # fingers fully open (m per finger)
 TABLE_TOP_IN_URDF_M = 0.625  # pybullet_data table/table.urdf top surface height; we sink it to z = 0
 
 
@@ -41,7 +44,7 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def default_cameras() -> list[CameraConfig]:
+def default_cameras(wrist_link: str = "panda_hand") -> list[CameraConfig]:
     """Scene camera (224 px: a cube spans ~15 px) and wrist camera (128 px: objects are close, so large).
 
     The scene camera looks from the front-right so the hand does not hide the cubes while grasping; the cube
@@ -52,7 +55,7 @@ def default_cameras() -> list[CameraConfig]:
     return [
         CameraConfig("scene", width=224, height=224, fov_deg=52.0,
                      eye_m=(0.85, -0.40, 0.55), target_m=(0.48, 0.0, 0.08)),
-        CameraConfig("wrist", width=128, height=128, fov_deg=70.0, mount_link="panda_hand",
+        CameraConfig("wrist", width=128, height=128, fov_deg=70.0, mount_link=wrist_link,
                      eye_m=(0.07, 0.0, 0.03), target_m=(0.0, 0.0, 0.20), up=(1.0, 0.0, 0.0)),
     ]
 
@@ -73,7 +76,8 @@ class SimConfig:
     seed: int = 0                               # seeds the sequence of episodes when reset() gets no seed
     physics_hz: float = 240.0
     gui: bool = False
-    cameras: list[CameraConfig] = field(default_factory=default_cameras)
+    arm: str = "panda"                          # a key of gem_ros.sim.arms.SIM_ARMS
+    cameras: list[CameraConfig] | None = None   # None: default_cameras() on the arm's wrist link
     object_colors: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
     cube_size_m: float = 0.05                   # edge; the open Panda gripper spans 0.08 m
     cube_mass_kg: float = 0.1
@@ -87,7 +91,7 @@ class SimConfig:
     task: str = "pick"
     lift_height_m: float = 0.10                 # success: target bottom this far above the table, in both fingers
     velocity_limit_scale: float = 1.0           # fraction of the URDF joint velocity limits the motors may use
-    home_arm_rad: tuple[float, ...] = HOME_ARM_RAD
+    home_arm_rad: tuple[float, ...] | None = None   # None: the arm's home pose
     # Draw the Panda with its collision meshes: ~15 ms cheaper per render (TinyRenderer pays per triangle),
     # plainer look. Train and evaluate a policy with the same setting.
     coarse_robot_meshes: bool = False
@@ -96,6 +100,11 @@ class SimConfig:
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
                  f"seed must be a non-negative int, got {self.seed!r}")
         _require(self.physics_hz >= 60.0, f"physics_hz must be >= 60 for stable grasping, got {self.physics_hz}")
+        model = sim_arm(self.arm)
+        if self.cameras is None:
+            self.cameras = default_cameras(model.wrist_link)
+        if self.home_arm_rad is None:
+            self.home_arm_rad = model.home_rad
         self.cameras = [c if isinstance(c, CameraConfig) else CameraConfig(**c) for c in self.cameras]
         names = [c.name for c in self.cameras]
         _require(len(set(names)) == len(names), f"camera names must be unique, got {names}")
@@ -114,7 +123,9 @@ class SimConfig:
         _require(self.task == "pick", f"only task 'pick' is implemented, got {self.task!r}")
         _require(self.lift_height_m > 0, "lift_height_m must be > 0")
         _require(0.0 < self.velocity_limit_scale <= 1.0, "velocity_limit_scale must be in (0, 1]")
-        _require(len(self.home_arm_rad) == len(ARM_JOINTS), f"home_arm_rad needs {len(ARM_JOINTS)} values")
+        _require(len(self.home_arm_rad) == len(model.arm_joints),
+                 f"home_arm_rad needs {len(model.arm_joints)} values for arm {self.arm!r}")
+        _require(not self.coarse_robot_meshes or self.arm == "panda", "coarse_robot_meshes is for the panda only")
 
 
 class JointLimit(NamedTuple):
@@ -129,6 +140,7 @@ class TabletopSim:
 
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
+        self.arm = sim_arm(cfg.arm)
         self._client = p.connect(p.GUI if cfg.gui else p.DIRECT)
         self._dt_s = 1.0 / cfg.physics_hz
         self._episode_seeds = np.random.default_rng(cfg.seed)   # per instance, never module-level
@@ -161,14 +173,16 @@ class TabletopSim:
             if info[2] in (p.JOINT_REVOLUTE, p.JOINT_PRISMATIC):
                 self._joint_index[name] = j
                 self._limits[name] = JointLimit(info[8], info[9], info[11] * self.cfg.velocity_limit_scale, info[10])
-        self.joint_names: list[str] = [*ARM_JOINTS, *FINGER_JOINTS]
+        self.joint_names: list[str] = list(self.arm.joint_names)
         missing = [n for n in self.joint_names if n not in self._joint_index]
         _require(not missing, f"robot URDF lacks joints {missing}")
-        # pybullet ignores <mimic>; a gear constraint couples the fingers like the real gripper's mechanism, so
-        # a squeezed cube is centred between the pads instead of drifting sideways during the lift.
-        gear = self._pb(p.createConstraint, self._robot, self._joint_index[FINGER_JOINTS[0]], self._robot,
-                        self._joint_index[FINGER_JOINTS[1]], p.JOINT_GEAR, [1, 0, 0], [0, 0, 0], [0, 0, 0])
-        self._pb(p.changeConstraint, gear, gearRatio=-1, erp=0.1, maxForce=50)
+        if len(self.arm.finger_joints) == 2:
+            # pybullet ignores <mimic>; a gear constraint couples the fingers like the real gripper's mechanism,
+            # so a squeezed cube is centred between the pads instead of drifting sideways during the lift.
+            first, second = (self._joint_index[n] for n in self.arm.finger_joints)
+            gear = self._pb(p.createConstraint, self._robot, first, self._robot, second, p.JOINT_GEAR,
+                            [1, 0, 0], [0, 0, 0], [0, 0, 0])
+            self._pb(p.changeConstraint, gear, gearRatio=-1, erp=0.1, maxForce=50)
         for cam in self.cfg.cameras:
             _require(not cam.mount_link or cam.mount_link in self._link_index,
                      f"camera '{cam.name}' mount_link '{cam.mount_link}' is not a robot link")
@@ -176,11 +190,13 @@ class TabletopSim:
         self._cube_collision = self._pb(p.createCollisionShape, p.GEOM_BOX, halfExtents=half)
         self._cube_visuals = {c: self._pb(p.createVisualShape, p.GEOM_BOX, halfExtents=half,
                                           rgbaColor=CUBE_COLORS_RGBA[c]) for c in self.cfg.object_colors}
-        self._home = np.array([*self.cfg.home_arm_rad, FINGER_OPEN_M, FINGER_OPEN_M])
+        self._home = np.array([*self.cfg.home_arm_rad, *[FINGER_OPEN_M] * len(self.arm.finger_joints)])
         self._targets = self._home.copy()
         self._proj = {c.name: projection_matrix(c) for c in self.cfg.cameras}
 
     def _load_robot(self) -> int:
+        if self.cfg.arm != "panda":   # meshes referenced by absolute path: found wherever the package lives
+            return self._load_urdf_text(resolved_urdf_text(self.arm), f"{self.arm.name}.urdf")
         urdf = os.path.join(pybullet_data.getDataPath(), PANDA_URDF)
         if not self.cfg.coarse_robot_meshes:
             return self._pb(p.loadURDF, urdf, [0.0, 0.0, 0.0], useFixedBase=True)
@@ -190,8 +206,12 @@ class TabletopSim:
         with open(urdf, encoding="utf-8") as f:
             text = f.read().replace("package://meshes/visual/", f"{meshes}/collision/")
         text = text.replace("package://meshes/collision/", f"{meshes}/collision/")
+        return self._load_urdf_text(text, "panda_coarse.urdf")
+
+    def _load_urdf_text(self, text: str, name: str) -> int:
+        """Load a URDF given as text (a throw-away file: pybullet keeps the meshes once loaded)."""
         with tempfile.TemporaryDirectory(prefix="gem_sim_") as tmp:
-            path = os.path.join(tmp, "panda_coarse.urdf")
+            path = os.path.join(tmp, name)
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
             return self._pb(p.loadURDF, path, [0.0, 0.0, 0.0], useFixedBase=True)
@@ -293,8 +313,9 @@ class TabletopSim:
         return np.array(state[4]), np.array(state[5])
 
     def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        """Position (m) and quaternion (x, y, z, w) of panda_grasptarget, between the fingertips, in panda_link0."""
-        return self._link_pose(EE_LINK)
+        """Position (m) and quaternion (x, y, z, w) of the arm's end-effector link (the Panda's panda_grasptarget,
+        between the fingertips) in the robot base frame."""
+        return self._link_pose(self.arm.ee_link)
 
     def object_position(self, name: str) -> np.ndarray:
         return self.object_pose(name)[0]
@@ -306,7 +327,10 @@ class TabletopSim:
         return np.array(pos), np.array(quat)
 
     def task_success(self) -> bool:
-        """Target cube's bottom at least lift_height_m above the table and touched by both fingers."""
+        """Target cube's bottom at least lift_height_m above the table and touched by both fingers (an arm
+        without a gripper never succeeds: it can only run dry)."""
+        if not self.arm.has_gripper:
+            return False
         body = self._cube_ids[self._target]
         bottom_m = self.object_position(self.target_object)[2] - self.cfg.cube_size_m / 2.0
         touching = {c[3] for c in self._pb(p.getContactPoints, self._robot, body)}
@@ -314,19 +338,20 @@ class TabletopSim:
         return bottom_m >= self.cfg.lift_height_m and fingers <= touching
 
     def ik(self, position: Sequence[float], orientation_xyzw: Sequence[float]) -> np.ndarray:
-        """Arm joint positions (rad, ARM_JOINTS order) putting panda_grasptarget at the pose.
+        """Arm joint positions (rad, the arm's joint order) putting its end-effector link at the pose.
 
         Null-space IK pulls toward the home pose so solutions stay elbow-up; seeded from the current state.
         """
-        arm = [self._limits[n] for n in ARM_JOINTS]
-        lower = [lim.lower for lim in arm] + [0.0, 0.0]
-        upper = [lim.upper for lim in arm] + [FINGER_OPEN_M, FINGER_OPEN_M]
+        arm = [self._limits[n] for n in self.arm.arm_joints]
+        fingers = len(self.arm.finger_joints)
+        lower = [lim.lower for lim in arm] + [0.0] * fingers
+        upper = [lim.upper for lim in arm] + [FINGER_OPEN_M] * fingers
         ranges = [u - lo for u, lo in zip(upper, lower)]
         rest = list(self._home)
-        q = self._pb(p.calculateInverseKinematics, self._robot, self._link_index[EE_LINK], list(position),
+        q = self._pb(p.calculateInverseKinematics, self._robot, self._link_index[self.arm.ee_link], list(position),
                      list(orientation_xyzw), lowerLimits=lower, upperLimits=upper, jointRanges=ranges,
                      restPoses=rest, maxNumIterations=100, residualThreshold=1e-5)
-        return np.clip(np.array(q[:len(ARM_JOINTS)]), [lim.lower for lim in arm], [lim.upper for lim in arm])
+        return np.clip(np.array(q[:len(arm)]), [lim.lower for lim in arm], [lim.upper for lim in arm])
 
     # ---------------------------------------------------------------- cameras
     def _camera(self, name: str) -> CameraConfig:
