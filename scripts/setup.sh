@@ -117,7 +117,7 @@ fi
 
 # --- 5. gem_ros + gem_train, editable, with the train and dev extras ----------------------------
 # The editable finder maps the top-level packages once: the package list is part of the hash.
-ros_pkg_hash="$(hash_of "gem_ros $(ls -d ./*/__init__.py 2>/dev/null || true)" setup.py setup.cfg)"
+ros_pkg_hash="$(hash_of "gem_ros $(ls -d ./*/__init__.py 2>/dev/null || true)" pyproject.toml)"
 if is_done gem_ros "$ros_pkg_hash" && "$VENV/bin/python" -c 'import gem_ros' 2>/dev/null; then
   log "gem_ros up to date"
 else
@@ -125,14 +125,14 @@ else
   pip install -q -e '.[train,dev]'
   mark_done gem_ros "$ros_pkg_hash"
 fi
-# Editable (PEP 660) installs skip setup.py's data_files, so lay out share/gem_ros as symlinks
-# into the checkout, like `colcon build --symlink-install`: edits to urdf/ and config/ show at once.
-# Mirrors data_files in setup.py (test/test_packaging.py checks both agree).
+# pip installs no data files, so lay out share/gem_ros as symlinks into the checkout, like
+# `colcon build --symlink-install`: edits to urdf/ and config/ show at once.
+# Mirrors data_files in ros/gem_ros/setup.py, the colcon build (test/test_packaging.py checks both agree).
 share="$VENV/share"
 mkdir -p "$share/ament_index/resource_index/packages" "$share/gem_ros"
 link() { [[ -L "$2" || ! -e "$2" ]] || rm -rf "$2"; ln -sfn "$1" "$2"; }
-link "$ROOT/resource/gem_ros" "$share/ament_index/resource_index/packages/gem_ros"
-link "$ROOT/package.xml" "$share/gem_ros/package.xml"
+link "$ROOT/ros/gem_ros/resource/gem_ros" "$share/ament_index/resource_index/packages/gem_ros"
+link "$ROOT/ros/gem_ros/package.xml" "$share/gem_ros/package.xml"
 for dir in urdf config; do link "$ROOT/$dir" "$share/gem_ros/$dir"; done
 
 # --- 6. smoke check: fails loudly if any layer is broken ------------------------------------------

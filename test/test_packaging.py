@@ -1,16 +1,22 @@
-"""Package manifests and install layout: what colcon, pip and ament_index rely on."""
+"""Package manifests and install layout: what colcon, pip and ament_index rely on.
+
+pip builds the root (pyproject.toml); colcon builds ros/gem_ros (ament_python, the same Python packages through
+symlinks), gem_msgs and gem_bringup. test_workspace.py runs colcon and rosdep on a clone.
+"""
 from __future__ import annotations
 
 import os
 import re
 import sys
+import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFESTS = {"gem_ros": REPO / "package.xml", "gem_msgs": REPO / "gem_msgs" / "package.xml",
+GEM_ROS = REPO / "ros" / "gem_ros"  # the ament_python package of gem_ros
+MANIFESTS = {"gem_ros": GEM_ROS / "package.xml", "gem_msgs": REPO / "gem_msgs" / "package.xml",
              "gem_bringup": REPO / "gem_bringup" / "package.xml"}
 BUILD_TYPES = {"gem_ros": "ament_python", "gem_msgs": "ament_cmake", "gem_bringup": "ament_cmake"}
 
@@ -45,11 +51,18 @@ def test_manifest(name):
                                       for e in manifest["emails"])
 
 
-def test_gem_ros_runtime_dependencies():
-    deps = read_manifest(MANIFESTS["gem_ros"])["deps"]
-    runtime = deps["exec_depend"] | deps["depend"]
-    assert {"rclpy", "sensor_msgs", "trajectory_msgs", "std_msgs", "std_srvs", "diagnostic_msgs",
-            "action_msgs", "lifecycle_msgs", "gem_msgs"} <= runtime
+def test_root_is_not_a_package():
+    """colcon and rosdep stop descending at a package: a package at the root hides gem_msgs and gem_bringup."""
+    assert not [f for f in ("package.xml", "setup.py", "setup.cfg") if (REPO / f).exists()]
+    assert (REPO / "pyproject.toml").is_file()  # pip's entry point instead (colcon ignores it)
+
+
+def test_gem_ros_package_links_to_the_sources():
+    """ros/gem_ros builds the root's Python packages and data through relative symlinks (git keeps them)."""
+    for name in ("gem_ros", "gem_train", "urdf", "config"):
+        link = GEM_ROS / name
+        assert link.is_symlink() and not Path(os.readlink(link)).is_absolute(), name
+        assert link.resolve() == (REPO / name).resolve(), name
 
 
 def test_gem_msgs_builds_every_interface_file():
@@ -67,14 +80,14 @@ def test_gem_msgs_builds_every_interface_file():
 
 @pytest.fixture(scope="module")
 def distribution():
-    """setup.py evaluated without building anything."""
+    """ros/gem_ros/setup.py (the colcon build) evaluated without building anything."""
     pytest.importorskip("setuptools")
     from distutils.core import run_setup  # setuptools' copy on Python >= 3.12
 
     cwd = os.getcwd()
-    os.chdir(REPO)  # data_files paths are relative to the project root, as during a build
+    os.chdir(GEM_ROS)  # data_files paths are relative to setup.py, as during a build
     try:
-        return run_setup(str(REPO / "setup.py"), stop_after="init")
+        return run_setup(str(GEM_ROS / "setup.py"), stop_after="init")
     finally:
         os.chdir(cwd)
 
@@ -87,22 +100,41 @@ def test_setup_data_files(distribution):
     for destination, files in data_files.items():
         assert destination.startswith("share/")
         for file in files:
-            assert (REPO / file).is_file(), file
+            assert (GEM_ROS / file).is_file(), file
             assert not file.endswith(".gitkeep")
 
 
-def test_setup_packages_requirements_and_scripts(distribution):
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_pip_requirements_and_scripts():
     from packaging.requirements import Requirement
 
-    assert "gem_ros" in distribution.packages
-    assert all(p.split(".")[0] in ("gem_ros", "gem_train") for p in distribution.packages)
-    requirements = {r.name: r for r in map(Requirement, distribution.install_requires)}
+    project = pyproject()["project"]
+    requirements = {r.name: r for r in map(Requirement, project["dependencies"])}
     assert requirements["torch"].specifier.contains("2.13.0") and requirements["torch"].specifier
     assert str(requirements["transformers"].specifier) == "==5.23.0"
-    assert not [name for name in requirements if name.startswith("ros-")]  # would shadow apt ROS
-    assert {"train", "dev"} <= set(distribution.extras_require)
-    for script in distribution.entry_points["console_scripts"]:
-        assert re.fullmatch(r"gem_[a-z_]+ = [\w.]+:\w+", script), f"executables are gem_<verb>: {script}"
+    extras = project["optional-dependencies"]
+    assert not [r for r in [*requirements, *(x for e in extras.values() for x in e)] if r.startswith("ros-")]
+    assert {"train", "dev"} <= set(extras)
+    for name, target in project["scripts"].items():
+        assert re.fullmatch(r"gem_[a-z_]+", name) and re.fullmatch(r"[\w.]+:\w+", target), \
+            f"executables are gem_<verb>: {name} = {target}"
+    assert pyproject()["tool"]["setuptools"]["packages"]["find"]["include"] == [
+        "gem_ros", "gem_ros.*", "gem_train", "gem_train.*"]
+
+
+def test_colcon_build_matches_pip(distribution):
+    """Same packages, version, package data and console scripts for `ros2 run gem_ros X` as for pip."""
+    project = pyproject()["project"]
+    assert {"gem_ros", "gem_ros.core", "gem_ros.nodes", "gem_train"} <= set(distribution.packages)
+    assert all(p.split(".")[0] in ("gem_ros", "gem_train") for p in distribution.packages)
+    assert distribution.get_version() == project["version"]
+    assert distribution.package_data == pyproject()["tool"]["setuptools"]["package-data"]
+    assert sorted(distribution.entry_points["console_scripts"]) == sorted(
+        f"{name} = {target}" for name, target in project["scripts"].items())
+    assert not distribution.install_requires  # colcon installs no pip packages; rosdep and pip do
 
 
 def test_fastdds_profile():
