@@ -2,9 +2,13 @@
 
     gem_demo                                 # shipped/ tiny policy, 3 episodes, outputs/demo/
     gem_demo --checkpoint PATH --episodes 5
+    gem_demo --arm ur5e                      # dry run of a real arm's configuration on its simulation model
 
 Per episode it prints success, steps, chunk latency p50/p95, control-loop rate and safety interventions, and
 writes a GIF of the scene camera plus a PNG panel (camera views, executed joint trajectories).
+`--arm` takes any gem_bringup configuration whose arm has a simulation model (gem_ros/sim/arms.py: panda, ur5e,
+ur10e, xarm7, panda_franka_ros2): the chain runs with that arm's joint names, limits and safety settings. An arm
+without the Panda's gripper runs dry: an untrained policy with its I/O schema, no task success measured.
 """
 from __future__ import annotations
 
@@ -28,25 +32,29 @@ ARM_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
 FINGERS = ["panda_finger_joint1", "panda_finger_joint2"]
 
 
-def make_random_sim_checkpoint(path: Path, sim_scene: dict | None = None) -> Path:
-    """A tiny, randomly initialised GEM-VLA with the sim's I/O schema (what runs when nothing is trained yet);
-    `sim_scene` gives it a trained checkpoint's scene, for an untrained baseline on the same task."""
+def make_random_sim_checkpoint(path: Path, sim_scene: dict | None = None, arm: str = "panda") -> Path:
+    """A tiny, randomly initialised GEM-VLA with the I/O schema of `arm`'s simulation model (its joints as state,
+    its arm joints and gripper width as actions): what runs when nothing is trained yet. `sim_scene` gives it a
+    trained checkpoint's scene, for an untrained baseline on the same task."""
     import torch
 
     from gem_ros.core.policy.gem_vla import GemVLAPolicy
     from gem_ros.core.policy.normalizer import MinMaxNormalizer
     from gem_ros.core.policy.tiny import tiny_policy_config, write_tiny_backbone
-    from gem_ros.sim.scene import HOME_ARM_RAD
+    from gem_ros.sim.arms import sim_arm
 
+    model = sim_arm(arm)
+    arm_names, gripper = list(model.arm_joints), model.has_gripper
     torch.manual_seed(0)
-    config = tiny_policy_config(image_size=96, state_dim=9, action_dim=8, chunk_len=8,
-                                state_names=ARM_JOINTS + FINGERS, action_names=ARM_JOINTS + ["gripper"],
-                                gripper_channels=[7], control_rate_hz=10.0)
+    config = tiny_policy_config(image_size=96, state_dim=len(model.joint_names),
+                                action_dim=len(arm_names) + gripper, chunk_len=8, state_names=list(model.joint_names),
+                                action_names=arm_names + ["gripper"] * gripper,
+                                gripper_channels=[len(arm_names)] if gripper else [], control_rate_hz=10.0)
     config.sim_scene = sim_scene
-    home = np.array(HOME_ARM_RAD)
+    home = np.array(model.home_rad)
     # Actions span home +- 0.15 rad and the middle of the gripper range: an untrained policy wiggles near home
     # (its samples can still leave the range; the executor's safety filter then refuses them, as it should).
-    normalizer = MinMaxNormalizer(np.r_[home - 0.15, 0.03], np.r_[home + 0.15, 0.05])
+    normalizer = MinMaxNormalizer(np.r_[home - 0.15, [0.03] * gripper], np.r_[home + 0.15, [0.05] * gripper])
     backbone = write_tiny_backbone(path / "_backbone_src", text_layers=3)
     policy = GemVLAPolicy.build(config, backbone, normalizer, device="cpu")
     return policy.save_pretrained(path / "random_tiny")
@@ -94,7 +102,7 @@ class EpisodeLog:
 class Recorder:
     """Subscribes like any other tool would and keeps what the report needs."""
 
-    def __init__(self, node, frame_every: int = 2):
+    def __init__(self, node, frame_every: int = 2, trajectory_topic: str = "/arm_controller/joint_trajectory"):
         from gem_msgs.msg import ActionChunk
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
@@ -111,7 +119,7 @@ class Recorder:
         node.create_subscription(Image, "/gem/predicted_depth/scene", self._depth, 1)
         node.create_subscription(JointState, "/joint_states", self._joints, 50)
         node.create_subscription(ActionChunk, "/gem/action_chunk", self._chunk, 10)
-        node.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._trajectory, 50)
+        node.create_subscription(JointTrajectory, trajectory_topic, self._trajectory, 50)
         self._clock = node.get_clock()
 
     def new_episode(self) -> EpisodeLog:
@@ -193,7 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     from gem_ros.nodes.policy_node import PolicyNode
     from gem_ros.nodes.sim_node import SimNode
     from gem_ros.nodes.spinning import make_executor
+    from gem_ros.sim.arm_wiring import read_sections, sim_wiring
 
+    try:   # the arm's own YAML, pointed at its simulation model (what that changes is printed below)
+        config = bringup_config(args.arm)
+        wiring = sim_wiring(read_sections(config), str(config))
+    except ValueError as error:
+        print(f"gem_demo: cannot run arm {args.arm!r} in the embedded simulator: {error}", file=sys.stderr)
+        return 1
     checkpoint = args.checkpoint
     if checkpoint is not None:   # the sim and executor settings come from its config: a broken one stops here
         try:
@@ -202,18 +217,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gem_demo: cannot use checkpoint {checkpoint}: {error}", file=sys.stderr)
             return 1
     scratch = tempfile.TemporaryDirectory(prefix="gem_demo_")
-    if args.random_policy:
+    if not wiring.task and (checkpoint is None or args.random_policy):
+        model = wiring.arm
+        print(f"policy: a tiny RANDOMLY INITIALISED GEM-VLA with the I/O schema of {args.arm} (state "
+              f"{list(model.joint_names)}, actions {list(model.arm_joints)}{' + gripper' * model.has_gripper}): a DRY "
+              f"RUN of the whole chain on the {model.name} model, not a trained policy")
+        checkpoint = make_random_sim_checkpoint(Path(scratch.name), arm=model.name)
+    elif args.random_policy:
         scene_of = checkpoint or (SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.exists() else None)
         print("policy: a tiny RANDOMLY INITIALISED GEM-VLA (--random-policy: the untrained baseline)")
-        checkpoint = make_random_sim_checkpoint(Path(scratch.name), sim_overrides(scene_of) if scene_of else None)
+        checkpoint = make_random_sim_checkpoint(Path(scratch.name), sim_overrides(scene_of) if scene_of else None,
+                                                arm=wiring.arm.name)
     elif checkpoint is None and SHIPPED_CHECKPOINT.exists():
         checkpoint = SHIPPED_CHECKPOINT
         print(f"policy: shipped checkpoint {checkpoint}")
     elif checkpoint is None:
         print("policy: no trained checkpoint found -> a tiny RANDOMLY INITIALISED GEM-VLA (it moves, it will not "
               "solve the task; train one with gem_train)")
-        checkpoint = make_random_sim_checkpoint(Path(scratch.name))
-    config = bringup_config(args.arm)
+        checkpoint = make_random_sim_checkpoint(Path(scratch.name), arm=wiring.arm.name)
+    for note in wiring.notes:
+        print(f"sim ({args.arm}): {note}")
     args.out.mkdir(parents=True, exist_ok=True)
 
     rclpy.init()
@@ -221,18 +244,19 @@ def main(argv: list[str] | None = None) -> int:
     if scene:
         print(f"scene: {scene} (the checkpoint's training scene)")
     sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed, gui=args.gui,
-                                                      real_time_factor=args.real_time_factor, **scene))
+                                                      real_time_factor=args.real_time_factor, **scene,
+                                                      **wiring.sim))
     # Sim time for the policy and executor, as the launch file gives them with sim:=true (gem_ros.bringup)
     policy = PolicyNode(parameter_overrides=node_parameters(config, "gem_policy", checkpoint=str(checkpoint),
                                                             cpu_threads=args.cpu_threads, use_sim_time=True,
-                                                            **policy_overrides(Path(checkpoint))))
+                                                            **wiring.policy, **policy_overrides(Path(checkpoint))))
     executor_node = start_executor(ExecutorNode(parameter_overrides=node_parameters(
-        config, "gem_executor", urdf_path=str(REPO / "urdf" / "panda" / "panda.urdf"), use_sim_time=True,
+        config, "gem_executor", **wiring.executor, use_sim_time=True,
         subscribe_chunks=False, **executor_overrides(Path(checkpoint)))))
     connect_in_process(policy, executor_node)   # as gem_policy_executor: chunks in memory, no DDS hop
     # On sim time like the other nodes: the recorder stamps trajectories with it (trajectories per sim second).
     tools = Node("gem_demo", parameter_overrides=[Parameter("use_sim_time", value=True)])
-    recorder = Recorder(tools)
+    recorder = Recorder(tools, trajectory_topic=f"/{wiring.sim['controller_name']}/joint_trajectory")
     # One thread: rclpy's multi-threaded executor burns a core on this load.
     executor = make_executor(args.executor, runs_inference=True)
     for node in (sim, policy, executor_node, tools):
@@ -271,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                    - stats_before["safety_rejections"]}
             write_episode_outputs(args.out, episode, instruction, log, row)
             results.append(row)
-            bar.write(f"ep {episode}: {'SUCCESS' if row['success'] else 'fail   '} {row['outcome']:<9} "
+            verdict = "DRY RUN" if not wiring.task else "SUCCESS" if row["success"] else "fail   "
+            bar.write(f"ep {episode}: {verdict} {row['outcome']:<9} "
                       f"'{instruction}'  chunks {row['steps']:3d}  sim {sim_s:4.1f} s  wall {row['wall_s']:4.1f} s  "
                       f"latency p50/p95 {row['latency_p50_ms']:.0f}/{row['latency_p95_ms']:.0f} ms  "
                       f"control {row['control_hz']:.0f} Hz  safety interventions {row['interventions']} "
@@ -284,11 +309,17 @@ def main(argv: list[str] | None = None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
         scratch.cleanup()
-    rate = float(np.mean([r["success"] for r in results])) if results else 0.0
+    rate = float(np.mean([r["success"] for r in results])) if results and wiring.task else None
     (args.out / "summary.json").write_text(json.dumps(
-        {"checkpoint": str(checkpoint), "success_rate": rate, "episodes": results}, indent=2))
-    print(f"success rate {rate:.0%} over {len(results)} episodes; outputs in {args.out.resolve()}")
-    return 0
+        {"checkpoint": str(checkpoint), "arm": args.arm, "sim_model": wiring.arm.name, "dry_run": not wiring.task,
+         "sim_notes": wiring.notes, "success_rate": rate, "episodes": results}, indent=2))
+    if wiring.task:
+        print(f"success rate {rate:.0%} over {len(results)} episodes; outputs in {args.out.resolve()}")
+        return 0
+    chunks = sum(r["steps"] for r in results)
+    print(f"dry run of {args.arm} on the {wiring.arm.name} model: {chunks} chunks executed over {len(results)} "
+          f"episodes, no task success measured; outputs in {args.out.resolve()}")
+    return 0 if chunks > 0 else 1
 
 
 if __name__ == "__main__":

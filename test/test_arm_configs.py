@@ -202,3 +202,35 @@ def test_executor_configures_and_keeps_random_chunks_inside_the_arms_limits(arm,
     finite = np.isfinite(lower)
     assert np.all(robot[finite] >= (lower + margins)[finite] - 1e-9), f"{arm}: the arm left the margin"
     assert np.all(robot[finite] <= (upper - margins)[finite] + 1e-9), f"{arm}: the arm left the margin"
+
+
+@pytest.mark.parametrize("arm", ["panda", "panda_franka_ros2", "ur5e", "ur10e", "xarm7"])
+def test_sim_wiring_keeps_the_arms_names_and_safety_and_says_what_it_replaces(arm):
+    """gem_demo --arm: only what gem_sim cannot offer changes (action backend, a gripper the model lacks, cameras,
+    URDF); joint names, controller and every safety setting are the arm's own."""
+    from gem_ros.sim.arm_wiring import sim_wiring
+
+    sections = read_sections(CONFIGS / arm / "gem.yaml")
+    try:
+        wiring = sim_wiring(sections, arm)
+    except ValueError as error:   # example-robot-data missing
+        pytest.skip(str(error))
+    executor = sections["gem_executor"]
+    assert wiring.sim["controller_name"] == executor["controller_name"]
+    assert wiring.executor["action_joint_names"] == names(executor["action_joint_names"])
+    assert not set(wiring.executor) & {"velocity_scale", "position_margin_rad", "max_acceleration",
+                                       "max_step_delta_rad", "controller_name", "on_violation"}
+    assert wiring.policy["state_joint_names"] == wiring.executor["joint_names"]
+    assert wiring.task == (arm in ("panda", "panda_franka_ros2"))
+    if executor.get("backend", "topic") != "topic":
+        assert any("-> topic" in note for note in wiring.notes)
+    if arm == "panda":
+        assert wiring.notes == []            # the sim's own configuration needs no change
+
+
+@pytest.mark.parametrize("arm", ["fr3", "kinova_gen3"])
+def test_arms_without_a_registry_model_are_refused_by_the_sim(arm):
+    from gem_ros.sim.arm_wiring import sim_wiring
+
+    with pytest.raises(ValueError, match=f"no simulation model for arm '{arm}'"):
+        sim_wiring(read_sections(CONFIGS / arm / "gem.yaml"), arm)
