@@ -234,3 +234,23 @@ def test_arms_without_a_registry_model_are_refused_by_the_sim(arm):
 
     with pytest.raises(ValueError, match=f"no simulation model for arm '{arm}'"):
         sim_wiring(read_sections(CONFIGS / arm / "gem.yaml"), arm)
+
+
+def test_soft_limits_narrow_the_range_and_never_widen_it():
+    """<safety_controller> soft limits (franka_description: the datasheet's; UR: 0.15 rad inside) are preferred;
+    one outside <limit> or inverted is ignored."""
+    from gem_ros.core.kinematics.soft_limits import load_soft_urdf_limits
+
+    panda = REPO / "urdf" / "panda" / "panda.urdf"
+    hard, soft = load_urdf_limits(panda), load_soft_urdf_limits(panda)
+    assert (hard["panda_joint1"].lower, soft["panda_joint1"].lower) == (-2.9671, -2.8973)
+    assert soft["panda_joint1"].max_velocity == hard["panda_joint1"].max_velocity
+    assert soft["panda_finger_joint1"] == hard["panda_finger_joint1"]            # no <safety_controller> there
+    wide = chain_urdf("t", [("a", "revolute", '<limit lower="-1" upper="1" velocity="1" effort="1"/>'
+                             '<safety_controller soft_lower_limit="-2" soft_upper_limit="0.5"/>'),
+                            ("b", "revolute", '<limit lower="-1" upper="1" velocity="1" effort="1"/>'
+                             '<safety_controller soft_lower_limit="0.5" soft_upper_limit="-0.5"/>')])
+    limits = load_soft_urdf_limits(wide)
+    assert (limits["a"].lower, limits["a"].upper) == (-1.0, 1.0) and (limits["b"].lower, limits["b"].upper) == (-1, 1)
+    with pytest.raises(ValueError, match="'a'.*NaN"):
+        load_soft_urdf_limits(wide.replace('soft_upper_limit="0.5"', 'soft_upper_limit="nan"'))
