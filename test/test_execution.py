@@ -474,7 +474,7 @@ def test_the_heartbeat_watchdog_survives_a_clock_that_jumps_back_and_one_late_be
     commands = run(ctrl, 0.02, 0.5)   # no heartbeat after the reset: the watchdog still fires
     assert any(c.kind == "hold" and "no policy heartbeat" in c.reason for _, c in commands)
     # one overdue tick alone (the beat was queued behind it) does not hold
-    ctrl = make_controller()
+    ctrl = make_controller(exec_kw={"policy_timeout_s": 0.1})
     feed_state(ctrl, 0.0)
     ctrl.on_policy_alive(0.0)
     assert ctrl.on_chunk(CHANNELS, DT, ramp(np.full(7, 0.05)), "absolute_joint", 0.0, 0.0) is None
