@@ -266,7 +266,9 @@ class ExecutorNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         level, message = self.controller.health()
         values = {"lifecycle": "active" if self._active else "inactive", **self.controller.stats}
-        status = diagnostic_status(f"{NODE_NAME}: execution", _LEVELS[level], message, values,
+        # named by node (left/gem_executor under namespace left): two arms' statuses stay apart on /diagnostics
+        status = diagnostic_status(f"{self.get_fully_qualified_name().lstrip('/')}: execution", _LEVELS[level],
+                                   message, values,
                                    hardware_id=self.controller_name)
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
