@@ -225,3 +225,33 @@ def test_an_unreadable_checkpoint_config_fails_at_configure_naming_the_file(tmp_
     (tmp_path / "config.json").write_text('{"io": {"action_space": "delta_joint"}}')
     with pytest.raises(ValueError, match="config.json.*control_rate_hz"):
         build_controller(_bringup_executor_values(checkpoint=str(tmp_path)))
+
+
+def test_soft_limits_bound_chunks_and_holds_stay_inside_the_hard_limits():
+    """prefer_soft_limits: the Panda URDF's <safety_controller> range (+-2.8973 rad on joint 1, hard +-2.9671)
+    bounds what the policy may ask; an arm resting between soft and hard is held where it is, never pulled."""
+    from gem_ros.core.executor_setup import build_controller
+
+    ctrl = build_controller(_bringup_executor_values(prefer_soft_limits=True, on_violation="reject"))
+    names = list(ctrl.cfg.joint_names)
+    home = HOME.copy()
+    feed = lambda t, q: ctrl.on_joint_state(names, q, np.zeros(len(names)), t)  # noqa: E731
+    feed(0.0, home)
+    deltas = np.zeros((16, 8))
+    deltas[:, 0] = 2.93 - home[J1]                              # delta_joint checkpoint: relative to the state
+    deltas[:, -1] = 0.04
+    reason = ctrl.on_chunk(list(CHANNELS), 0.1, deltas, "delta_joint", 0.0, 0.0)
+    assert reason and "panda_joint1" in reason and "2.8973" in reason
+    between = home.copy()
+    between[J1] = 2.93                                          # inside hard, outside soft
+    feed(0.02, between)
+    ctrl.engage_estop("test")
+    hold = ctrl.tick(0.03)
+    assert hold.kind == "hold" and hold.trajectory.positions[0][J1] == 2.93 and "outside" not in hold.reason
+    beyond = home.copy()
+    beyond[J1] = 3.5
+    feed(0.04, beyond)
+    ctrl.reset_estop()
+    ctrl.engage_estop("again")
+    hold = ctrl.tick(0.05)
+    assert hold.trajectory.positions[0][J1] == pytest.approx(LIMITS["panda_joint1"].upper)

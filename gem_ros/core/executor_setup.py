@@ -15,6 +15,7 @@ from typing import Any
 from gem_ros.core.chunking import ActionMapper, ActionSpaceConfig, ChunkScheduler, ChunkSchedulerConfig
 from gem_ros.core.execution import ExecutionConfig, ExecutionController
 from gem_ros.core.kinematics import RobotModel, load_urdf_limits
+from gem_ros.core.kinematics.soft_limits import load_soft_urdf_limits
 from gem_ros.core.safety import SafetyConfig, SafetyFilter, WorkspaceBox
 
 
@@ -63,6 +64,7 @@ PARAMETERS: dict[str, Any] = {
     "on_violation": _default(SafetyConfig, "on_violation"),
     "position_margin_rad": _default(SafetyConfig, "position_margin_rad"),
     "position_margin_m": _default(SafetyConfig, "position_margin_m"),
+    "prefer_soft_limits": False,                # URDF <safety_controller> soft limits bound positions (real arms)
     "max_acceleration": 0.0,                    # rad/s^2 (m/s^2) for every joint; 0 = off (URDF has none)
     "workspace_link": "",                       # a link whose origin must stay in the box below; "" = no box
     "workspace_min_xyz_m": [0.0, 0.0, 0.0],     # box corners in the URDF root frame (used when workspace_link set)
@@ -142,11 +144,14 @@ def build_controller(values: Mapping[str, Any]) -> ExecutionController:
         tracking_tolerance_rad=values["tracking_tolerance_rad"], tracking_tolerance_m=values["tracking_tolerance_m"],
         replan_on_chunk=values["replan_on_chunk"])
     model = RobotModel.from_urdf(urdf) if kind == "ee_delta" or box is not None else None
-    limits = load_urdf_limits(urdf)
+    hard_limits = load_urdf_limits(urdf)
+    # Soft limits (<safety_controller>) bound chunks and trajectories; holds stay inside the hard ones (an arm
+    # resting between the two is held where it is).
+    limits = load_soft_urdf_limits(urdf) if values["prefer_soft_limits"] else hard_limits
     gripper_range = None
     if gripper:   # the tightest travel shared by all gripper joints, inside the safety margin
         margin = values["position_margin_m"]
         gripper_range = (max(limits[n].lower for n in gripper) + margin, min(limits[n].upper for n in gripper) - margin)
     return ExecutionController(execution, ActionMapper(action, model, gripper_range), ChunkScheduler(scheduler),
-                               SafetyFilter(limits, safety, model),
+                               SafetyFilter(limits, safety, model, hard_limits),
                                _names(values["action_channel_names"]) or None)

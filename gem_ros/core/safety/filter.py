@@ -74,10 +74,14 @@ class _Bounds:
 class SafetyFilter:
     """Stateless per call; safe to share between threads."""
 
-    def __init__(self, limits: JointLimits, cfg: SafetyConfig, robot_model: RobotModel | None = None):
+    def __init__(self, limits: JointLimits, cfg: SafetyConfig, robot_model: RobotModel | None = None,
+                 hold_limits: JointLimits | None = None):
+        """`hold_limits` (default `limits`): the range a hold is kept inside. With soft limits as `limits`, pass the
+        URDF's hard ones here: an arm resting between the two is held where it is, not pulled to the soft limit."""
         if not isinstance(cfg, SafetyConfig):
             raise ValueError(f"cfg must be a SafetyConfig, got {type(cfg).__name__}")
         self.limits, self.cfg, self.robot_model = limits, cfg, robot_model
+        self.hold_limits = limits if hold_limits is None else hold_limits
         if isinstance(cfg.max_acceleration, Mapping):
             unknown = sorted(set(cfg.max_acceleration) - set(limits))
             if unknown:
@@ -161,8 +165,8 @@ class SafetyFilter:
         names = self._check_names(list(current_positions))
         current = self._array("current_positions", list(current_positions.values()), (len(names),))
         self._check_finite(names, np.array([self.cfg.hold_duration_s]), current[None, :], current, None)
-        lower = np.array([self.limits[n].lower for n in names])
-        upper = np.array([self.limits[n].upper for n in names])
+        lower = np.array([self.hold_limits[n].lower for n in names])
+        upper = np.array([self.hold_limits[n].upper for n in names])
         held = np.clip(current, lower, upper)
         outside = np.flatnonzero(held != current)
         notes = [f"measured {names[j]} = {current[j]:.6g} is outside its URDF limits [{lower[j]:.6g}, "
