@@ -1,7 +1,7 @@
 """A five-line Python API over the ExecuteInstruction action, for integrators.
 
     from gem_ros.commander import GemCommander
-    with GemCommander() as robot:
+    with GemCommander() as robot:               # GemCommander(namespace="arm1"): the chain launched under /arm1
         task = robot.run_instruction("pick up the red cube", timeout=30.0)
         while not task.is_done():
             print(task.feedback())
@@ -19,6 +19,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from gem_msgs.action import ExecuteInstruction
+from gem_ros.nodes.goal_server import ACTION_NAME
 
 OUTCOME_NAMES = {getattr(ExecuteInstruction.Result, n): n for n in
                  ("SUCCEEDED", "TIMEOUT", "CANCELED", "PREEMPTED", "SAFETY_STOP", "ERROR")}
@@ -101,11 +102,21 @@ class InstructionHandle:
             goal_handle.cancel_goal_async()
 
 
-class GemCommander:
-    """Owns a small client node spun in a background thread (or uses the node you pass in, spun by you)."""
+def action_name_in(namespace: str, action_name: str = ACTION_NAME) -> str:
+    """`action_name` under `namespace` ("arm1", "/robots/left"); a relative name without a namespace resolves in the
+    namespace of the commander's node, an absolute name is used as it is."""
+    if not namespace or action_name.startswith("/"):
+        return action_name
+    return f"/{namespace.strip('/')}/{action_name}"
 
-    def __init__(self, node: Node | None = None, action_name: str = "/gem/execute_instruction",
-                 server_timeout_s: float = 10.0):
+
+class GemCommander:
+    """Owns a small client node spun in a background thread (or uses the node you pass in, spun by you).
+    `namespace`: where the gem chain runs (gem.launch.py namespace:=); its action: <namespace>/gem/execute_instruction.
+    """
+
+    def __init__(self, node: Node | None = None, action_name: str = ACTION_NAME, server_timeout_s: float = 10.0,
+                 namespace: str = ""):
         self._owns_node = node is None
         if self._owns_node:
             if not rclpy.ok():
@@ -116,15 +127,16 @@ class GemCommander:
             self._spin_thread = threading.Thread(target=self._executor.spin, daemon=True)
             self._spin_thread.start()
         self.node = node
-        self._client = ActionClient(node, ExecuteInstruction, action_name)
+        self._client = ActionClient(node, ExecuteInstruction, action_name_in(namespace, action_name))
+        self.action_name = node.resolve_topic_name(action_name_in(namespace, action_name))   # for messages
         self._server_timeout_s = server_timeout_s
 
     def run_instruction(self, instruction: str, timeout: float | None = None) -> InstructionHandle:
         if not instruction.strip():
             raise ValueError("instruction is empty")
         if not self._client.wait_for_server(timeout_sec=self._server_timeout_s):
-            raise TimeoutError(f"no ExecuteInstruction server after {self._server_timeout_s} s "
-                               "(is gem_policy configured and active?)")
+            raise TimeoutError(f"no ExecuteInstruction server on {self.action_name} after {self._server_timeout_s} s "
+                               "(is gem_policy configured and active, in this namespace?)")
         goal = ExecuteInstruction.Goal(instruction=instruction)
         if timeout:
             seconds = int(timeout)

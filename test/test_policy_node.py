@@ -23,14 +23,15 @@ JOINTS = [f"j{i}" for i in range(9)]
 
 
 class FakeRobot:
-    """Publishes two cameras (80x80, resized by the node to the checkpoint's 64x64) and joint states."""
+    """Publishes two cameras (80x80, resized by the node to the checkpoint's 64x64) and joint states, on relative
+    names: in the namespace of `node`, as a robot driver launched there would."""
 
     def __init__(self, node: Node):
         self.node = node
         self.cameras_on = True
         self.pubs = {c: node.create_publisher(type(rgb_to_image_msg(np.zeros((1, 1, 3), np.uint8))),
-                                              f"/camera/{c}/image_raw", 10) for c in ("scene", "wrist")}
-        self.joint_pub = node.create_publisher(JointState, "/joint_states", 10)
+                                              f"camera/{c}/image_raw", 10) for c in ("scene", "wrist")}
+        self.joint_pub = node.create_publisher(JointState, "joint_states", 10)
         self.image = np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8)
         node.create_timer(0.03, self.tick)
 
@@ -372,7 +373,7 @@ def test_a_storm_of_goals_never_has_two_executing_at_once(ros, setup, monkeypatc
     from rclpy.action.server import ServerGoalHandle
 
     policy, probe, robot, seen = setup
-    server = policy._action_server
+    server = policy.goals.action_server
     executing_after_change = []
     update_state = ServerGoalHandle._update_state
 

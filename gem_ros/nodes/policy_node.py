@@ -3,54 +3,49 @@
 configure  load the checkpoint, check its I/O schema against this robot's parameters, warm up once
 activate   start the inference worker (a thread; never inside a callback) and the action server
 deactivate stop producing chunks, tell the executor to hold
-Topics: cameras (Image or CompressedImage per camera), /joint_states in; /gem/action_chunk, /gem/policy_status,
-/diagnostics out. Action /gem/execute_instruction (gem_msgs/ExecuteInstruction), service ~/set_instruction.
-Optional: /gem/predicted_depth/<camera> (sensor_msgs/Image rgb8, the depth expert's colour-mapped depth of the
-observation a chunk came from) every `predicted_depth_every_n_chunks` chunks, for checkpoints with a depth expert.
+Topics: cameras (Image or CompressedImage per camera), joint_states, gem/task_success in; gem/action_chunk,
+gem/policy_status, /diagnostics out. Action gem/execute_instruction (gem_msgs/ExecuteInstruction), services
+~/set_instruction, ~/succeed (gem_ros.nodes.goal_server). Optional: gem/predicted_depth/<camera> (sensor_msgs/Image
+rgb8, the depth expert's colour-mapped depth of the observation a chunk came from) every
+`predicted_depth_every_n_chunks` chunks, for checkpoints with a depth expert.
+Names are relative, so a node namespace (`__ns:=/arm1`) moves the whole chain; /diagnostics stays ROS-wide.
+Parameters: request_threshold_s and goal_timeout_s take effect when set; the others are read at configure and may
+be set only while unconfigured (a set otherwise is refused with the reason; gem_ros.nodes.param_rules).
 """
 from __future__ import annotations
 
 import array
-import threading
+import dataclasses
 import time
 import traceback
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from rclpy.task import Future
 from rclpy.publisher import Publisher
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.service import Service
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool
 
-from gem_msgs.action import ExecuteInstruction
 from gem_msgs.msg import ActionChunk, PolicyStatus
-from gem_msgs.srv import SetInstruction
 from gem_ros.core.inference import ChunkResult, InferenceConfig, InferenceWorker
 from gem_ros.core.observation import ObservationBuffer, ObservationConfig
 from gem_ros.core.policy.observation import Observation
 from gem_ros.core.realtime import normal_priority
-from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.conversions import (compressed_msg_to_frame, diagnostic_status, image_msg_to_rgb,
                                        rgb_to_image_msg, s_to_stamp, stamp_to_s)
+from gem_ros.nodes.goal_server import GoalServer
+from gem_ros.nodes.param_rules import ParameterRules, Rule, live_rule, number_check
+from gem_ros.nodes.params import spin_node
 
-Outcome = ExecuteInstruction.Result
 # One 50 Hz timer: PolicyStatus, which doubles as the heartbeat gem_executor watches (its policy_timeout_s, 0.05 s
 # by default: a killed policy is held <= 100 ms later, bench/fault_soak.py), and the input check while a chunk is
 # computed (the worker cannot poll then: a camera or /joint_states older than max_observation_age_s holds the arm
 # within this period, not after the inference; InferenceWorker.watch). /diagnostics goes out every
 # DIAGNOSTICS_EVERY-th tick (5 Hz).
 STATUS_PERIOD_S, DIAGNOSTICS_EVERY = 0.02, 10
-# Goal requests queued before the executor takes them (rclpy's default, 10, silently drops the oldest of a burst:
-# their clients never get an answer). Each accepted goal pre-empts the one before it, so a burst costs little.
-GOAL_QUEUE_DEPTH = 100
 
 
 def compile_supported(device) -> bool:
@@ -61,15 +56,20 @@ def compile_supported(device) -> bool:
 class PolicyNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__("gem_policy", **kwargs)
-        p = self.declare_parameter
-        p("checkpoint", "")
+        self.policy = self.worker = self.buffer = self.goals = None
+        self._configuring = False
+        self._active = False   # lifecycle state "active": only then are goals accepted (the worker runs)
+        rules = ParameterRules(self)
+        at_configure = Rule(when=self._read_at_configure)
+        p = lambda name, default, description="": rules.declare(name, default, at_configure, description)  # noqa: E731
+        p("checkpoint", "", "GEM-VLA checkpoint folder (safetensors + JSON)")
         p("device", "auto")
         # torch intra-op threads when the policy runs on the CPU (process-wide, kept after cleanup); 0 = leave
         # torch's setting (by default all cores).
         # Leave a core to the rest of the process: with pybullet rendering on the executor thread (gem_demo, 2 cores)
         # 1 thread halved the chunk latency that 2 gave (OpenMP workers then fight the sim for the cores).
         p("cpu_threads", 0)
-        p("inference_mode", "auto")                   # auto | hf | static | cuda_graph (GemVLAPolicy)
+        p("inference_mode", "auto", "auto | hf | static | cuda_graph (GemVLAPolicy)")
         # Experimental, CUDA with static/cuda_graph only: torch.compile the VLM layers and RDT blocks (H100: 18 ->
         # 13.5 ms/chunk). Each prompt shape compiles once (~15 s), at configure for the warmup_instructions' shapes;
         # an instruction of a new padded length compiles during its first chunk (the arm holds meanwhile).
@@ -78,29 +78,26 @@ class PolicyNode(LifecycleNode):
         # prompt-length buckets, so goals with these (or equally long) instructions start without that pause.
         p("warmup_instructions", ["warm up"])
         p("camera_names", ["scene", "wrist"])
-        p("camera_topics", ["/camera/scene/image_raw", "/camera/wrist/image_raw"])
-        p("camera_transports", ["raw", "raw"])      # raw | compressed, per camera
-        p("joint_state_topic", "/joint_states")
-        p("state_joint_names", [""])                  # default: the checkpoint's io.state_names
+        p("camera_topics", ["camera/scene/image_raw", "camera/wrist/image_raw"], "relative: in the node namespace")
+        p("camera_transports", ["raw", "raw"], "raw | compressed, per camera")
+        p("joint_state_topic", "joint_states")
+        p("state_joint_names", [""], "default: the checkpoint's io.state_names")
         p("max_observation_age_s", 0.3)
         p("max_skew_s", 0.1)
-        p("request_threshold_s", 0.3)
-        p("success_topic", "/gem/task_success")       # "" = no success signal; goals end on timeout/cancel
+        p("success_topic", "gem/task_success", "std_msgs/Bool; true ends the goal as succeeded; '' = none")
         p("seed", 0)
         # Depth generation runs on the inference thread after a chunk is published, so it delays the next
         # request: keep it rare (0 = off) and its sampler short.
         p("predicted_depth_every_n_chunks", 0)
         p("predicted_depth_steps", 10)
-        self.policy = self.worker = self.buffer = None
+        rules.declare("request_threshold_s", 0.3, live_rule(self._check_threshold, self._apply_threshold),
+                      "next inference when this much of the chunk (+ latency) is left [s]; takes effect at once")
+        # A real arm has no task success signal: without a limit a forgotten goal runs until someone cancels it.
+        rules.declare("goal_timeout_s", 120.0, live_rule(number_check(0.0), self._apply_goal_timeout),
+                      "longest a goal runs [s] (a goal may ask for less); 0 = no limit; takes effect at once")
         # Called with every ActionChunk (holds included) on the inference thread, before it is published:
         # see gem_ros.nodes.composed.
         self.chunk_listeners: list = []
-        self._group = ReentrantCallbackGroup()
-        self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
-        self._goal_lock = threading.Lock()
-        self._active_goal = None
-        self._active = False   # lifecycle state "active": only then are goals accepted (the worker runs)
-        self._task_success = False
         self._status_state, self._checkpoint = PolicyStatus.UNCONFIGURED, ""
         self.configure_error = ""   # "<type>: <message>" of the last failed configure (gem_demo prints it)
         self._depth_every, self._depth_ms = 0, None
@@ -110,9 +107,36 @@ class PolicyNode(LifecycleNode):
         self._rejected_frames, self._last_frame_error, self._rejected_reported = 0, "", 0
         self._statuses = 0   # PolicyStatus messages sent; every DIAGNOSTICS_EVERY-th also publishes /diagnostics
 
+    # ------------------------------------------------------------------------------ parameters set at run time
+    def _read_at_configure(self) -> str:
+        if self.worker is None and not self._configuring:
+            return ""
+        state = "active" if self._active else "configured"
+        return (f"read at configure and gem_policy is {state}: deactivate and clean it up, set it, then configure "
+                "again")
+
+    @staticmethod
+    def _check_threshold(value) -> str:
+        try:
+            InferenceConfig(request_threshold_s=value)
+        except ValueError as error:
+            return str(error)
+        return ""
+
+    def _apply_threshold(self, value: float) -> None:
+        worker = self.worker   # None while unconfigured: configure reads the parameter
+        if worker is not None:   # one reference swap: the worker thread reads a whole config either way
+            worker.cfg = dataclasses.replace(worker.cfg, request_threshold_s=value)
+
+    def _apply_goal_timeout(self, value: float) -> None:
+        goals = self.goals
+        if goals is not None:
+            goals.goal_timeout_s = value
+
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state) -> TransitionCallbackReturn:
         self.configure_error = ""
+        self._configuring = True   # parameters read now: a set meanwhile is refused
         try:
             with normal_priority():   # loading + warm-up (and torch's worker threads) never at real-time priority
                 self._configure()
@@ -124,6 +148,8 @@ class PolicyNode(LifecycleNode):
             self._release()
             self._status_state, self._status_reason = PolicyStatus.ERROR, self.configure_error
             return TransitionCallbackReturn.FAILURE
+        finally:
+            self._configuring = False
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
@@ -146,6 +172,10 @@ class PolicyNode(LifecycleNode):
         if cpu_threads < 0:
             raise ValueError(f"cpu_threads must be >= 0 (0 = torch's default), got {cpu_threads}")
         depth_every, depth_steps = int(get("predicted_depth_every_n_chunks")), int(get("predicted_depth_steps"))
+        goal_timeout = get("goal_timeout_s")
+        bad_timeout = number_check(0.0)(goal_timeout)
+        if bad_timeout:
+            raise ValueError(f"goal_timeout_s {bad_timeout} (0 = no limit)")
         if depth_every < 0 or depth_steps < 1:
             raise ValueError(f"predicted_depth_every_n_chunks must be >= 0 and predicted_depth_steps >= 1, got "
                              f"{depth_every} and {depth_steps}")
@@ -195,23 +225,18 @@ class PolicyNode(LifecycleNode):
             handles.append(self.create_subscription(msg_type, topic, lambda msg, cam=name: self._on_image(cam, msg),
                                                     qos_profile_sensor_data))
         handles.append(self.create_subscription(JointState, get("joint_state_topic"), self._on_joint_state, 50))
-        if get("success_topic"):
-            handles.append(self.create_subscription(Bool, get("success_topic"), self._on_success, 10))
-        self.chunk_pub = self.create_publisher(ActionChunk, "/gem/action_chunk", 10)
-        self.status_pub = self.create_publisher(PolicyStatus, "/gem/policy_status", 10)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.depth_pubs = {name: self.create_publisher(Image, f"/gem/predicted_depth/{name}", 1)
+        self.chunk_pub = self.create_publisher(ActionChunk, "gem/action_chunk", 10)
+        self.status_pub = self.create_publisher(PolicyStatus, "gem/policy_status", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)   # ROS-wide by convention
+        self.depth_pubs = {name: self.create_publisher(Image, f"gem/predicted_depth/{name}", 1)
                            for name in (names if depth_every else [])}
         handles += list(self.depth_pubs.values())
         handles += [self.chunk_pub, self.status_pub, self.diag_pub,
-                    self.create_timer(STATUS_PERIOD_S, self._on_status_timer),
-                    self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)]
-        self._action_server = ActionServer(
-            self, ExecuteInstruction, "/gem/execute_instruction", execute_callback=self._execute,
-            goal_callback=self._on_goal, handle_accepted_callback=self._on_goal_accepted,
-            cancel_callback=lambda _: CancelResponse.ACCEPT, callback_group=self._group,
-            goal_service_qos_profile=QoSProfile(depth=GOAL_QUEUE_DEPTH))
-        handles.append(self._action_server)
+                    self.create_timer(STATUS_PERIOD_S, self._on_status_timer)]
+        self.goals = GoalServer(self, self.worker, lambda: self._active, self._now,
+                                lambda: self.policy.last_timings.get("total", 0.0) if self.policy else 0.0,
+                                goal_timeout, get("success_topic"))
+        handles += self.goals.handles
         self._status_state, self._status_reason = PolicyStatus.IDLE, "configured"
         threads = f", {torch.get_num_threads()} CPU threads" if self.policy.device.type == "cpu" else ""
         self.get_logger().info(f"loaded {self._checkpoint} on {self.policy.device}{threads} (inference {mode}); "
@@ -258,7 +283,7 @@ class PolicyNode(LifecycleNode):
         self._handles = []
         if self.worker is not None:
             self.worker.shutdown()
-        self.policy = self.worker = self.buffer = None
+        self.policy = self.worker = self.buffer = self.goals = None
 
     # ------------------------------------------------------------------------------ inputs
     def _now(self) -> float:
@@ -289,9 +314,6 @@ class PolicyNode(LifecycleNode):
         if worker is not None:
             worker.watch(self._now())
         self._publish_status()
-
-    def _on_success(self, msg: Bool) -> None:
-        self._task_success = bool(msg.data)
 
     # ------------------------------------------------------------------------------ worker callbacks
     def _predict(self, observation):
@@ -407,7 +429,8 @@ class PolicyNode(LifecycleNode):
             failed = dict(policy.capture_errors)   # copied: the inference thread may add to it
             if failed:   # still correct, but several times slower than configured: say so
                 level = max(level, DiagnosticStatus.WARN)
-                values["cuda_graph_capture_failed"] = "; ".join(f"{stage}: {err[:200]}" for stage, err in failed.items())
+                values["cuda_graph_capture_failed"] = "; ".join(f"{stage}: {err[:200]}"
+                                                                for stage, err in failed.items())
                 if not reason:
                     reason = "CUDA graph capture failed; running eagerly"
         if self._depth_ms is not None:
@@ -424,103 +447,6 @@ class PolicyNode(LifecycleNode):
         self._rates_from = (now, counts)
         elapsed = max(now - since, 1e-6)
         return {f"rate_{k}_hz": f"{(n - before.get(k, 0)) / elapsed:.1f}" for k, n in sorted(counts.items())}
-
-    # ------------------------------------------------------------------------------ instruction interfaces
-    def _on_set_instruction(self, request, response):
-        snap = self.worker.snapshot() if self.worker else None
-        if snap is None or not snap.running or not request.instruction.strip():
-            response.success, response.message = False, "no running goal (use the ExecuteInstruction action)" \
-                if request.instruction.strip() else "instruction is empty"
-            return response
-        self.worker.run_instruction(request.instruction)
-        response.success, response.message = True, f"instruction set to '{request.instruction}'"
-        return response
-
-    def _on_goal(self, goal_request) -> GoalResponse:
-        if self.worker is None or not self._active:   # inactive: no thread would ever run the goal
-            self.get_logger().warning("goal rejected: gem_policy is not active (activate it first)")
-            return GoalResponse.REJECT
-        if not goal_request.instruction.strip():
-            self.get_logger().warning("goal rejected: the instruction is empty")
-            return GoalResponse.REJECT
-        return GoalResponse.ACCEPT
-
-    async def _pause(self, seconds: float) -> None:
-        """Yield to the executor for `seconds` of wall time (a coroutine: the node's other callbacks keep running
-        on a single-threaded executor; wall time, so a paused /clock cannot freeze a cancel)."""
-        done = Future()
-        timer = self.create_timer(seconds, lambda: done.done() or done.set_result(None), clock=self._steady_clock)
-        try:
-            await done
-        finally:
-            self.destroy_timer(timer)
-
-    def _on_goal_accepted(self, goal_handle) -> None:
-        """One goal EXECUTING at a time: the previous one ends (ABORTED, outcome PREEMPTED) before this one starts.
-        Its coroutine may still be asleep (or not started yet); it finds itself replaced when it wakes."""
-        with self._goal_lock:
-            previous, self._active_goal = self._active_goal, goal_handle
-            if previous is not None and previous.is_active:
-                previous.abort()
-            goal_handle.execute()
-
-    async def _execute(self, goal_handle):
-        """A coroutine on the node's executor: it only waits and reports, the worker thread does the inference."""
-        request = goal_handle.request
-        start_wall, start = time.monotonic(), self._now()
-        with self._goal_lock:   # a newer goal accepted before this coroutine ran: never start this one's instruction
-            replaced = self._active_goal is not goal_handle
-            if not replaced:
-                self._task_success = False
-                self.worker.run_instruction(request.instruction)
-        if replaced:
-            return self._finish_goal(goal_handle, Outcome.PREEMPTED, "a newer instruction replaced this goal",
-                                     start_wall, 0)
-        timeout = request.timeout.sec + request.timeout.nanosec * 1e-9
-        chunks_at_start = self.worker.snapshot().chunks
-        outcome, reason = None, ""
-        while outcome is None:
-            snap = self.worker.snapshot()
-            elapsed = self._now() - start
-            if self._active_goal is not goal_handle:
-                outcome, reason = Outcome.PREEMPTED, "a newer instruction replaced this goal"
-            elif goal_handle.is_cancel_requested:
-                self.worker.stop("goal canceled")
-                outcome, reason = Outcome.CANCELED, "canceled by the client"
-            elif self._task_success:
-                outcome, reason = Outcome.SUCCEEDED, "task success reported"
-            elif timeout > 0 and elapsed >= timeout:
-                outcome, reason = Outcome.TIMEOUT, f"no success within {timeout:.1f} s"
-            elif not snap.running:
-                outcome, reason = (Outcome.ERROR if snap.last_error else Outcome.SAFETY_STOP), snap.reason
-            else:
-                feedback = ExecuteInstruction.Feedback(
-                    chunks_executed=snap.chunks - chunks_at_start, state="HOLDING" if snap.holding else "RUNNING",
-                    progress=float(min(elapsed / timeout, 1.0)) if timeout > 0 else -1.0,
-                    last_latency_ms=float(self.policy.last_timings.get("total", 0.0)))
-                goal_handle.publish_feedback(feedback)
-                await self._pause(0.05)
-        if outcome != Outcome.PREEMPTED:
-            with self._goal_lock:
-                if self._active_goal is goal_handle:
-                    self._active_goal = None
-                    if outcome != Outcome.CANCELED:
-                        self.worker.stop(f"goal ended: {reason}")
-        return self._finish_goal(goal_handle, outcome, reason, start_wall,
-                                 self.worker.snapshot().chunks - chunks_at_start)
-
-    def _finish_goal(self, goal_handle, outcome: int, reason: str, start_wall: float, chunks: int):
-        """The terminal state (unless a newer goal already aborted this one) and the result the client receives."""
-        with self._goal_lock:   # serialised with _on_goal_accepted's abort: one terminal transition per goal
-            if goal_handle.is_active:
-                if outcome == Outcome.SUCCEEDED:
-                    goal_handle.succeed()
-                elif outcome == Outcome.CANCELED:
-                    goal_handle.canceled()
-                else:
-                    goal_handle.abort()
-        return Outcome(outcome=outcome, reason=reason, duration_s=float(time.monotonic() - start_wall),
-                       chunks_executed=chunks)
 
 
 def main(args=None) -> None:
