@@ -77,6 +77,7 @@ class Arguments:
     realtime_priority: int
     cpu_dma_latency_us: int
     notes: list[str] = field(default_factory=list, compare=False)   # what `auto` chose, for the log
+    sim_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)   # node -> its sim:=true wiring
 
 
 def _share(package: str) -> Path | None:
@@ -170,26 +171,39 @@ def parse_arguments(raw: Mapping[str, str], root: Path | None = None) -> Argumen
     if composed and (priority != 0 or latency != -1):
         problems.append("realtime_priority / cpu_dma_latency_us apply to gem_executor in its own process only "
                         "(composed:=true plans chunks on the inference thread, which never runs real-time)")
+    overrides = _sim_overrides(config, notes, problems) if config is not None and sim else {}
     urdf = str(values["urdf"])
-    if urdf == "auto":
-        bundled = bundled_urdf(str(values["arm"]))
+    if urdf == "auto":   # on the simulator the model's own URDF, else the one gem_ros ships, else the topic
+        bundled = overrides.get("gem_executor", {}).get("urdf_path") or bundled_urdf(str(values["arm"]))
         urdf = str(bundled) if bundled else ""
         notes.append(f"urdf: {urdf}" if bundled else "urdf: none shipped for this arm, gem_executor reads the one "
                                                      "latched on robot_description")
     elif urdf and not Path(urdf).is_file():
         problems.append(f"urdf:={urdf!r} is not a file ('' = the URDF latched on robot_description)")
+    overrides.get("gem_executor", {}).pop("urdf_path", None)   # urdf:= decides
     namespace = _namespace(str(values["namespace"]), problems)
-    if config is not None and sim:
-        try:
-            if not node_section(config, "gem_sim"):
-                problems.append(f"sim:=true but {config} has no gem_sim section: the embedded simulator does not "
-                                "model this arm; use sim:=false with the arm's driver")
-        except ValueError as error:
-            problems.append(str(error))
     if problems:
         raise ValueError("gem.launch.py: " + "; ".join(problems))
     return Arguments(str(values["arm"]), config, checkpoint, sim, namespace, urdf, composed, values["executor"],
-                     values["policy_executor"], priority, latency, notes)
+                     values["policy_executor"], priority, latency, notes, overrides)
+
+
+def _sim_overrides(config: Path, notes: list[str], problems: list[str]) -> dict[str, dict[str, Any]]:
+    """sim:=true runs the arm's configuration on its simulation model, as gem_demo --arm does
+    (gem_ros.sim.arm_wiring: JTC topic backend, the model's gripper, cameras and URDF); what it replaces is noted."""
+    try:
+        if not node_section(config, "gem_sim"):
+            problems.append(f"sim:=true but {config} has no gem_sim section: the embedded simulator does not model "
+                            "this arm; use sim:=false with the arm's driver")
+            return {}
+        from gem_ros.sim.arm_wiring import read_sections, sim_wiring
+
+        wiring = sim_wiring(read_sections(config), str(config))
+    except ValueError as error:
+        problems.append(str(error))
+        return {}
+    notes += [f"sim: {note}" for note in wiring.notes]
+    return {"gem_sim": dict(wiring.sim), "gem_policy": dict(wiring.policy), "gem_executor": dict(wiring.executor)}
 
 
 def _namespace(text: str, problems: list[str]) -> str:
@@ -217,14 +231,14 @@ def plan(raw: Mapping[str, str], root: Path | None = None) -> list[NodeSpec]:
 
 
 def nodes_for(args: Arguments) -> list[NodeSpec]:
-    ns, sim = args.namespace, args.sim
-    policy = node_values(args.config, "gem_policy", sim, checkpoint=args.checkpoint)
-    executor = node_values(args.config, "gem_executor", sim, checkpoint=args.checkpoint,
-                           **({"urdf_path": args.urdf} if args.urdf else {}))
+    ns, sim, wired = args.namespace, args.sim, args.sim_overrides
+    policy = node_values(args.config, "gem_policy", sim, **wired.get("gem_policy", {}), checkpoint=args.checkpoint)
+    executor = node_values(args.config, "gem_executor", sim, **wired.get("gem_executor", {}),
+                           checkpoint=args.checkpoint, **({"urdf_path": args.urdf} if args.urdf else {}))
     specs = []
     if sim:   # the clock itself: wall time
-        specs.append(NodeSpec("gem_sim", "gem_sim", ns, {fully_qualified(ns, "gem_sim"): node_section(
-            args.config, "gem_sim")}, ("--executor", args.executor)))
+        specs.append(NodeSpec("gem_sim", "gem_sim", ns, {fully_qualified(ns, "gem_sim"): {
+            **node_section(args.config, "gem_sim"), **wired.get("gem_sim", {})}}, ("--executor", args.executor)))
     if args.composed:   # one process configures and activates both of its nodes itself
         specs.append(NodeSpec("gem_policy_executor", None, ns, {
             fully_qualified(ns, "gem_policy"): policy,

@@ -83,16 +83,40 @@ def test_every_shipped_arm_leaves_use_sim_time_to_the_launch(arm):
 
 
 def test_the_executor_gets_the_checkpoint_and_the_urdf_rules(checkpoint):
-    executor = only_values(by_executable(bringup.plan({"checkpoint": checkpoint}))["gem_executor"])
+    from gem_ros.sim.arms import sim_arm, urdf_path
+
+    executor = only_values(by_executable(bringup.plan({"checkpoint": checkpoint, "sim": "false"}))["gem_executor"])
     assert executor["checkpoint"] == checkpoint and executor["urdf_path"] == str(PANDA_URDF)   # auto: bundled
+    on_sim = only_values(by_executable(bringup.plan({"checkpoint": checkpoint}))["gem_executor"])
+    assert on_sim["urdf_path"] == str(urdf_path(sim_arm("panda")))   # auto on the simulator: the model's own
+    given = only_values(by_executable(bringup.plan({"checkpoint": checkpoint, "urdf": str(PANDA_URDF)}))[
+        "gem_executor"])
+    assert given["urdf_path"] == str(PANDA_URDF)   # urdf:= wins
     for layout in ("false", "true"):
         specs = by_executable(bringup.plan({"checkpoint": checkpoint, "urdf": "", "composed": layout}))
         spec = specs["gem_policy_executor" if layout == "true" else "gem_executor"]
         executor = spec.parameters["/gem_executor"]
         assert "urdf_path" not in executor, "an empty urdf must be left out: rcl refuses `urdf_path:=`"
         assert "urdf_path" not in spec.params_yaml()
-    notes = bringup.parse_arguments({"checkpoint": checkpoint, "arm": "panda"}).notes
+    notes = bringup.parse_arguments({"checkpoint": checkpoint, "arm": "panda", "sim": "false"}).notes
     assert notes == [f"urdf: {PANDA_URDF}"]
+
+
+def test_sim_runs_a_real_arm_configuration_on_its_model_and_says_what_it_replaced(checkpoint):
+    """arm:=ur5e sim:=true: the driver's FollowJointTrajectory action becomes gem_sim's JTC topic, the cameras
+    gem_sim's, the URDF the model's (as gem_demo --arm ur5e); sim:=false keeps the YAML's."""
+    args = bringup.parse_arguments({"arm": "ur5e", "checkpoint": checkpoint})
+    assert any("backend follow_joint_trajectory -> topic" in note for note in args.notes), args.notes
+    specs = by_executable(bringup.nodes_for(args))
+    executor, policy = only_values(specs["gem_executor"]), only_values(specs["gem_policy"])
+    sim = only_values(specs["gem_sim"])
+    assert executor["backend"] == "topic" and sim["controller_name"] == executor["controller_name"]
+    assert policy["camera_topics"] == ["camera/scene/image_raw", "camera/wrist/image_raw"]
+    real = by_executable(bringup.plan({"arm": "ur5e", "checkpoint": checkpoint, "sim": "false"}))
+    assert only_values(real["gem_executor"])["backend"] == "follow_joint_trajectory"
+    assert "urdf_path" not in only_values(real["gem_executor"])   # no URDF shipped: robot_description
+    with pytest.raises(ValueError, match="kinova_gen3"):   # no simulation model
+        bringup.plan({"arm": "kinova_gen3", "checkpoint": checkpoint})
 
 
 def test_process_arguments_are_what_each_command_line_accepts(checkpoint):
