@@ -8,10 +8,12 @@ path the filter checked (20 ms apart). With velocities JTC would fit cubic segme
 a point approached at speed and then held (a joint limit) and run up to 1.5x the checked segment speed.
 A hold is the exception: its one point (the measured position) carries velocity 0, so JTC brings the arm to rest
 along a cubic from its current motion instead of reversing the setpoint's velocity in one step.
+A backend whose controller answers (follow_joint_trajectory) calls its `on_fault(reason)` when the controller
+rejects, aborts or cancels our motion (gem_ros.nodes.trajectory_goals); the executor node sets it and holds.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from rclpy.node import Node
@@ -19,6 +21,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from gem_ros.core.safety import SafeTrajectory
 from gem_ros.nodes.conversions import build_joint_trajectory
+from gem_ros.nodes.trajectory_goals import Tolerances, TrajectoryGoalSender, tolerances_from_parameters
 
 BACKENDS = ("topic", "follow_joint_trajectory")
 # Where the gripper joints go: with the arm's joints in one trajectory (gem_sim), to a JointTrajectoryController
@@ -31,6 +34,10 @@ class BackendUnavailable(RuntimeError):
 
 
 class TrajectoryBackend(Protocol):
+    # Set by the executor node: called with the controller's reason when it rejects, aborts or cancels our motion
+    # (on the node's executor thread, never inside send/hold). Backends without answers (topic) never call it.
+    on_fault: Callable[[str], None] | None
+
     def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
         """Replace whatever the controller is executing with `trajectory` (stamp None = start now)."""
 
@@ -56,6 +63,8 @@ class JointTrajectoryTopicBackend:
     One message is refilled for every send (publish serialises it at once). Not thread-safe: the executor node
     sends under its send lock."""
 
+    on_fault = None   # a topic has no answer: JTC's refusals are only in its log
+
     def __init__(self, node: Node, controller_name: str):
         self._node = node
         self.topic = f"{controller_name}/joint_trajectory"
@@ -73,15 +82,15 @@ class JointTrajectoryTopicBackend:
 
 
 class FollowJointTrajectoryBackend:
-    """Sends goals to `<controller_name>/follow_joint_trajectory` (control_msgs/action/FollowJointTrajectory).
+    """Goals to `<controller_name>/follow_joint_trajectory` (control_msgs/action/FollowJointTrajectory), one per send:
+    each pre-empts the previous one in JTC, as a new topic message would. The goals carry the configured tolerances;
+    the controller's rejections, aborts (a tolerance violated) and cancels of our latest goal reach `on_fault`, the
+    expected ends of replaced goals do not (gem_ros.nodes.trajectory_goals)."""
 
-    Each goal preempts the previous one in JTC, as a new topic message would. Goals are fire-and-forget:
-    results are not awaited, because the next tick's goal supersedes them anyway.
-    """
-
-    def __init__(self, node: Node, controller_name: str):
+    def __init__(self, node: Node, controller_name: str, tolerances: Tolerances | None = None):
         try:
             from control_msgs.action import FollowJointTrajectory
+            from control_msgs.msg import JointTolerance
         except ImportError as error:
             raise BackendUnavailable(
                 "backend 'follow_joint_trajectory' needs the ROS package control_msgs "
@@ -90,20 +99,25 @@ class FollowJointTrajectoryBackend:
             ) from error
         from rclpy.action import ActionClient
 
-        self._node, self._goal_type = node, FollowJointTrajectory
         self.action_name = f"{controller_name}/follow_joint_trajectory"
         self._client = ActionClient(node, FollowJointTrajectory, self.action_name)
+        self.goals = TrajectoryGoalSender(self._client, FollowJointTrajectory.Goal, JointTolerance,
+                                          node.resolve_topic_name(self.action_name), tolerances or Tolerances(),
+                                          node.get_logger())
 
-    def send(self, trajectory: SafeTrajectory, stamp=None, velocities: bool = False) -> None:
-        if not self._client.server_is_ready():
-            self._node.get_logger().warning(f"action server {self.action_name} not available; trajectory dropped",
-                                         throttle_duration_sec=1.0)
-            return
-        goal = self._goal_type.Goal(trajectory=to_joint_trajectory(trajectory, stamp, velocities=velocities))
-        self._client.send_goal_async(goal)
+    @property
+    def on_fault(self) -> Callable[[str], None] | None:
+        return self.goals.on_fault
+
+    @on_fault.setter
+    def on_fault(self, callback: Callable[[str], None] | None) -> None:
+        self.goals.on_fault = callback
+
+    def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
+        self.goals.send(to_joint_trajectory(trajectory, stamp))
 
     def hold(self, trajectory: SafeTrajectory) -> None:
-        self.send(trajectory, velocities=True)
+        self.goals.send(to_joint_trajectory(trajectory, velocities=True), hold=True)
 
     def close(self) -> None:
         self._client.destroy()
@@ -122,7 +136,10 @@ def subset(trajectory: SafeTrajectory, names: Sequence[str]) -> SafeTrajectory:
 class GripperCommandBackend:
     """The gripper's target to a GripperActionController (`<controller>/gripper_cmd`, one joint): the position the
     plan reaches at the end of each trajectory, sent only when it moves by more than `deadband_m` (a goal per
-    50 Hz tick would restart the gripper's own motion every 20 ms)."""
+    50 Hz tick would restart the gripper's own motion every 20 ms). Its results are not followed (on_fault unused):
+    a gripper that stalls on an object ends its goal that way by design."""
+
+    on_fault = None
 
     def __init__(self, node: Node, controller_name: str, joint_name: str, max_effort: float,
                  deadband_m: float = 5e-4):
@@ -171,6 +188,14 @@ class SplitGripperBackend:
         self.arm, self.gripper = arm, gripper
         self.arm_names, self.gripper_names = tuple(arm_names), tuple(gripper_names)
 
+    @property
+    def on_fault(self) -> Callable[[str], None] | None:
+        return self.arm.on_fault
+
+    @on_fault.setter
+    def on_fault(self, callback: Callable[[str], None] | None) -> None:
+        self.arm.on_fault = self.gripper.on_fault = callback   # kept, never called, by those without answers
+
     def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
         self.arm.send(subset(trajectory, self.arm_names), stamp)
         self.gripper.send(subset(trajectory, self.gripper_names), stamp)
@@ -185,9 +210,10 @@ class SplitGripperBackend:
 
 def make_backends(values: Mapping[str, Any], node: Node, joint_names: Sequence[str]) -> TrajectoryBackend:
     """The executor's output from its parameters (`backend`, `controller_name`, `gripper_backend`,
-    `gripper_controller_name`, `gripper_joint_names`, `gripper_max_effort`); ValueError / BackendUnavailable
-    name the problem."""
-    arm = make_backend(values["backend"], node, values["controller_name"])
+    `gripper_controller_name`, `gripper_joint_names`, `gripper_max_effort`, and for follow_joint_trajectory
+    trajectory_goals.TOLERANCE_PARAMETERS, defaults where absent); ValueError / BackendUnavailable name the problem."""
+    tolerances = tolerances_from_parameters(values, joint_names)   # checked whatever the backend: a typo fails now
+    arm = make_backend(values["backend"], node, values["controller_name"], tolerances)
     kind = values["gripper_backend"]
     if kind == "arm":
         return arm
@@ -208,10 +234,11 @@ def make_backends(values: Mapping[str, Any], node: Node, joint_names: Sequence[s
     return SplitGripperBackend(arm, gripper, [n for n in joint_names if n not in gripper_names], gripper_names)
 
 
-def make_backend(kind: str, node: Node, controller_name: str) -> TrajectoryBackend:
+def make_backend(kind: str, node: Node, controller_name: str,
+                 tolerances: Tolerances | None = None) -> TrajectoryBackend:
     """`kind` is the executor's `backend` parameter; raises ValueError / BackendUnavailable with the reason."""
     if kind == "topic":
         return JointTrajectoryTopicBackend(node, controller_name)
     if kind == "follow_joint_trajectory":
-        return FollowJointTrajectoryBackend(node, controller_name)
+        return FollowJointTrajectoryBackend(node, controller_name, tolerances)
     raise ValueError(f"backend must be one of {BACKENDS}, got {kind!r}")
