@@ -501,3 +501,31 @@ def test_gem_executor_main_configures_itself_unless_managed():
         thread.join(5.0)
         probe.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def test_a_controller_fault_holds_the_arm_with_the_controllers_reason(harness):
+    """The follow_joint_trajectory backend reports the controller's rejections and aborts through on_fault (its
+    own tests drive that from the action results); the node holds at once, and nothing of the plan is sent after."""
+    node, robot = harness()
+    assert node.backend.on_fault is not None   # wired at configure, for every backend
+    robot.send_chunk(ramp(0.1, points=30))   # a 3 s plan
+    assert wait_for(lambda: any(arm_motion(m) for m in robot.trajectories))
+    node.backend.on_fault("aborted the trajectory: PATH_TOLERANCE_VIOLATED (panda_joint2 off by 0.3 rad)")
+    assert wait_for(lambda: not arm_motion(robot.trajectories[-1]), 2.0)
+    assert "PATH_TOLERANCE_VIOLATED" in node.controller.stats["last_reason"]
+    sent = len(robot.trajectories)
+    time.sleep(0.3)   # 15 control periods: the rest of the plan is not sent
+    assert len(robot.trajectories) == sent
+
+
+def test_trajectory_tolerances_are_executor_parameters_checked_at_configure():
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        node = make_executor_node(context=context, **PARAMS, path_tolerance=[0.05], goal_time_tolerance_s=1)
+        assert node.get_parameter("path_tolerance").value == [0.05]
+        node.destroy_node()
+        with pytest.raises(ValueError, match="goal_time_tolerance_s"):
+            make_executor_node(context=context, **PARAMS, goal_time_tolerance_s=-1.0)
+    finally:
+        rclpy.try_shutdown(context=context)

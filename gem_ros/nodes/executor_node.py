@@ -11,7 +11,8 @@ In:  gem/action_chunk (gem_msgs/ActionChunk; num_points == 0 = stop and hold), g
      e-stop, false does nothing: only ~/reset_estop releases it). Services ~/estop, ~/reset_estop (Trigger).
      The e-stop is heard in every lifecycle state and stays latched across cleanup and configure.
 Out: <controller_name>/joint_trajectory (topic backend) or <controller_name>/follow_joint_trajectory (action
-     backend, needs control_msgs), /diagnostics at 1 Hz. With gripper_backend trajectory / gripper_command the
+     backend, needs control_msgs; the controller's rejections and aborts hold the arm, logged with its
+     reason), /diagnostics at 1 Hz. With gripper_backend trajectory / gripper_command the
      gripper joints go to <gripper_controller_name>/joint_trajectory or .../gripper_cmd instead (a hold stops the
      arm and leaves the gripper's last command standing).
 Relative names resolve to /gem/action_chunk, /joint_states, /arm_controller/... in the root namespace and
@@ -41,6 +42,7 @@ from gem_msgs.msg import ActionChunk, PolicyStatus
 from gem_ros.core.executor_setup import PARAMETERS, build_controller
 from gem_ros.nodes.backends import BackendUnavailable, make_backends
 from gem_ros.nodes.params import spin_node
+from gem_ros.nodes.trajectory_goals import TOLERANCE_PARAMETERS
 from gem_ros.nodes.conversions import diagnostic_status, stamp_to_s
 
 NODE_NAME = "gem_executor"
@@ -53,7 +55,7 @@ class ExecutorNode(LifecycleNode):
         """kwargs go to rclpy's LifecycleNode (context, parameter_overrides, namespace, ...). Unconfigured: nothing
         is read or commanded until configure (see start_executor)."""
         super().__init__(NODE_NAME, **kwargs)
-        for name, default in PARAMETERS.items():
+        for name, default in {**PARAMETERS, **TOLERANCE_PARAMETERS}.items():
             # Numbers accept int or float ("rate: 50" in YAML); the config dataclasses validate them.
             descriptor = ParameterDescriptor(dynamic_typing=isinstance(default, float))
             self.declare_parameter(name, default, descriptor)
@@ -74,7 +76,7 @@ class ExecutorNode(LifecycleNode):
     def on_configure(self, state) -> TransitionCallbackReturn:
         self.configure_error = None
         try:
-            values = {name: self.get_parameter(name).value for name in PARAMETERS}
+            values = {name: self.get_parameter(name).value for name in {**PARAMETERS, **TOLERANCE_PARAMETERS}}
             if not values["robot_description"] and not values["urdf_path"]:
                 values["robot_description"] = self._robot_description_from_topic(
                     values["robot_description_timeout_s"])
@@ -83,6 +85,7 @@ class ExecutorNode(LifecycleNode):
                                           "limits come from robot_description")
             self.controller = build_controller(values)
             self.backend = make_backends(values, self, self.controller.cfg.joint_names)
+            self.backend.on_fault = self._on_controller_fault
         except Exception as error:  # noqa: BLE001 - rclpy would swallow it (transition ERROR, no log): say why
             self.configure_error = error
             expected = isinstance(error, _EXPECTED_ERRORS)   # anything else is a bug: keep its traceback
@@ -220,6 +223,15 @@ class ExecutorNode(LifecycleNode):
                                           throttle_duration_sec=1.0)
             self._replan_now()   # the new plan, or the hold an unsafe chunk asks for, goes out now
 
+    def _on_controller_fault(self, reason: str) -> None:
+        """The controller rejected, aborted or cancelled our motion (follow_joint_trajectory backend): hold, and
+        say why; the next chunk plans afresh."""
+        self.get_logger().error(f"controller {self.controller_name}: {reason}")
+        with self._send_lock:
+            if self._active:
+                self.controller.stop(f"controller fault: {reason}")
+                self._send(self.controller.replan(self._now()))
+
     def _engage_estop(self, source: str) -> None:
         self._estop = source
         controller = self.controller
@@ -291,7 +303,8 @@ def start_executor(node: ExecutorNode) -> ExecutorNode:
 def make_executor_node(context=None, start: bool = True, **overrides) -> ExecutorNode:
     """An ExecutorNode with parameter overrides by name, e.g. make_executor_node(ctx, joint_names=[...]),
     configured and activated unless `start` is false."""
-    unknown = sorted(set(overrides) - set(PARAMETERS) - {"use_sim_time", "subscribe_chunks"})
+    unknown = sorted(set(overrides) - set(PARAMETERS) - set(TOLERANCE_PARAMETERS) - {"use_sim_time",
+                                                                                      "subscribe_chunks"})
     if unknown:
         raise ValueError(f"unknown executor parameters {unknown}; known: {sorted(PARAMETERS)}")
     parameters = [Parameter(name, value=list(value) if isinstance(value, tuple) else value)
