@@ -14,7 +14,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from gem_ros.commander import GemCommander  # noqa: E402
 from gem_ros.demo import make_random_sim_checkpoint  # noqa: E402
 from gem_ros.nodes.composed import connect_in_process  # noqa: E402
-from gem_ros.nodes.executor_node import ExecutorNode  # noqa: E402
+from gem_ros.nodes.executor_node import ExecutorNode, start_executor  # noqa: E402
 from gem_ros.nodes.params import bringup_config, node_parameters  # noqa: E402
 from gem_ros.nodes.policy_node import PolicyNode  # noqa: E402
 from gem_ros.nodes.sim_node import SimNode  # noqa: E402
@@ -32,11 +32,12 @@ def start_closed_loop(ros, sim_checkpoint, handover):
     joint states and trajectories (with the sim time each one reached the controller)."""
     config = bringup_config("panda")
     sim = ros.add(SimNode(context=ros.context, parameter_overrides=node_parameters(config, "gem_sim")))
+    # sim time, as the launch file gives policy and executor with sim:=true (gem_ros.bringup)
     policy = ros.add(PolicyNode(context=ros.context, parameter_overrides=node_parameters(
-        config, "gem_policy", checkpoint=str(sim_checkpoint), device="cpu")))
-    executor = ros.add(ExecutorNode(context=ros.context, parameter_overrides=node_parameters(
-        config, "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"),
-        subscribe_chunks=handover == "topic")))
+        config, "gem_policy", checkpoint=str(sim_checkpoint), device="cpu", use_sim_time=True)))
+    executor = ros.add(start_executor(ExecutorNode(context=ros.context, parameter_overrides=node_parameters(
+        config, "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"), use_sim_time=True,
+        subscribe_chunks=handover == "topic"))))
     if handover == "in_process":
         connect_in_process(policy, executor)
         assert executor.count_subscribers("/gem/action_chunk") == 0
