@@ -37,7 +37,8 @@ from gem_ros.core.realtime import normal_priority
 from gem_ros.nodes.conversions import (compressed_msg_to_frame, diagnostic_status, image_msg_to_rgb,
                                        rgb_to_image_msg, s_to_stamp, stamp_to_s)
 from gem_ros.nodes.goal_server import GoalServer
-from gem_ros.nodes.param_rules import ParameterRules, Rule, live_rule, number_check
+from gem_ros.nodes.input_health import InputHealth
+from gem_ros.nodes.param_rules import ParameterRules, Rule, number_check
 from gem_ros.nodes.params import spin_node
 
 # One 50 Hz timer: PolicyStatus, which doubles as the heartbeat gem_executor watches (its policy_timeout_s, 0.05 s
@@ -90,10 +91,11 @@ class PolicyNode(LifecycleNode):
         # request: keep it rare (0 = off) and its sampler short.
         p("predicted_depth_every_n_chunks", 0)
         p("predicted_depth_steps", 10)
-        rules.declare("request_threshold_s", 0.3, live_rule(self._check_threshold, self._apply_threshold),
+        rules.declare("request_threshold_s", 0.3,
+                      Rule(self._not_configuring, self._check_threshold, self._apply_threshold),
                       "next inference when this much of the chunk (+ latency) is left [s]; takes effect at once")
         # A real arm has no task success signal: without a limit a forgotten goal runs until someone cancels it.
-        rules.declare("goal_timeout_s", 120.0, live_rule(number_check(0.0), self._apply_goal_timeout),
+        rules.declare("goal_timeout_s", 120.0, Rule(self._not_configuring, number_check(0.0), self._apply_goal_timeout),
                       "longest a goal runs [s] (a goal may ask for less); 0 = no limit; takes effect at once")
         # Called with every ActionChunk (holds included) on the inference thread, before it is published:
         # see gem_ros.nodes.composed.
@@ -101,19 +103,19 @@ class PolicyNode(LifecycleNode):
         self._status_state, self._checkpoint = PolicyStatus.UNCONFIGURED, ""
         self.configure_error = ""   # "<type>: <message>" of the last failed configure (gem_demo prints it)
         self._depth_every, self._depth_ms = 0, None
-        # Input rates and refusals for /diagnostics: counted in the callbacks, turned into rates per status period.
-        self._received: dict[str, int] = {}
-        self._rates_from: tuple[float, dict[str, int]] = (time.monotonic(), {})
-        self._rejected_frames, self._last_frame_error, self._rejected_reported = 0, "", 0
+        self.inputs = InputHealth()   # input rates and refusals for /diagnostics
         self._statuses = 0   # PolicyStatus messages sent; every DIAGNOSTICS_EVERY-th also publishes /diagnostics
 
     # ------------------------------------------------------------------------------ parameters set at run time
     def _read_at_configure(self) -> str:
         if self.worker is None and not self._configuring:
             return ""
-        state = "active" if self._active else "configured"
+        state = "configuring" if self._configuring else "active" if self._active else "inactive"
         return (f"read at configure and gem_policy is {state}: deactivate and clean it up, set it, then configure "
                 "again")
+
+    def _not_configuring(self) -> str:   # configure reads the value meanwhile: a set could be lost
+        return "gem_policy is configuring: set it once that is done" if self._configuring else ""
 
     @staticmethod
     def _check_threshold(value) -> str:
@@ -209,9 +211,7 @@ class PolicyNode(LifecycleNode):
                                                           max_age_s=get("max_observation_age_s"),
                                                           max_skew_s=get("max_skew_s")))
         self._camera_sizes = {c.name: (c.height, c.width) for c in io.cameras}
-        self._undecodable_logged = 0
-        self._received, self._rates_from = {}, (time.monotonic(), {})   # diagnostics of this configuration only
-        self._rejected_frames, self._last_frame_error, self._rejected_reported = 0, "", 0
+        self.inputs.reset()   # diagnostics of this configuration only
         self.policy.reset(get("seed"))
         self._warm_up()
         horizon = io.chunk_len / io.control_rate_hz
@@ -291,19 +291,17 @@ class PolicyNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg) -> None:
         source = f"camera/{camera}"
-        self._received[source] = self._received.get(source, 0) + 1
+        self.inputs.received(source)
         try:
             # compressed frames stay encoded until the policy picks one (gem_ros.core.observation.EncodedFrame)
             rgb = compressed_msg_to_frame(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
         except ValueError as error:   # a wrong encoding / format: refused, counted on /diagnostics
-            self._rejected_frames += 1
-            self._last_frame_error = f"camera '{camera}': {error}"
-            self.get_logger().error(self._last_frame_error, throttle_duration_sec=2.0)
+            self.get_logger().error(self.inputs.rejected(camera, error), throttle_duration_sec=2.0)
             return
         self.buffer.add_image(camera, stamp_to_s(msg.header.stamp), rgb)
 
     def _on_joint_state(self, msg: JointState) -> None:
-        self._received["joint_states"] = self._received.get("joint_states", 0) + 1
+        self.inputs.received("joint_states")
         try:
             self.buffer.add_joint_state(stamp_to_s(msg.header.stamp), list(msg.name), list(msg.position))
         except ValueError as error:   # malformed message: report, keep the last good state (it will go stale)
@@ -406,24 +404,7 @@ class PolicyNode(LifecycleNode):
         values = {f"latency_{k}_ms": f"{v:.1f}" for k, v in timings.items()}
         values.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
         values["chunks_produced"] = str(snap.chunks if snap else 0)
-        values.update(self._input_rates())
-        if buffer is not None:
-            values.update({f"queued_{k}": str(v) for k, v in buffer.depths().items()})
-        if self._rejected_frames:   # frames refused on arrival (encoding, size): the camera is misconfigured
-            values["rejected_frames"] = str(self._rejected_frames)
-            values["last_frame_error"] = self._last_frame_error[:200]
-            if self._rejected_frames > self._rejected_reported:
-                self._rejected_reported = self._rejected_frames
-                level = max(level, DiagnosticStatus.WARN)
-                reason = f"{reason}; {self._last_frame_error}"
-        if buffer is not None and buffer.undecodable_frames:   # dropped compressed frames: a camera problem
-            values["undecodable_frames"] = str(buffer.undecodable_frames)
-            values["last_decode_error"] = buffer.last_decode_error[:200]
-            if buffer.undecodable_frames > self._undecodable_logged:   # new ones since the last warning
-                self._undecodable_logged = buffer.undecodable_frames
-                self.get_logger().warning(f"{self._undecodable_logged} camera frames would not decode and were "
-                                          f"dropped; last: {buffer.last_decode_error}",
-                                          throttle_duration_sec=10.0)
+        level, reason = self.inputs.report(values, buffer, level, reason, self.get_logger())
         if policy is not None:
             values["inference_mode"] = self._inference_mode
             failed = dict(policy.capture_errors)   # copied: the inference thread may add to it
@@ -439,14 +420,6 @@ class PolicyNode(LifecycleNode):
         diag.header.stamp = msg.header.stamp
         diag.status = [diagnostic_status("gem_policy", level, reason or "ok", values)]
         self.diag_pub.publish(diag)
-
-    def _input_rates(self) -> dict[str, str]:
-        """Messages per second per input since the last status (wall clock: a paused /clock must not hide them)."""
-        now, counts = time.monotonic(), dict(self._received)
-        since, before = self._rates_from
-        self._rates_from = (now, counts)
-        elapsed = max(now - since, 1e-6)
-        return {f"rate_{k}_hz": f"{(n - before.get(k, 0)) / elapsed:.1f}" for k, n in sorted(counts.items())}
 
 
 def main(args=None) -> None:
