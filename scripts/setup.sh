@@ -115,14 +115,14 @@ else
   mark_done gem_msgs "$msgs_hash"
 fi
 
-# --- 5. gem_ros + gem_train, editable, with the train and dev extras ----------------------------
+# --- 5. gem_ros + gem_train, editable, with the train, dev and arms extras ----------------------------
 # The editable finder maps the top-level packages once: the package list is part of the hash.
 ros_pkg_hash="$(hash_of "gem_ros $(ls -d ./*/__init__.py 2>/dev/null || true)" pyproject.toml)"
 if is_done gem_ros "$ros_pkg_hash" && "$VENV/bin/python" -c 'import gem_ros' 2>/dev/null; then
   log "gem_ros up to date"
 else
-  log "installing gem_ros (editable) with extras [train,dev]"
-  pip install -q -e '.[train,dev]'
+  log "installing gem_ros (editable) with extras [train,dev,arms]"
+  pip install -q -e '.[train,dev,arms]'
   mark_done gem_ros "$ros_pkg_hash"
 fi
 # pip installs no data files, so lay out share/gem_ros as symlinks into the checkout, like
