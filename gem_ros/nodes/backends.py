@@ -13,6 +13,7 @@ rejects, aborts or cancels our motion (gem_ros.nodes.trajectory_goals); the exec
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -26,7 +27,11 @@ from gem_ros.nodes.trajectory_goals import Tolerances, TrajectoryGoalSender, tol
 BACKENDS = ("topic", "follow_joint_trajectory")
 # Where the gripper joints go: with the arm's joints in one trajectory (gem_sim), to a JointTrajectoryController
 # of their own, or to a GripperActionController (control_msgs/action/GripperCommand) - what real arms mostly have.
-GRIPPER_BACKENDS = ("arm", "trajectory", "gripper_command")
+GRIPPER_BACKENDS = ("arm", "trajectory", "gripper_command", "parallel_gripper_command")
+# control_msgs action per gripper backend: GripperCommand (position + max_effort, one joint; GripperActionController)
+# or ParallelGripperCommand (a sensor_msgs/JointState command; parallel_gripper_action_controller on Jazzy+), both
+# in ros-controls/control_msgs control_msgs/action/.
+GRIPPER_ACTIONS = {"gripper_command": "GripperCommand", "parallel_gripper_command": "ParallelGripperCommand"}
 
 
 class BackendUnavailable(RuntimeError):
@@ -133,30 +138,42 @@ def subset(trajectory: SafeTrajectory, names: Sequence[str]) -> SafeTrajectory:
                           tuple(n for n in trajectory.clamped_joints if n in names))
 
 
+def gripper_goal(goal_type, kind: str, joint_name: str, position: float, max_effort: float):
+    """A GripperCommand or ParallelGripperCommand goal (`kind` as gripper_backend) for one joint's position."""
+    goal = goal_type.Goal()
+    if kind == "parallel_gripper_command":   # command: sensor_msgs/JointState, name/position/effort per joint
+        goal.command.name, goal.command.position, goal.command.effort = [joint_name], [position], [max_effort]
+    else:                                    # command: control_msgs/GripperCommand
+        goal.command.position, goal.command.max_effort = position, max_effort
+    return goal
+
+
 class GripperCommandBackend:
-    """The gripper's target to a GripperActionController (`<controller>/gripper_cmd`, one joint): the position the
-    plan reaches at the end of each trajectory, sent only when it moves by more than `deadband_m` (a goal per
+    """The gripper's target to a gripper action server (`action_name`, default `<controller>/gripper_cmd` as
+    ros2_controllers' gripper controllers; vendor nodes differ, e.g. franka_gripper's `gripper_action`): the position
+    the plan reaches at the end of each trajectory, sent only when it moves by more than `deadband_m` (a goal per
     50 Hz tick would restart the gripper's own motion every 20 ms). Its results are not followed (on_fault unused):
     a gripper that stalls on an object ends its goal that way by design."""
 
     on_fault = None
 
     def __init__(self, node: Node, controller_name: str, joint_name: str, max_effort: float,
-                 deadband_m: float = 5e-4):
+                 deadband_m: float = 5e-4, kind: str = "gripper_command", action_name: str = ""):
+        action_type = GRIPPER_ACTIONS[kind]
         try:
-            from control_msgs.action import GripperCommand
-        except ImportError as error:
+            goal_type = getattr(importlib.import_module("control_msgs.action"), action_type)
+        except (ImportError, AttributeError) as error:
             raise BackendUnavailable(
-                "gripper_backend 'gripper_command' needs the ROS package control_msgs "
-                f"(control_msgs.action.GripperCommand), which is not importable here ({error}); install "
-                "control_msgs or use gripper_backend 'trajectory' / 'arm'") from error
+                f"gripper_backend {kind!r} needs the ROS package control_msgs (control_msgs.action.{action_type}), "
+                f"which is not importable here ({error}); install control_msgs or use gripper_backend "
+                "'trajectory' / 'arm'") from error
         from rclpy.action import ActionClient
 
-        self._node, self._goal_type, self.joint_name = node, GripperCommand, joint_name
+        self._node, self._goal_type, self.kind, self.joint_name = node, goal_type, kind, joint_name
         self.max_effort, self.deadband_m = max_effort, deadband_m
         self._last: float | None = None   # the last target sent
-        self.action_name = f"{controller_name}/gripper_cmd"
-        self._client = ActionClient(node, GripperCommand, self.action_name)
+        self.action_name = action_name or f"{controller_name}/gripper_cmd"
+        self._client = ActionClient(node, goal_type, self.action_name)
 
     def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
         target = float(trajectory.positions[-1, trajectory.joint_names.index(self.joint_name)])
@@ -166,9 +183,8 @@ class GripperCommandBackend:
             self._node.get_logger().warning(f"action server {self.action_name} not available; gripper goal dropped",
                                             throttle_duration_sec=1.0)
             return
-        goal = self._goal_type.Goal()
-        goal.command.position, goal.command.max_effort = target, self.max_effort
-        self._client.send_goal_async(goal)
+        self._client.send_goal_async(gripper_goal(self._goal_type, self.kind, self.joint_name, target,
+                                                  self.max_effort))
         self._last = target
 
     def hold(self, trajectory: SafeTrajectory) -> None:
@@ -210,7 +226,7 @@ class SplitGripperBackend:
 
 def make_backends(values: Mapping[str, Any], node: Node, joint_names: Sequence[str]) -> TrajectoryBackend:
     """The executor's output from its parameters (`backend`, `controller_name`, `gripper_backend`,
-    `gripper_controller_name`, `gripper_joint_names`, `gripper_max_effort`, and for follow_joint_trajectory
+    `gripper_controller_name`, `gripper_action_name`, `gripper_joint_names`, `gripper_max_effort`, and for follow_joint_trajectory
     trajectory_goals.TOLERANCE_PARAMETERS, defaults where absent); ValueError / BackendUnavailable name the problem."""
     tolerances = tolerances_from_parameters(values, joint_names)   # checked whatever the backend: a typo fails now
     arm = make_backend(values["backend"], node, values["controller_name"], tolerances)
@@ -227,7 +243,8 @@ def make_backends(values: Mapping[str, Any], node: Node, joint_names: Sequence[s
         if kind == "trajectory":
             gripper = JointTrajectoryTopicBackend(node, controller)
         else:
-            gripper = GripperCommandBackend(node, controller, gripper_names[0], float(values["gripper_max_effort"]))
+            gripper = GripperCommandBackend(node, controller, gripper_names[0], float(values["gripper_max_effort"]),
+                                            kind=kind, action_name=values.get("gripper_action_name", ""))
     except Exception:
         arm.close()
         raise
