@@ -13,8 +13,8 @@ from rclpy.node import Node
 from gem_ros.core.safety import SafeTrajectory
 from gem_ros.nodes import backends
 from gem_ros.nodes.backends import BackendUnavailable
-from gem_ros.nodes.moveit_adapter import (MoveItBackend, connect_moveit, execution_points, make_moveit_backend,
-                                          plan_named_move, to_joint_trajectory_msg)
+from gem_ros.nodes.moveit_adapter import (MoveItBackend, connect_moveit, execution_points, import_moveit_py,
+                                          make_moveit_backend, plan_named_move, to_joint_trajectory_msg)
 
 MOVEIT_PY_HERE = importlib.util.find_spec("moveit") is not None
 needs_no_moveit = pytest.mark.skipif(MOVEIT_PY_HERE, reason="moveit_py is installed: the refusal cannot happen")
@@ -37,7 +37,6 @@ def test_choosing_backend_moveit_without_moveit_py_fails_naming_what_to_install(
     assert message.startswith("backend 'moveit' needs MoveIt's Python API, moveit_py, which is not importable here")
     assert "apt ros-$ROS_DISTRO-moveit-py" in message and "backend 'topic' / 'follow_joint_trajectory'" in message
     with pytest.raises(BackendUnavailable, match=r"^a home move needs MoveIt's Python API, moveit_py"):
-        from gem_ros.nodes.moveit_adapter import import_moveit_py
         import_moveit_py("a home move")
     with pytest.raises(BackendUnavailable, match="moveit_py"):
         connect_moveit("gem_moveit_py")

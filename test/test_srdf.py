@@ -92,7 +92,9 @@ def test_default_collisions_off_with_re_enabled_pairs_and_multi_dof_states():
         <disable_default_collisions link="camera"/>
         <enable_collisions link1="camera" link2="gripper"/>
         <disable_collisions link1="a" link2="b" reason="Adjacent"/>
-        <group_state name="park"><joint name="base" value="0 0 0.2 0 0 0 1"/><joint name="j1" value="1e-1"/></group_state>
+        <group_state name="park">
+          <joint name="base" value="0 0 0.2 0 0 0 1"/><joint name="j1" value="1e-1"/>
+        </group_state>
     """))
     assert srdf.is_collision_disabled("camera", "table_link")
     assert not srdf.is_collision_disabled("gripper", "camera")

@@ -189,7 +189,7 @@ class MoveItSession:
 
 class MoveItBackend:
     """The executor's trajectories through a MoveItSession, on two threads so that send/hold never block the
-    executor: the runner plans the latest trajectory into MoveIt and waits for its execution; the stopper cancels
+    executor: the runner hands the latest trajectory to MoveIt and waits for its execution; the stopper cancels
     a running one when a newer send or a hold arrives. The latest command wins. An execution that MoveIt ends other
     than SUCCEEDED (and not pre-empted by us), or a trajectory its planning scene refuses, reaches `on_fault` on the
     node's executor thread (a guard condition), as the follow_joint_trajectory backend's controller faults do."""
