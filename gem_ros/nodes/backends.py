@@ -24,7 +24,7 @@ from gem_ros.core.safety import SafeTrajectory
 from gem_ros.nodes.conversions import build_joint_trajectory
 from gem_ros.nodes.trajectory_goals import Tolerances, TrajectoryGoalSender, tolerances_from_parameters
 
-BACKENDS = ("topic", "follow_joint_trajectory")
+BACKENDS = ("topic", "follow_joint_trajectory", "moveit")   # moveit: gem_ros.nodes.moveit_adapter (moveit_py)
 # Where the gripper joints go: with the arm's joints in one trajectory (gem_sim), to a JointTrajectoryController
 # of their own, or to a GripperActionController (control_msgs/action/GripperCommand) - what real arms mostly have.
 GRIPPER_BACKENDS = ("arm", "trajectory", "gripper_command", "parallel_gripper_command")
@@ -229,7 +229,12 @@ def make_backends(values: Mapping[str, Any], node: Node, joint_names: Sequence[s
     `gripper_controller_name`, `gripper_action_name`, `gripper_joint_names`, `gripper_max_effort`, and for follow_joint_trajectory
     trajectory_goals.TOLERANCE_PARAMETERS, defaults where absent); ValueError / BackendUnavailable name the problem."""
     tolerances = tolerances_from_parameters(values, joint_names)   # checked whatever the backend: a typo fails now
-    arm = make_backend(values["backend"], node, values["controller_name"], tolerances)
+    if values["backend"] == "moveit":   # imported here: moveit_adapter imports this module
+        from gem_ros.nodes.moveit_adapter import make_moveit_backend
+
+        arm = make_moveit_backend(values, node, joint_names)
+    else:
+        arm = make_backend(values["backend"], node, values["controller_name"], tolerances)
     kind = values["gripper_backend"]
     if kind == "arm":
         return arm
