@@ -380,7 +380,7 @@ def test_gem_doctor_names_live_faults(chain, tmp_path):
     assert policy.trigger_deactivate().name == "SUCCESS"
     try:
         setup = load_setup(path, str(CHECKPOINT))
-        rows = {r.check: r for r in run_checks(setup, collect(setup, sample_s=2.0))}
+        rows = {r.check: r for r in run_checks(setup, collect(setup, sample_s=1.5))}
     finally:
         policy.trigger_activate()
         server.destroy()

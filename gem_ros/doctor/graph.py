@@ -28,6 +28,9 @@ from gem_ros.doctor.facts import (CameraFacts, EndpointFacts, Facts, JointStateF
 NODE_PARAMETERS = ("use_sim_time", "checkpoint", "urdf_path", "robot_description")
 SERVICE_TIMEOUT_S = 1.5
 MIN_MESSAGES = 4   # per stream, for a rate worth judging
+# Longest extra wait for what is missing: DDS participants re-announce themselves periodically (Fast DDS every 3 s,
+# leaseDuration_announcementperiod; docs.ros.org fastdds DiscoverySettings), after 5 initial announcements 0.1 s apart.
+DISCOVERY_S = 3.5
 
 
 def _stamp_s(msg) -> float:
@@ -88,9 +91,19 @@ class _Sampler:
         self.facts.robot_description = msg.data
 
 
-def _too_few(node: Node, facts: Facts, wanted: int = MIN_MESSAGES) -> bool:
+def _incomplete(node: Node, setup: Setup, facts: Facts) -> bool:
+    """Worth waiting longer: a stream, controller or gem node is not in the graph yet (a participant whose start-up
+    announcements were missed is seen at its next periodic one), or a stream has too few messages for a rate (a
+    slow simulator's sim time, a 1 Hz camera)."""
     streams = [*facts.joint_states.values(), *facts.cameras.values()]
-    return any(len(f.arrivals_s) < wanted and node.count_publishers(f.topic) for f in streams)
+    if any(not node.count_publishers(f.topic) or len(f.arrivals_s) < MIN_MESSAGES for f in streams):
+        return True
+    for endpoint in setup.endpoints:
+        if not (node.count_subscribers(endpoint.name) if endpoint.kind == "topic"
+                else node.count_services(f"{endpoint.name}/_action/send_goal")):
+            return True
+    running = {f"{ns.rstrip('/')}/{n}" for n, ns in node.get_node_names_and_namespaces()}
+    return not {setup.node("gem_policy"), setup.node("gem_executor")} <= running
 
 
 def _graph(node: Node, setup: Setup, facts: Facts) -> None:
@@ -169,8 +182,8 @@ def _urdf(setup: Setup, facts: Facts) -> UrdfFacts:
 
 
 def collect(setup: Setup, sample_s: float = 1.5, context=None) -> Facts:
-    """Facts about the graph `setup` expects, observed for `sample_s` to twice that (+ up to SERVICE_TIMEOUT_S for
-    the nodes' services).
+    """Facts about the graph `setup` expects, observed for `sample_s` (+ up to DISCOVERY_S while something is missing,
+    + up to SERVICE_TIMEOUT_S for the nodes' services).
     `context`: an initialised rclpy context to use (default: a fresh one, shut down afterwards)."""
     own = context is None
     if own:
@@ -183,10 +196,10 @@ def collect(setup: Setup, sample_s: float = 1.5, context=None) -> Facts:
     try:
         _Sampler(node, setup, facts)
         start = time.monotonic()
-        # sample_s, then up to as long again while a published stream has too few messages for a rate (a slow
-        # simulator's sim time, a 1 Hz camera)
-        while time.monotonic() - start < sample_s or (
-                time.monotonic() - start < 2 * sample_s and _too_few(node, facts)):
+        while True:   # sample_s, then up to DISCOVERY_S more while something expected is missing
+            elapsed = time.monotonic() - start
+            if elapsed >= sample_s + DISCOVERY_S or (elapsed >= sample_s and not _incomplete(node, setup, facts)):
+                break
             executor.spin_once(timeout_sec=0.05)
         facts.window_s = time.monotonic() - start
         _graph(node, setup, facts)
