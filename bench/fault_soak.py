@@ -350,6 +350,9 @@ def killed_recorder(trials: int, seed: int = 0) -> Row:
     from gem_ros.nodes.bag_recovery import recover_recordings
     from rosbags.rosbag2 import Reader
 
+    sys.path.insert(0, str(REPO / "test"))
+    from test_record_recovery import publish_episode   # the episode the recorder's kill test publishes
+
     rng = np.random.default_rng(seed)
     lost, seconds_lost, recovered_total = 0, [], 0
     context = rclpy.context.Context()
@@ -383,18 +386,7 @@ def killed_recorder(trials: int, seed: int = 0) -> Row:
                     node.destroy_client(client)
                     if not future.done() or not future.result().success:
                         raise RuntimeError(f"recorder trial {trial}: the start service did not answer")
-                    sent, t0, duration = [], time.monotonic(), float(rng.uniform(2.0, 5.0))
-                    while time.monotonic() - t0 < duration:
-                        i = len(sent)
-                        msg = JointState(name=["j1"], position=[float(i)])
-                        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
-                        joints_pub.publish(msg)
-                        if i % 5 == 0:
-                            image = Image(height=6, width=8, encoding="rgb8", step=24, data=bytes([i % 256]) * 144)
-                            image.header = msg.header
-                            image_pub.publish(image)
-                        sent.append(time.monotonic())
-                        time.sleep(0.02)
+                    sent = publish_episode(joints_pub, image_pub, float(rng.uniform(2.0, 5.0)))
                     killed_at = time.monotonic()
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(10)

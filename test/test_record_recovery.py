@@ -182,6 +182,26 @@ def test_a_flush_survives_a_writer_that_never_closes(tmp_path, storage):
                                                                             range(len(recovered))]
 
 
+def publish_episode(joints_pub, image_pub, duration_s: float) -> list[float]:
+    """50 Hz JointStates (position = index) and 10 Hz 8x6 images, stamped with wall time, for `duration_s`;
+    returns the monotonic time each joint state was sent (bench/fault_soak.py uses it too)."""
+    from sensor_msgs.msg import Image, JointState
+
+    sent, t0 = [], time.monotonic()
+    while time.monotonic() - t0 < duration_s:
+        i = len(sent)
+        msg = JointState(name=["j1"], position=[float(i)])
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
+        joints_pub.publish(msg)
+        if i % 5 == 0:
+            image = Image(height=6, width=8, encoding="rgb8", step=24, data=bytes([i % 256]) * 144)
+            image.header = msg.header
+            image_pub.publish(image)
+        sent.append(time.monotonic())
+        time.sleep(0.02)
+    return sent
+
+
 def _call(ros, node, service: str) -> str:
     from std_srvs.srv import Trigger
 
@@ -211,21 +231,9 @@ def test_a_killed_recorder_loses_at_most_the_last_second(ros, tmp_path):
         ros.wait_for(lambda: joints_pub.get_subscription_count() and image_pub.get_subscription_count(), 20,
                      "the recorder's subscriptions")
         _call(ros, node, "/gem_kill_recorder/start")
-        sent = []                                   # monotonic time of each joint state sent
-        t0 = time.monotonic()
-        # 50 Hz joint states, 10 Hz images, stamped with wall time. 3.4 s: the recorder's 0.5 s timers (discovery,
-        # flush) start together, so the kill comes ~0.4 s after a flush, near the worst case.
-        while time.monotonic() - t0 < 3.4:
-            i, stamp = len(sent), time.time_ns()
-            msg = JointState(name=["j1"], position=[float(i)])
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
-            joints_pub.publish(msg)
-            if i % 5 == 0:
-                image = Image(height=6, width=8, encoding="rgb8", step=24, data=bytes([i % 256]) * 144)
-                image.header = msg.header
-                image_pub.publish(image)
-            sent.append(time.monotonic())
-            time.sleep(0.02)
+        # 3.4 s: the recorder's 0.5 s timers (discovery, flush) start together, so the kill comes ~0.4 s after a
+        # flush, near the worst case.
+        sent = publish_episode(joints_pub, image_pub, 3.4)
         killed_at = time.monotonic()
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
