@@ -17,6 +17,7 @@ from gem_ros.core.execution import ExecutionConfig, ExecutionController
 from gem_ros.core.kinematics import RobotModel, load_urdf_limits
 from gem_ros.core.kinematics.soft_limits import load_soft_urdf_limits
 from gem_ros.core.safety import SafetyConfig, SafetyFilter, WorkspaceBox
+from gem_ros.core.safety.config import CollisionConfig, scene_objects_from_lists
 
 
 def _default(cls, name: str):
@@ -69,6 +70,20 @@ PARAMETERS: dict[str, Any] = {
     "workspace_link": "",                       # a link whose origin must stay in the box below; "" = no box
     "workspace_min_xyz_m": [0.0, 0.0, 0.0],     # box corners in the URDF root frame (used when workspace_link set)
     "workspace_max_xyz_m": [0.0, 0.0, 0.0],
+    # Collision checking (gem_ros.core.safety.collision): every chunk and trajectory, self and scene, padded.
+    "collision_check": False,
+    "srdf_path": "",                            # disabled pairs (MoveIt's SRDF); "": adjacent + default-pose pairs
+    "collision_padding_m": _default(CollisionConfig, "padding_m"),
+    "collision_max_link_travel_m": 0.0,         # between tested configurations, <= 2 * padding; 0 = 2 * padding
+    "collision_coarse_padding_m": _default(CollisionConfig, "coarse_padding_m"),   # first, cheaper pass
+    "collision_max_joint_step_rad": _default(CollisionConfig, "max_joint_step_rad"),
+    "collision_package_paths": [""],            # "NAME=FOLDER" for package://NAME meshes (FOLDER may be
+                                                # python://MODULE/SUB: inside an installed Python package)
+    "scene_object_names": [""],                 # static obstacles, in the URDF root frame unless framed:
+    "scene_object_shapes": [""],                # box | cylinder | sphere | plane, one per object
+    "scene_object_sizes_m": [0.0],              # 3 per object: box x y z, cylinder r length 0, sphere r 0 0, plane 0 0 0
+    "scene_object_poses": [0.0],                # 6 per object: x y z (m) roll pitch yaw (rad) of the shape's centre
+    "scene_object_frames": [""],                # one link (fixed to the root) per object, or empty: the root link
     "urdf_path": "",                            # one of urdf_path / robot_description (XML) is required; the
     "robot_description": "",                    # node falls back to the robot_description topic (latched)
     "robot_description_timeout_s": 10.0,        # how long the node waits for that topic
@@ -77,6 +92,30 @@ PARAMETERS: dict[str, Any] = {
 
 def _names(values) -> list[str]:
     return [n for n in values if n]
+
+
+def collision_config(values: Mapping[str, Any]) -> CollisionConfig | None:
+    """The collision checker's config from the flat parameters, None when collision_check is off. ValueError
+    names the parameter."""
+    if not isinstance(values["collision_check"], bool):
+        raise ValueError(f"collision_check must be true or false, got {values['collision_check']!r}")
+    if not values["collision_check"]:
+        return None
+    names = _names(values["scene_object_names"])
+    unset = lambda key: [] if list(values[key]) in ([], [0.0]) and not names else values[key]  # noqa: E731
+    packages = {}
+    for entry in _names(values["collision_package_paths"]):
+        package, sep, folder = entry.partition("=")
+        if not sep or not package or not folder:
+            raise ValueError(f"collision_package_paths entry {entry!r} must be NAME=FOLDER")
+        packages[package] = folder
+    scene = scene_objects_from_lists(names, _names(values["scene_object_shapes"]), unset("scene_object_sizes_m"),
+                                     unset("scene_object_poses"), _names(values["scene_object_frames"]))
+    return CollisionConfig(padding_m=values["collision_padding_m"],
+                           max_link_travel_m=values["collision_max_link_travel_m"] or None,
+                           coarse_padding_m=values["collision_coarse_padding_m"],
+                           max_joint_step_rad=values["collision_max_joint_step_rad"],
+                           srdf_path=values["srdf_path"], package_paths=packages, scene_objects=scene)
 
 
 _WITHOUT_CHECKPOINT = {"action_space": "absolute_joint", "chunk_dt_s": 0.1,
@@ -152,6 +191,11 @@ def build_controller(values: Mapping[str, Any]) -> ExecutionController:
     if gripper:   # the tightest travel shared by all gripper joints, inside the safety margin
         margin = values["position_margin_m"]
         gripper_range = (max(limits[n].lower for n in gripper) + margin, min(limits[n].upper for n in gripper) - margin)
+    collision = collision_config(values)
+    checker = None
+    if collision is not None:
+        from gem_ros.core.safety.collision import CollisionChecker   # pinocchio only when collision_check is on
+        checker = CollisionChecker(urdf, collision)
     return ExecutionController(execution, ActionMapper(action, model, gripper_range), ChunkScheduler(scheduler),
-                               SafetyFilter(limits, safety, model, hard_limits),
+                               SafetyFilter(limits, safety, model, hard_limits, checker),
                                _names(values["action_channel_names"]) or None)

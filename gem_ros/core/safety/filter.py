@@ -19,12 +19,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gem_ros.core.kinematics.robot_model import RobotModel
 from gem_ros.core.kinematics.urdf import JointLimits
 from gem_ros.core.safety.config import SafetyConfig
+
+if TYPE_CHECKING:   # pinocchio is imported only where collision checking is configured
+    from gem_ros.core.safety.collision import CollisionChecker
 
 MIN_TIME_STEP_S = 1e-4      # points closer than this are a bug upstream, and divide round-off by ~0
 _VERIFY_REL_TOL = 1e-9      # float round-off allowed when verifying our own output
@@ -75,12 +79,18 @@ class SafetyFilter:
     """Stateless per call; safe to share between threads."""
 
     def __init__(self, limits: JointLimits, cfg: SafetyConfig, robot_model: RobotModel | None = None,
-                 hold_limits: JointLimits | None = None):
+                 hold_limits: JointLimits | None = None, collision: CollisionChecker | None = None):
         """`hold_limits` (default `limits`): the range a hold is kept inside. With soft limits as `limits`, pass the
-        URDF's hard ones here: an arm resting between the two is held where it is, not pulled to the soft limit."""
+        URDF's hard ones here: an arm resting between the two is held where it is, not pulled to the soft limit.
+        `collision`: refuse chunks and trajectories whose path collides (holds are never collision-checked: the arm
+        is already where a hold keeps it)."""
         if not isinstance(cfg, SafetyConfig):
             raise ValueError(f"cfg must be a SafetyConfig, got {type(cfg).__name__}")
-        self.limits, self.cfg, self.robot_model = limits, cfg, robot_model
+        if collision is not None:
+            from gem_ros.core.safety.collision import CollisionChecker   # noqa: F811 - pinocchio only when used
+            if not isinstance(collision, CollisionChecker):
+                raise ValueError(f"collision must be a CollisionChecker or None, got {type(collision).__name__}")
+        self.limits, self.cfg, self.robot_model, self.collision = limits, cfg, robot_model, collision
         self.hold_limits = limits if hold_limits is None else hold_limits
         if isinstance(cfg.max_acceleration, Mapping):
             unknown = sorted(set(cfg.max_acceleration) - set(limits))
@@ -132,6 +142,7 @@ class SafetyFilter:
                 self._check_positions(names, output, bounds)
                 self._check_workspace(names, output)
                 self._check_motion(names, times, output, current, current_vel, bounds)
+        self._check_collisions(names, output, current)   # the path as sent, from where the controller is
         clamped = () if output is target else tuple(
             n for n, moved in zip(names, (np.abs(output - target) > 1e-12).any(axis=0)) if moved)
         return self._trajectory(names, times, output, current, interventions, clamped)
@@ -140,12 +151,15 @@ class SafetyFilter:
         """Whole-chunk validation, before any of a chunk is planned or sent: every point (N, J) finite, inside the
         URDF limits minus margins and, when configured, with its link inside the workspace box. Raises
         ChunkRejected. Motion limits are checked (and in clamp mode enforced) by `filter_trajectory` on the path
-        each trajectory actually commands: blending and the latency cut change the steps between points."""
+        each trajectory actually commands: blending and the latency cut change the steps between points.
+        Collisions are checked at the points and on the path between them; the way in from the arm's position is
+        checked by `filter_trajectory`."""
         names = self._check_names(joint_names)
         target = self._array("positions", positions, (None, len(names)))
         _reject_non_finite_points(names, target)
         self._check_positions(names, target, self._cached_bounds(names))
         self._check_workspace(names, target)
+        self._check_collisions(names, target, None)
 
     def check_joints(self, joint_names: Sequence[str]) -> None:
         """Fail closed at configure time: raises ValueError if any joint lacks a usable limit (an unknown joint, a
@@ -154,6 +168,8 @@ class SafetyFilter:
             self._cached_bounds(self._check_names(joint_names))
         except ChunkRejected as error:
             raise ValueError(f"safety limits unusable: {error.reason}") from None
+        if self.collision is not None:
+            self.collision.check_joints(joint_names)
 
     def hold(self, current_positions: Mapping[str, float]) -> SafeTrajectory:
         """One point at the current positions, `hold_duration_s` from now, zero velocity.
@@ -276,6 +292,12 @@ class SafetyFilter:
             if np.any(xyz < low) or np.any(xyz > high):
                 raise ChunkRejected(f"link '{box.link}' at index {i} leaves the workspace box: xyz = "
                                     f"{np.round(xyz, 4).tolist()} m, box {list(box.min_xyz_m)} .. {list(box.max_xyz_m)}")
+
+    def _check_collisions(self, names, positions: np.ndarray, start: np.ndarray | None) -> None:
+        if self.collision is not None:
+            hit = self.collision.check(names, positions, start)
+            if hit is not None:
+                raise ChunkRejected(hit.describe())
 
     @staticmethod
     def _check_motion(names, times, positions, current, current_vel, b: _Bounds) -> None:
