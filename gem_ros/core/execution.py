@@ -165,6 +165,7 @@ class ExecutionController:
                             safety_interventions_arm=0, safety_interventions_gripper=0, safety_rejections=0,
                             joint_states_refused=0, holds=0, trajectories=0, ticks=0)
         self._last_reason = self._last_refusal = self._last_intervention = ""
+        self._last_safety_rejection = ""   # kept until the next one: a collision's pair stays on /diagnostics
         self._warning: tuple[float, str] | None = None   # (tick time, message) of the last problem
         self._last_joint_state_refusal: tuple[float, str] | None = None   # (receipt time, reason)
         self._last_tick_s: float | None = None
@@ -241,9 +242,10 @@ class ExecutionController:
         """Plan a policy chunk. Returns None when accepted, else why it was refused (nothing planned then).
 
         actions (T, A) in the order of `channel_names`; T == 0 means stop (hold and forget the plan).
-        An unsafe chunk (a NaN/Inf, a target outside the URDF limits or the workspace box, at any point) is refused
-        whole before any of it is planned, and the arm holds: the plan it would have continued came from the same
-        policy. Refusals for timing or format (stale, out of order, wrong names) leave the current plan running.
+        An unsafe chunk (a NaN/Inf, a target outside the URDF limits or the workspace box, with a collision checker a
+        collision at or between any of its points) is refused whole before any of it is planned, and the arm holds:
+        the plan it would have continued came from the same policy. Refusals for timing or format (stale, out of
+        order, wrong names) leave the current plan running.
         """
         with self._lock:   # any chunk shows the policy is alive
             if self._policy_alive_s is not None:
@@ -314,6 +316,7 @@ class ExecutionController:
         """Refuse an unsafe chunk whole and, if a plan is running, hold at the next tick (or replan)."""
         with self._lock:
             self._counts["safety_rejections"] += 1
+            self._last_safety_rejection = f"chunk rejected: {reason}"
             was_running = self._running
             self._abandon_plan()
             if was_running:
@@ -424,7 +427,8 @@ class ExecutionController:
         except ChunkRejected as error:
             self._counts["safety_rejections"] += 1
             self._abandon_plan()
-            return self._hold(current, f"safety filter rejected the plan: {error.reason}")
+            self._last_safety_rejection = f"safety filter rejected the plan: {error.reason}"
+            return self._hold(current, self._last_safety_rejection)
         if trajectory.interventions:
             self._counts["safety_interventions"] += 1
             clamped = set(trajectory.clamped_joints)
@@ -448,6 +452,7 @@ class ExecutionController:
             return {**self._counts, "state": self._last_kind, "estop_engaged": self._estop is not None,
                     "last_reason": self._last_reason, "last_refusal": self._last_refusal,
                     "last_intervention": self._last_intervention,
+                    "last_safety_rejection": self._last_safety_rejection,
                     "plan_remaining_s": self.scheduler.remaining_s(self._last_tick_s or 0.0),
                     "joint_state_age_s": self.joint_state_age_s(self._last_tick_s or 0.0),
                     "last_latency_s": sched.last_latency_s, "dropped_points_total": sched.total_dropped_points,

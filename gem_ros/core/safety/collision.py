@@ -51,8 +51,10 @@ class Collision:
         else:
             origin = "the start" if self.index == 0 else f"point {self.index - 1}"
             where = f"between {origin} and point {self.index} ({self.fraction:.0%} of the way)"
-        return (f"collision {where}: {describe_pair(self.body_a, self.body_b, self.scene)} "
-                f"{self.distance_m:.4f} m apart (padding {self.padding_m:g} m)")
+        gap = f"{self.distance_m * 1e3:.1f} mm apart" if self.distance_m >= 0 else \
+            f"{-self.distance_m * 1e3:.1f} mm into each other"
+        return (f"collision {where}: {describe_pair(self.body_a, self.body_b, self.scene)} {gap} "
+                f"(padding {self.padding_m * 1e3:g} mm)")
 
 
 class CollisionChecker:
@@ -148,7 +150,7 @@ class CollisionChecker:
         # u: path parameter (segment + fraction); point i of the trajectory is u = i (no start) or i + 1.
         end = math.ceil(u - 1e-9)
         return Collision(end - (0 if first else 1), self._bodies[a], self._bodies[b], distance,
-                         1.0 - (end - u) if end - u > 1e-9 else 1.0, b in self._scene, self.cfg.padding_m)
+                         float(1.0 - (end - u)) if end - u > 1e-9 else 1.0, b in self._scene, self.cfg.padding_m)
 
     # ---- internals ----------------------------------------------------------------------------------------------
     def _columns_of(self, names: tuple[str, ...]) -> tuple[np.ndarray, bool]:
