@@ -8,6 +8,10 @@ Sections (each prints one row of the final table: tried, held, failed, worst):
   executor     >= 10,000 random chunks (drifting, NaN, past a limit, jumping) and >= 10,000 malformed joint states
                (a name twice, past a limit, NaN, 1e300, arrays cut short, joints missing, silence) through the
                executor core with a robot that follows each command: commands outside the URDF limits (must be 0).
+  collision    >= 10,000 chunks (random, aimed at the table, folding the arm onto itself, fast) through the executor
+               core with the panda YAML's collision checker and a robot that follows: sent points within half the
+               padding, or contacts along the robot's path, by an independent all-pairs check at 1 mrad (must be 0);
+               collision refusals that do not name the pair (must be 0).
   images       >= 10,000 malformed camera frames (raw layouts, compressed bombs, garbage) through the policy's decode
                path: frames refused with a reason vs anything else escaping (must be 0: an escape kills inference).
   checkpoints  every mutation of a valid checkpoint: refused naming the file (must be all).
@@ -53,15 +57,20 @@ class Row:
 
 
 # ------------------------------------------------------------------------------------------------ executor
-def _executor_controller(on_violation: str):
-    from gem_ros.core.executor_setup import PARAMETERS, build_controller
+def _executor_values() -> dict:
+    from gem_ros.core.executor_setup import PARAMETERS
     from gem_ros.nodes.params import bringup_config, node_parameters
 
     values = dict(PARAMETERS)
     values.update({p.name: p.value for p in node_parameters(
         bringup_config("panda"), "gem_executor", urdf_path=str(REPO / "urdf/panda/panda.urdf"), use_sim_time=False)})
-    values["on_violation"] = on_violation
-    return build_controller(values)
+    return values
+
+
+def _executor_controller(on_violation: str):
+    from gem_ros.core.executor_setup import build_controller
+
+    return build_controller({**_executor_values(), "on_violation": on_violation})
 
 
 def soak_executor(chunks: int, joint_states: int, seed: int = 0) -> Row:
@@ -135,6 +144,88 @@ def _random_chunk(rng, robot: np.ndarray, channels: list[str]) -> np.ndarray:
     elif kind == 3:
         actions[row:, col % 7] += rng.uniform(-2, 2)
     return actions
+
+
+# ------------------------------------------------------------------------------------------------ collision
+_SELF_FOLD = np.array([0.556, -1.074, 1.793, -3.063, -1.643, 2.375, -2.184])   # link5 folded onto link2
+
+
+def soak_collision(chunks: int, seed: int = 0) -> Row:
+    """Chunks aimed at the table and at the arm itself into controllers built from the panda YAML (collision checking
+    on), ticked at 50 Hz with a robot that reaches each trajectory's first point by the next tick. What was sent is
+    checked afterwards without the checker: every pair (no broadphase), in configurations 1 mrad apart."""
+    import re
+
+    import pinocchio as pin
+
+    from gem_ros.core.executor_setup import collision_config
+    from gem_ros.core.safety.collision_model import build_collision_model, joint_values_to_q
+
+    rng = np.random.default_rng(seed)
+    pair = re.compile(r"'(panda_\w+)' and (scene object )?'(\w+)'")
+    sent, moves, refused, unnamed, crashes, tried = [], [], 0, 0, 0, 0
+    while tried < chunks:
+        ctrl = _executor_controller("clamp" if (tried // 100) % 2 else "reject")
+        names, channels = list(ctrl.cfg.joint_names), list(ctrl.expected_channels)
+        robot, t = np.array(HOME), 0.0
+        for step in range(250):
+            ctrl.on_joint_state(names, robot, np.zeros(len(names)), t)
+            try:
+                if step % 5 == 0:
+                    reason = ctrl.on_chunk(channels, 0.1, _collision_chunk(rng, robot), ctrl.mapper.cfg.kind, t, t)
+                    tried += 1
+                    if reason and "collision" in reason:
+                        refused += 1
+                        unnamed += pair.search(reason) is None
+                command = ctrl.tick(t)
+            except Exception:  # noqa: BLE001 - counted: an escape would kill the executor's tick
+                crashes += 1
+                break
+            if command.kind == "trajectory":
+                sent.append(command.trajectory.positions)
+                moves.append((robot, command.trajectory.positions[0].copy()))
+                robot = moves[-1][1]
+            elif command.kind == "hold" and "collision" in command.reason:
+                unnamed += pair.search(command.reason) is None
+            t = round(t + 0.02, 9)
+    values = _executor_values()
+    cfg = collision_config(values)
+    built = build_collision_model(values["urdf_path"], cfg)
+    pools = []
+    for margin in (cfg.padding_m / 2, 0.0):   # points: half the padding; the path between them: contact
+        pool = pin.GeometryPool(built.model, built.geometry, 1)
+        for data in pool.getGeometryDatas():
+            for request in data.collisionRequests:
+                request.security_margin = margin
+        pools.append(pool)
+    points = np.concatenate(sent)
+    close = int(np.sum(pin.computeCollisionsInParallel(1, pools[0], joint_values_to_q(built.model, points), True)))
+    starts, ends = (np.array(side) for side in zip(*moves))
+    counts = np.maximum(np.ceil(np.abs(ends - starts).max(axis=1) / 1e-3), 1).astype(int)
+    segment = np.repeat(np.arange(len(counts)), counts)
+    fraction = (np.arange(len(segment)) - np.repeat(np.cumsum(counts) - counts, counts) + 1) / counts[segment]
+    path = starts[segment] + fraction[:, None] * (ends - starts)[segment]
+    contacts = int(np.sum(pin.computeCollisionsInParallel(1, pools[1], joint_values_to_q(built.model, path), True)))
+    return Row("collision", tried, refused, close + contacts + unnamed + crashes,
+               f"{close} of {len(points)} sent points within {cfg.padding_m / 2 * 1e3:g} mm, {contacts} of {len(path)} "
+               f"path configurations in contact",
+               f"{refused} chunks refused for a collision ({unnamed} without the pair named), {crashes} crashes")
+
+
+def _collision_chunk(rng, robot: np.ndarray) -> np.ndarray:
+    """(points, 8) absolute actions from `robot`: a wander, down toward the table, folding onto itself, or fast."""
+    kind, points = rng.integers(4), 16
+    if kind == 0:
+        target = robot[:7] + rng.uniform(-0.4, 0.4, 7)
+    elif kind == 1:
+        target = np.array([rng.uniform(-0.6, 0.6), rng.uniform(0.6, 1.5), rng.uniform(-0.3, 0.3),
+                           rng.uniform(-1.6, -0.6), 0.0, rng.uniform(1.2, 2.6), 0.785])
+    elif kind == 2:
+        target = _SELF_FOLD + rng.uniform(-0.3, 0.3, 7)
+    else:
+        target, points = robot[:7] + rng.uniform(-1.5, 1.5, 7), int(rng.integers(2, 6))
+    arm = robot[:7] + np.outer(np.arange(1, points + 1) / points, target - robot[:7])
+    return np.hstack([arm, np.full((points, 1), 0.08)])
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -477,6 +568,7 @@ def run_sections(names: list[str], quick: bool) -> list[Row]:
     scale = 0.05 if quick else 1.0
     sections = {
         "executor": lambda: soak_executor(int(10_000 * scale), int(10_000 * scale)),
+        "collision": lambda: soak_collision(int(10_000 * scale)),
         "images": lambda: soak_images(int(20_000 * scale)),
         "checkpoints": soak_checkpoints,
         "dead_policy": lambda: dead_policy(2 if quick else 10),
@@ -508,7 +600,7 @@ def print_table(rows: list[Row]) -> None:
         print(f"{'':36}  {row.note}")
 
 
-SECTIONS = ("executor", "images", "checkpoints", "dead_policy", "recorder", "trainer")
+SECTIONS = ("executor", "collision", "images", "checkpoints", "dead_policy", "recorder", "trainer")
 
 
 def main(argv=None) -> int:
