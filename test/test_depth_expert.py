@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -264,3 +265,76 @@ def test_generate_integrates_an_ideal_velocity_to_its_target_latent(monkeypatch)
     images = expert.generate(hidden, ids, num_steps=3, generator=gen(12))
     expected = expert.vae.decode(z_star / expert.vae.config.scaling_factor).sample.clamp(-1, 1)
     assert torch.allclose(images, expected, atol=1e-4)
+
+
+# --- pretrained weights or an explicit random start -------------------------------------------------------------
+
+def build_with_depth(backbone_dir, **depth_overrides):
+    import numpy as np
+
+    from gem_ros.core.policy.gem_vla import GemVLAPolicy
+    from gem_ros.core.policy.normalizer import MinMaxNormalizer
+    from gem_ros.core.policy.tiny import tiny_policy_config
+
+    depth = tiny_depth_expert_config(vlm_hidden_size=64, image_size=32, **depth_overrides).to_dict()
+    return GemVLAPolicy.build(tiny_policy_config(depth_expert=depth), backbone_dir,
+                              MinMaxNormalizer(-np.ones(9), np.ones(9)), device="cpu")
+
+
+def test_build_refuses_a_backbone_without_depth_weights_naming_the_missing_keys(tiny_backbone_dir):
+    """A stock Qwen3-VL folder has no sana.* / vae.* / diffusion_connector.*: the depth expert would start random
+    (a random frozen VAE) without a word."""
+    with pytest.raises(ValueError) as refused:
+        build_with_depth(tiny_backbone_dir)
+    message = str(refused.value)
+    assert str(tiny_backbone_dir) in message
+    for key in ("diffusion_connector.0.weight", "sana.", "vae."):
+        assert key in message, message
+    assert "init" in message and "random" in message          # and says how to start random on purpose
+
+
+def test_random_start_is_explicit_and_old_checkpoints_still_load(tiny_backbone_dir, tmp_path):
+    from gem_ros.core.policy.gem_vla import GemVLAPolicy
+
+    policy = build_with_depth(tiny_backbone_dir, init="random")
+    assert policy.depth_expert is not None and policy.depth_expert.config.init == "random"
+    policy.save_pretrained(tmp_path / "ckpt")
+    config_file = tmp_path / "ckpt" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config["depth_expert"]["init"] == "random"                       # recorded in the checkpoint
+    # A config.json written before: no init, the unused loss_weight. Its trained weights load as they are.
+    depth = {k: v for k, v in config["depth_expert"].items() if k != "init"}
+    config_file.write_text(json.dumps({**config, "depth_expert": {**depth, "loss_weight": 0.1}}))
+    reloaded = GemVLAPolicy.from_pretrained(tmp_path / "ckpt", device="cpu", for_training=True)
+    assert "loss_weight" not in reloaded.config.depth_expert                  # migrated on the next save
+    trained = policy.depth_expert.state_dict()
+    assert all(torch.equal(reloaded.depth_expert.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_partial_pretrained_weights_are_refused_naming_what_is_missing_or_foreign():
+    source, target = make_expert(seed=0), make_expert(seed=1)
+    no_vae = {k: v for k, v in source.state_dict().items() if not k.startswith("vae.")}   # GEM-VLA depth_expert.pt
+    with pytest.raises(ValueError, match=r"missing .*vae\.\* .*'vae\.") as refused:
+        target.load_pretrained(no_vae, "depth_expert.pt")
+    assert "depth_expert.pt" in str(refused.value)
+    foreign = {**source.state_dict(), "sana.not_a_layer.weight": torch.zeros(2)}
+    with pytest.raises(ValueError, match="unexpected.*sana.not_a_layer.weight"):
+        target.load_pretrained(foreign, "gem2b")
+    target.load_pretrained(source.state_dict(), "gem2b")        # complete: loads
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
+def test_init_must_be_pretrained_or_random():
+    with pytest.raises(ValueError, match="depth_expert.init"):
+        DepthExpertConfig(init="zeros")
+
+
+def test_one_depth_loss_weight_and_old_configs_still_load():
+    """The weight applied is GemVLAConfig.depth_loss_weight; DepthExpertConfig.loss_weight was never used."""
+    assert "loss_weight" not in DepthExpertConfig().to_dict()
+    old = {**tiny_depth_expert_config().to_dict(), "loss_weight": 0.1}     # what every old config.json holds
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert DepthExpertConfig.from_dict(old) == tiny_depth_expert_config()
+    with pytest.warns(UserWarning, match="depth_loss_weight"):
+        DepthExpertConfig.from_dict({**old, "loss_weight": 0.5})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,11 @@ from torch import nn
 from gem_ros.core.policy.layers import RMSNorm
 
 DEPTH_PREFIXES = ("sana.", "vae.", "diffusion_connector.")
+# "pretrained": every tensor comes from the backbone folder (GEM-2B keeps them beside the VLM) or the build is refused;
+# "random": start from random weights on purpose (tests, ablations). Never random by omission: a random frozen VAE
+# makes the auxiliary loss something other than the paper's depth generation.
+DEPTH_INITS = ("pretrained", "random")
+LEGACY_LOSS_WEIGHT = 0.1   # the default every config.json written before the field was removed holds
 
 
 def sana_1600m_config(image_size: int = 256) -> dict[str, Any]:
@@ -80,7 +86,7 @@ class DepthExpertConfig:
     # effectively have trained with shift 1.0. Kept configurable for that reason.
     scheduler_shift: float = 3.0
     num_train_timesteps: int = 1000
-    loss_weight: float = 0.1              # applied by the caller, not by DepthExpert.loss
+    init: str = "pretrained"              # DEPTH_INITS; the loss weight is GemVLAConfig.depth_loss_weight
     vision_start_token_id: int = 151652   # <|vision_start|> of Qwen3-VL
     vision_end_token_id: int = 151653     # <|vision_end|>
 
@@ -96,7 +102,7 @@ class DepthExpertConfig:
         _require(0.0 <= self.cond_dropout < 1.0,
                  f"depth_expert.cond_dropout must be in [0, 1), got {self.cond_dropout}")
         _require(self.scheduler_shift > 0, f"depth_expert.scheduler_shift must be > 0, got {self.scheduler_shift}")
-        _require(self.loss_weight >= 0, f"depth_expert.loss_weight must be >= 0, got {self.loss_weight}")
+        _require(self.init in DEPTH_INITS, f"depth_expert.init must be one of {DEPTH_INITS}, got {self.init!r}")
         for name in ("vision_start_token_id", "vision_end_token_id"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 0,
@@ -130,6 +136,12 @@ class DepthExpertConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DepthExpertConfig:
+        data = dict(data)
+        if "loss_weight" in data:   # older config.json: a field that was never applied
+            legacy = data.pop("loss_weight")
+            if legacy != LEGACY_LOSS_WEIGHT:
+                warnings.warn(f"depth_expert.loss_weight {legacy!r} is ignored (it was never applied): the depth loss "
+                              f"is weighted by depth_loss_weight (gem_train: train.depth_loss_weight)", stacklevel=2)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         _require(not unknown, f"unknown DepthExpertConfig fields: {unknown}")
@@ -304,3 +316,18 @@ class DepthExpert(nn.Module):
         self.load_state_dict(picked, strict=False)
         missing = [k for k in own if k not in picked and k not in mismatched]
         return {"loaded": len(picked), "missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+
+    def load_pretrained(self, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+        """Every depth tensor from a GEM-2B layout `state_dict` (other keys ignored), or a ValueError naming `source`,
+        the missing and the unexpected keys: part pretrained, part random is not the paper's depth expert either."""
+        report = self.load_gem_state_dict(state_dict)
+        missing, unexpected = report["missing"], report["unexpected"]
+        if missing or unexpected:
+            own = list(self.state_dict())
+            groups = [f"{prefix}* {len(names)} of {sum(k.startswith(prefix) for k in own)} (e.g. {names[:3]})"
+                      for prefix in DEPTH_PREFIXES if (names := [k for k in missing if k.startswith(prefix)])]
+            raise ValueError(
+                f"{source} does not hold the pretrained depth expert: missing {len(missing)} of its {len(own)} "
+                f"tensors{': ' + '; '.join(groups) if groups else ''}; unexpected {unexpected[:8]}. Use a GEM-2B "
+                f"folder (sana.*, vae.*, diffusion_connector.* beside the VLM), or set depth_expert.init to "
+                f"\"random\" to start it from random weights on purpose")

@@ -70,10 +70,12 @@ class GemVLAPolicy(nn.Module):
         if config.depth_expert is not None:
             from gem_ros.core.policy.depth_expert import DepthExpert, DepthExpertConfig
 
-            # The image-span delimiters are the backbone's token ids, whatever the stored config says.
+            # The image-span delimiters are the backbone's token ids, whatever the stored config says; written back
+            # in today's form, so an older config.json is migrated when the policy is saved.
             ids = {key: getattr(backbone.config, key) for key in ("vision_start_token_id", "vision_end_token_id")}
-            config.depth_expert = {**config.depth_expert, **ids}
-            self.depth_expert = DepthExpert(DepthExpertConfig.from_dict(config.depth_expert))
+            depth_config = DepthExpertConfig.from_dict({**config.depth_expert, **ids})
+            config.depth_expert = depth_config.to_dict()
+            self.depth_expert = DepthExpert(depth_config)
         self.truncated = False
         self.last_timings: dict[str, float] = {}
         self._rng: torch.Generator | None = None
@@ -86,16 +88,18 @@ class GemVLAPolicy(nn.Module):
     @classmethod
     def build(cls, config: GemVLAConfig, backbone_path: Path, action_normalizer: MinMaxNormalizer,
               state_normalizer: MinMaxNormalizer | None = None, device=None, dtype=None) -> GemVLAPolicy:
-        """A new policy on a pretrained backbone folder (GEM-2B or Qwen3-VL) with a freshly initialised RDT."""
+        """A new policy on a pretrained backbone folder (GEM-2B or Qwen3-VL) with a freshly initialised RDT. A depth
+        expert starts from the folder's GEM-2B depth weights, or from random ones only if its config says
+        `init: random`."""
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         backbone = bb.load_backbone(Path(backbone_path), dtype, device)
         processor = bb.load_processor(Path(backbone_path), config.max_pixels_per_image)
         policy = cls(config, backbone, processor, action_normalizer, state_normalizer)
-        if policy.depth_expert is not None:
-            gem_depth = ckpt.depth_keys_in_backbone(Path(backbone_path))
-            if gem_depth:   # GEM-2B layout: its depth generator initialises ours
-                policy.depth_expert.load_gem_state_dict(gem_depth)
+        if policy.depth_expert is not None and policy.depth_expert.config.init == "pretrained":
+            # GEM-2B layout: its depth generator initialises ours, completely, or the build is refused.
+            policy.depth_expert.load_pretrained(ckpt.depth_keys_in_backbone(Path(backbone_path)),
+                                                f"backbone folder {backbone_path}")
         return policy.to(device=device, dtype=dtype)
 
     @classmethod
