@@ -7,8 +7,9 @@ The Panda (pybullet_data's URDF, collision meshes as convex hulls) with gem.yaml
 no SRDF (adjacent + default-pose pairs exempt). A chunk: 32 points, 0.1 s apart, random joint velocities up to
 `--chunk-speed` rad/s from poses above the table, checked at its points and between them (as on_chunk does). A tick:
 10 points 20 ms apart (lookahead 0.2 s at 50 Hz) from the anchor, as each control tick checks. Only collision-free
-paths are timed (a hit stops the check early, which would flatter the numbers). Goal: <= 2 ms per chunk and
-<= 0.3 ms per tick. Prints median / p95 and the configurations tested per path.
+paths are timed (a hit stops the check early, which would flatter the numbers); "near the table" rows keep only
+paths the fine pass had to look at. Goal: <= 2 ms per chunk and <= 0.3 ms per tick (median, away from objects).
+Prints median / p95 and the configurations tested per path.
 """
 from __future__ import annotations
 
@@ -51,15 +52,21 @@ def checker(scene: tuple[SceneObject, ...]) -> CollisionChecker:
     return CollisionChecker(urdf_path(ARM), cfg)
 
 
-def free_paths(ck: CollisionChecker, rng, count: int, points: int, dt_s: float, speed: float, start: bool):
-    """Collision-free random paths: (start or None, points (P, 9)), fingers fixed open."""
+LOW = np.array([0.0, 0.75, 0.0, -1.7, 0.0, 2.4, 0.785, 0.04, 0.04])   # fingers a few cm above the table
+
+
+def free_paths(ck: CollisionChecker, rng, count: int, points: int, dt_s: float, speed: float, start: bool,
+               near: bool = False):
+    """Collision-free random paths: (start or None, points (P, 9)), fingers fixed open. `near`: only paths that
+    pass within the coarse padding of something (the fine pass runs), from poses with the hand low."""
     paths, tries = [], 0
     while len(paths) < count:
         tries += 1
-        origin = HOME + np.r_[rng.uniform(-0.5, 0.5, 7), 0.0, 0.0]
+        origin = (LOW if near else HOME) + np.r_[rng.uniform(-0.5, 0.5, 7) * (0.3 if near else 1.0), 0.0, 0.0]
         velocity = np.r_[rng.uniform(-speed, speed, 7), 0.0, 0.0]
         path = origin + np.arange(1, points + 1)[:, None] * dt_s * velocity
-        if ck.check(NAMES, path, origin if start else None) is None:
+        if ck.check(NAMES, path, origin if start else None) is None and (
+                not near or ck.last_samples > points + (0 if start else 1)):
             paths.append((origin if start else None, path))
     return paths, tries
 
@@ -87,14 +94,16 @@ def main(argv=None) -> int:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     t0 = time.perf_counter()
     ck = checker((TABLE, *boxes(2)))
-    print(f"configure: {(time.perf_counter() - t0) * 1e3:.0f} ms ({ck.pair_count} pairs, padding "
-          f"{ck.cfg.padding_m} m, max link travel {ck.cfg.max_link_travel_m} m; coarse pass {ck.cfg.coarse_padding_m} m)")
+    print(f"configure: {(time.perf_counter() - t0) * 1e3:.0f} ms ({ck.pair_count} pairs, padding {ck.cfg.padding_m} m, "
+          f"max link travel {ck.cfg.max_link_travel_m} m; coarse pass {ck.cfg.coarse_padding_m} m)")
     rows = []
-    for label, count, points, dt_s, speed, start in (
-            ("chunk 32 pts @ 10 Hz", chunks, 32, 0.1, args.chunk_speed, False),
-            ("chunk 32 pts @ 10 Hz, 2x speed", chunks, 32, 0.1, 2 * args.chunk_speed, False),
-            ("tick 10 pts @ 50 Hz", ticks, 10, 0.02, args.chunk_speed, True)):
-        paths, tries = free_paths(ck, rng, count, points, dt_s, speed, start)
+    for label, count, points, dt_s, speed, start, near in (
+            ("chunk 32 pts @ 10 Hz", chunks, 32, 0.1, args.chunk_speed, False, False),
+            ("chunk 32 pts @ 10 Hz, 2x speed", chunks, 32, 0.1, 2 * args.chunk_speed, False, False),
+            ("chunk 32 pts near the table", chunks, 32, 0.1, args.chunk_speed, False, True),
+            ("tick 10 pts @ 50 Hz", ticks, 10, 0.02, args.chunk_speed, True, False),
+            ("tick 10 pts near the table", ticks, 10, 0.02, args.chunk_speed, True, True)):
+        paths, tries = free_paths(ck, rng, count, points, dt_s, speed, start, near)
         median, p95, samples = timed(ck, paths)
         rows.append((label, median, p95, samples))
         print(f"{label:34s} median {median:6.3f} ms  p95 {p95:6.3f} ms  {samples:6.1f} configurations  "
@@ -107,7 +116,7 @@ def main(argv=None) -> int:
         chunk, tick = timed(ck, chunk_paths)[0], timed(ck, tick_paths)[0]
         print(f"  {1 + extra:3d} objects, {ck.pair_count:3d} pairs: chunk {chunk:6.3f} ms  tick {tick:6.3f} ms")
     chunk_ok = rows[0][1] <= 2.0
-    tick_ok = rows[2][1] <= 0.3
+    tick_ok = rows[3][1] <= 0.3
     print(f"\ngoal per chunk <= 2 ms: {'met' if chunk_ok else 'MISSED'}; per tick <= 0.3 ms: "
           f"{'met' if tick_ok else 'MISSED'}")
     return 0

@@ -81,7 +81,7 @@ PARAMETERS: dict[str, Any] = {
                                                 # python://MODULE/SUB: inside an installed Python package)
     "scene_object_names": [""],                 # static obstacles, in the URDF root frame unless framed:
     "scene_object_shapes": [""],                # box | cylinder | sphere | plane, one per object
-    "scene_object_sizes_m": [0.0],              # 3 per object: box x y z, cylinder r length 0, sphere r 0 0, plane 0 0 0
+    "scene_object_sizes_m": [0.0],              # 3 per object: box x y z, cylinder r len 0, sphere r 0 0, plane 0 0 0
     "scene_object_poses": [0.0],                # 6 per object: x y z (m) roll pitch yaw (rad) of the shape's centre
     "scene_object_frames": [""],                # one link (fixed to the root) per object, or empty: the root link
     "urdf_path": "",                            # one of urdf_path / robot_description (XML) is required; the

@@ -26,7 +26,7 @@ import numpy as np
 import pinocchio as pin
 
 from gem_ros.core.safety.collision_model import (build_collision_model, default_positions, describe_pair,
-                                                 joint_values_to_q, lever_arms)
+                                                 is_prismatic, joint_values_to_q, lever_arms)
 from gem_ros.core.safety.config import CollisionConfig
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ class CollisionChecker:
         model = self._model
         self.joint_names: tuple[str, ...] = tuple(model.names[1:])
         self._levers = lever_arms(model, self._geometry, len(self._bodies) - len(self._scene))
-        revolute = self._levers != 1.0   # prismatic joints have lever 1 (see lever_arms)
-        self._inverse_joint_step = np.where(revolute, 1.0 / cfg.max_joint_step_rad, 0.0)
+        prismatic = np.array([is_prismatic(model, j) for j in range(1, model.njoints)], dtype=bool)
+        self._inverse_joint_step = np.where(prismatic, 0.0, 1.0 / cfg.max_joint_step_rad)
         self._default = default_positions(model)
         # Joint values are pinocchio's q as they are (transposed) unless a joint is continuous (cos, sin) or q is
         # ordered differently from the joints.
@@ -79,7 +79,8 @@ class CollisionChecker:
             model.joints[j].idx_q == j - 1 for j in range(1, model.njoints))
         index = {n: k for k, n in enumerate(self.joint_names)}
         self._mimic = [(index[j.name], index[j.mimic_joint], j.mimic_multiplier, j.mimic_offset)
-                       for j in built.description.joints if j.mimic_joint and j.name in index and j.mimic_joint in index]
+                       for j in built.description.joints
+                       if j.mimic_joint and j.name in index and j.mimic_joint in index]
         # Batch checks run in C++ (one thread, broadphase), one pool per padding; naming the pair reruns one
         # configuration with per-pair results.
         self._coarse = self._pool(cfg.coarse_padding_m)
@@ -105,10 +106,10 @@ class CollisionChecker:
         followers = {f for f, *_ in self._mimic}
         fixed = [n for k, n in enumerate(self.joint_names) if k not in set(columns) and k not in followers]
         if fixed:
-            note = f"joints {fixed} are not commanded: collision-checked at {self._default_of(fixed)}"
+            note = f"joints {fixed} are not commanded: collision-checked at {self._default_of(fixed)} (rad / m)"
             if note not in self.notes:
                 self.notes.append(note)
-                log.info(note)
+                log.warning(note)
 
     def check(self, joint_names: Sequence[str], positions, start=None) -> Collision | None:
         """positions (N, J) rad / m in `joint_names` order; start (J,) or None. ValueError for bad shapes or
@@ -147,6 +148,8 @@ class CollisionChecker:
         if hit is None:
             return None
         u, a, b, distance = hit
+        if a == b:   # the batch saw a collision that no single pair confirms (never seen): refuse all the same
+            return Collision(0, "an unidentified body", "another", math.nan, 1.0, False, self.cfg.padding_m)
         # u: path parameter (segment + fraction); point i of the trajectory is u = i (no start) or i + 1.
         end = math.ceil(u - 1e-9)
         return Collision(end - (0 if first else 1), self._bodies[a], self._bodies[b], distance,

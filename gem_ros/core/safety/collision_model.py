@@ -235,6 +235,11 @@ def _apart_at_default(model, geometry, candidates, padding_m: float):
     return apart, touching
 
 
+def is_prismatic(model: pin.Model, joint: int) -> bool:
+    return model.joints[joint].shortname().startswith(("JointModelPX", "JointModelPY", "JointModelPZ",
+                                                        "JointModelPrismatic"))
+
+
 def lever_arms(model: pin.Model, geometry: pin.GeometryModel, robot_bodies: int) -> np.ndarray:
     """Per joint (model order): how far a robot surface point can move per unit of the joint's motion, in any
     configuration. Revolute: the farthest downstream geometry point from the joint origin (chain lengths plus the
@@ -246,7 +251,7 @@ def lever_arms(model: pin.Model, geometry: pin.GeometryModel, robot_bodies: int)
         centre = g.placement.translation + g.placement.rotation @ np.asarray(g.geometry.aabb_center)
         reach.append((g.parentJoint, float(np.linalg.norm(centre)) + float(g.geometry.aabb_radius)))
     for j in range(1, model.njoints):
-        if model.joints[j].shortname().startswith("JointModelP"):   # PX, PY, PZ, PrismaticUnaligned
+        if is_prismatic(model, j):
             levers[j - 1] = 1.0
             continue
         longest = 0.0
