@@ -257,7 +257,7 @@ def build_policy(config: TrainConfig, stats: dict, device: torch.device) -> GemV
         from gem_ros.core.policy.depth_expert import DepthExpertConfig
         from gem_ros.core.policy.tiny_depth import tiny_depth_expert_config
 
-        depth = (tiny_depth_expert_config(width, m.depth_image_size) if m.backbone == TINY_BACKBONE
+        depth = (tiny_depth_expert_config(width, m.depth_image_size, init="random") if m.backbone == TINY_BACKBONE
                  else DepthExpertConfig(vlm_hidden_size=width, image_size=m.depth_image_size)).to_dict()
     policy_config = GemVLAConfig(io=config.data.io_schema(), rdt=dataclasses.replace(m.rdt, cond_hidden_size=width),
                                  selected_layers=list(m.selected_layers), num_inference_steps=m.num_inference_steps,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from gem_ros.core.policy.normalizer import (MinMaxNormalizer, import_reference_normalizer, load_normalizers,
+from gem_ros.core.policy.normalizer import (MinMaxNormalizer, load_normalizers,
                                             save_normalizers)
 
 
@@ -41,24 +41,6 @@ def test_safetensors_round_trip(tmp_path):
     loaded = load_normalizers(tmp_path / "n.safetensors")
     np.testing.assert_array_equal(loaded["action"].maximum, action.maximum)
     assert loaded["state"].range_floor == 0.5
-
-
-class Payload:
-    pass
-
-
-def test_reference_normalizer_import_uses_weights_only(tmp_path):
-    stats = MinMaxNormalizer(np.array([-0.5, 0.0]), np.array([0.5, 0.02]))
-    torch.save({"action": {"scale": torch.tensor(stats.scale), "offset": torch.tensor(stats.offset)}},
-               tmp_path / "normalizer.pt")
-    imported = import_reference_normalizer(tmp_path / "normalizer.pt")
-    x = np.array([0.1, 0.01], np.float32)
-    np.testing.assert_allclose(imported.normalize(x), stats.normalize(x), rtol=1e-5)
-
-    # Anything that needs a full unpickle (here an arbitrary class instance) is refused, not executed.
-    torch.save({"action": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="refusing to unpickle"):
-        import_reference_normalizer(tmp_path / "evil.pt")
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -226,7 +226,7 @@ def depth_checkpoint_dir(tmp_path_factory, tiny_backbone_dir):
     from gem_ros.core.policy.tiny_depth import tiny_depth_expert_config
 
     torch.manual_seed(0)
-    config = tiny_policy_config(depth_expert=tiny_depth_expert_config(vlm_hidden_size=64, image_size=32).to_dict())
+    config = tiny_policy_config(depth_expert=tiny_depth_expert_config(vlm_hidden_size=64, image_size=32, init="random").to_dict())
     policy = GemVLAPolicy.build(config, tiny_backbone_dir, MinMaxNormalizer(-np.ones(9), np.ones(9)), device="cpu")
     return policy.save_pretrained(tmp_path_factory.mktemp("depth_ckpt") / "tiny_depth_policy")
 

@@ -119,32 +119,3 @@ def load_normalizers(path: Path) -> dict[str, MinMaxNormalizer]:
         except ValueError as error:
             raise ValueError(f"{path}: '{key}' statistics: {error}") from error
     return normalizers
-
-
-def import_reference_normalizer(path: Path, key: str = "action") -> MinMaxNormalizer:
-    """Read a reference `normalizer.pt` (scale/offset per key) without unpickling arbitrary objects.
-
-    Only `torch.load(weights_only=True)` is used; a file that needs full unpickling is refused."""
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # the restricted unpickler raises several types
-        raise ValueError(f"{path}: cannot be read with weights_only=True; refusing to unpickle it ({error})") from error
-    entry = _lookup(data, key)
-    scale = np.asarray(_lookup(entry, "scale"), dtype=np.float64).reshape(-1)
-    offset = np.asarray(_lookup(entry, "offset"), dtype=np.float64).reshape(-1)
-    if np.any(scale <= 0):
-        raise ValueError(f"{path}: non-positive scale in '{key}'")
-    # Invert a' = a*scale + offset at a' = -1 and a' = +1.
-    minimum, maximum = (-1 - offset) / scale, (1 - offset) / scale
-    return MinMaxNormalizer(minimum, maximum, range_floor=1e-12)
-
-
-def _lookup(container, key: str):
-    for candidate in (key, f"params_dict.{key}"):
-        if isinstance(container, dict) and candidate in container:
-            return container[candidate]
-    if isinstance(container, dict):
-        nested = {k[len(key) + 1:]: v for k, v in container.items() if k.startswith(f"{key}.")}
-        if nested:
-            return nested
-    raise ValueError(f"reference normalizer has no entry '{key}'")
