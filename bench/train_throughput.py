@@ -97,7 +97,7 @@ def full_size_policy(config: TrainConfig, stats: dict, device: torch.device):
     with torch.device(device):
         backbone = Qwen3VLForConditionalGeneration(qwen3_vl_2b_config(tokenizer))
         width = backbone.config.text_config.hidden_size
-        depth = DepthExpertConfig(vlm_hidden_size=width, image_size=m.depth_image_size).to_dict() \
+        depth = DepthExpertConfig(vlm_hidden_size=width, image_size=m.depth_image_size, init="random").to_dict() \
             if m.depth_expert else None
         policy_config = GemVLAConfig(io=config.data.io_schema(), rdt=dataclasses.replace(m.rdt, cond_hidden_size=width),
                                      selected_layers=list(m.selected_layers), num_inference_steps=m.num_inference_steps,
