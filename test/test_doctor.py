@@ -159,6 +159,13 @@ def test_controller_without_subscriber_or_action_server_fails():
     facts.endpoints = facts.endpoints[:1]
     row = verdict(setup, facts, "gripper controller")
     assert row.status == FAIL and "/gripper_controller/gripper_cmd" in row.message
+    # a vendor's own action name (franka_gripper) and the parallel gripper action are what gets looked for
+    for backend in ("gripper_command", "parallel_gripper_command"):
+        setup = panda_setup(gripper_backend=backend, gripper_action_name="franka_gripper/gripper_action")
+        facts = healthy(setup)
+        facts.endpoints = facts.endpoints[:1]
+        row = verdict(setup, facts, "gripper controller")
+        assert row.status == FAIL and "/franka_gripper/gripper_action" in row.message
 
 
 def test_urdf_missing_or_a_joint_without_limits_fails(tmp_path):

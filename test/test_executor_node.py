@@ -321,6 +321,8 @@ def test_parameters_fail_clearly(monkeypatch):
         with pytest.raises(BackendUnavailable, match="control_msgs"):
             make_executor_node(context=context, **PARAMS, backend="follow_joint_trajectory")
         with pytest.raises(ValueError, match="backend"):
+            make_executor_node(context=context, **PARAMS, backend="teleport")
+        with pytest.raises(BackendUnavailable, match="moveit_py"):   # a real option, absent here: said at configure
             make_executor_node(context=context, **PARAMS, backend="moveit")
         node = make_executor_node(context=context, **PARAMS, control_rate_hz=25)   # int for a float parameter
         assert node.controller.cfg.control_rate_hz == 25.0

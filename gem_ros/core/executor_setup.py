@@ -34,6 +34,7 @@ PARAMETERS: dict[str, Any] = {
     "gripper_backend": "arm",                   # "arm" (gripper joints in the arm's trajectory, as gem_sim) |
                                                 # "trajectory" (their own JTC) | "gripper_command" (GripperCommand)
     "gripper_controller_name": "gripper_controller",
+    "gripper_action_name": "",                  # gripper action server; "" = <gripper_controller_name>/gripper_cmd
     "gripper_max_effort": 20.0,                 # N, GripperCommand goals
     "control_rate_hz": _default(ExecutionConfig, "control_rate_hz"),
     "lookahead_s": _default(ExecutionConfig, "lookahead_s"),

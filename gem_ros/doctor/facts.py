@@ -109,8 +109,10 @@ class Setup:
         gripper = e["gripper_controller_name"]
         if e["gripper_backend"] == "trajectory":
             return [arm, Endpoint("gripper", "topic", self.topic(f"{gripper}/joint_trajectory"))]
-        if e["gripper_backend"] == "gripper_command":
-            return [arm, Endpoint("gripper", "action", self.topic(f"{gripper}/gripper_cmd"), "GripperCommand")]
+        if e["gripper_backend"] in ("gripper_command", "parallel_gripper_command"):
+            action = e.get("gripper_action_name") or f"{gripper}/gripper_cmd"
+            kind = "GripperCommand" if e["gripper_backend"] == "gripper_command" else "ParallelGripperCommand"
+            return [arm, Endpoint("gripper", "action", self.topic(action), kind)]
         return [arm]
 
     def node(self, name: str) -> str:
