@@ -18,6 +18,7 @@ rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -531,3 +532,19 @@ def test_trajectory_tolerances_are_executor_parameters_checked_at_configure():
             make_executor_node(context=context, **PARAMS, goal_time_tolerance_s=-1.0)
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_a_parameter_set_is_refused_while_configured_and_takes_effect_at_the_next_configure(harness):
+    """`ros2 param set` used to be accepted and ignored (values are read at configure): now it says why not."""
+    from lifecycle_msgs.msg import Transition
+
+    node, robot = harness(start=False)
+    assert change_state(robot, Transition.TRANSITION_CONFIGURE)
+    [result] = node.set_parameters([Parameter("velocity_scale", value=0.3)])
+    assert not result.successful and "configure" in result.reason and "velocity_scale" in result.reason
+    assert node.get_parameter("velocity_scale").value == 1.0 and node.controller.safety.cfg.velocity_scale == 1.0
+    assert change_state(robot, Transition.TRANSITION_CLEANUP)
+    [result] = node.set_parameters([Parameter("velocity_scale", value=0.3)])
+    assert result.successful
+    assert change_state(robot, Transition.TRANSITION_CONFIGURE)
+    assert node.controller.safety.cfg.velocity_scale == 0.3

@@ -27,7 +27,6 @@ import traceback
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
@@ -41,6 +40,7 @@ from std_srvs.srv import Trigger
 from gem_msgs.msg import ActionChunk, PolicyStatus
 from gem_ros.core.executor_setup import PARAMETERS, build_controller
 from gem_ros.nodes.backends import BackendUnavailable, make_backends
+from gem_ros.nodes.param_rules import ParameterRules, Rule
 from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.trajectory_goals import TOLERANCE_PARAMETERS
 from gem_ros.nodes.conversions import diagnostic_status, stamp_to_s
@@ -55,12 +55,14 @@ class ExecutorNode(LifecycleNode):
         """kwargs go to rclpy's LifecycleNode (context, parameter_overrides, namespace, ...). Unconfigured: nothing
         is read or commanded until configure (see start_executor)."""
         super().__init__(NODE_NAME, **kwargs)
-        for name, default in {**PARAMETERS, **TOLERANCE_PARAMETERS}.items():
-            # Numbers accept int or float ("rate: 50" in YAML); the config dataclasses validate them.
-            descriptor = ParameterDescriptor(dynamic_typing=isinstance(default, float))
-            self.declare_parameter(name, default, descriptor)
-        self.declare_parameter("subscribe_chunks", True)   # False: chunks come by deliver_chunk (composed)
         self.controller = self.backend = None
+        # Every parameter is read at configure, so `ros2 param set` is refused while configured (with the reason)
+        # instead of being accepted and ignored; numbers accept int or float ("rate: 50" in YAML).
+        rules, while_unconfigured = ParameterRules(self), Rule(when=self._unconfigured)
+        for name, default in {**PARAMETERS, **TOLERANCE_PARAMETERS}.items():
+            rules.declare(name, default, while_unconfigured, dynamic_typing=isinstance(default, float))
+        # False: chunks come by deliver_chunk (composed)
+        rules.declare("subscribe_chunks", True, while_unconfigured)
         self.configure_error: Exception | None = None   # why the last configure failed (start_executor raises it)
         self._estop: str | None = None                   # latched e-stop source, whatever the lifecycle state
         self._active = False                             # read and written under _send_lock
@@ -71,6 +73,11 @@ class ExecutorNode(LifecycleNode):
         self.create_subscription(Bool, "gem/estop", self._on_estop_topic, 10)
         self.create_service(Trigger, "~/estop", self._on_estop_service)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_service)
+
+    def _unconfigured(self) -> str:
+        """'' while the node is unconfigured; else why a parameter may not change now."""
+        return "" if self.controller is None else (
+            "gem_executor reads its parameters at configure: deactivate and clean it up, set, then configure again")
 
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state) -> TransitionCallbackReturn:
