@@ -8,7 +8,7 @@ Sections (each prints one row of the final table: tried, held, failed, worst):
   executor     >= 10,000 random chunks (drifting, NaN, past a limit, jumping) and >= 10,000 malformed joint states
                (a name twice, past a limit, NaN, 1e300, arrays cut short, joints missing, silence) through the
                executor core with a robot that follows each command: commands outside the URDF limits (must be 0).
-  collision    >= 10,000 chunks (random, aimed at the table, folding the arm onto itself, fast) through the executor
+  collision    >= 10,000 chunks (heading for random targets, the table, the arm itself, jumps) through the executor
                core with the panda YAML's collision checker and a robot that follows: sent points within half the
                padding, or contacts along the robot's path, by an independent all-pairs check at 1 mrad (must be 0);
                collision refusals that do not name the pair (must be 0).
@@ -162,17 +162,22 @@ def soak_collision(chunks: int, seed: int = 0) -> Row:
     from gem_ros.core.safety.collision_model import build_collision_model, joint_values_to_q
 
     rng = np.random.default_rng(seed)
+    source = None
     pair = re.compile(r"'(panda_\w+)' and (scene object )?'(\w+)'")
     sent, moves, refused, unnamed, crashes, tried = [], [], 0, 0, 0, 0
     while tried < chunks:
         ctrl = _executor_controller("clamp" if (tried // 100) % 2 else "reject")
         names, channels = list(ctrl.cfg.joint_names), list(ctrl.expected_channels)
+        if source is None:
+            limits = [ctrl.safety.limits[n] for n in names[:7]]
+            source = _CollisionChunks(rng, np.array([lim.lower for lim in limits]),
+                                      np.array([lim.upper for lim in limits]))
         robot, t = np.array(HOME), 0.0
         for step in range(250):
             ctrl.on_joint_state(names, robot, np.zeros(len(names)), t)
             try:
                 if step % 5 == 0:
-                    reason = ctrl.on_chunk(channels, 0.1, _collision_chunk(rng, robot), ctrl.mapper.cfg.kind, t, t)
+                    reason = ctrl.on_chunk(channels, 0.1, source.chunk(robot), ctrl.mapper.cfg.kind, t, t)
                     tried += 1
                     if reason and "collision" in reason:
                         refused += 1
@@ -212,20 +217,32 @@ def soak_collision(chunks: int, seed: int = 0) -> Row:
                f"{refused} chunks refused for a collision ({unnamed} without the pair named), {crashes} crashes")
 
 
-def _collision_chunk(rng, robot: np.ndarray) -> np.ndarray:
-    """(points, 8) absolute actions from `robot`: a wander, down toward the table, folding onto itself, or fast."""
-    kind, points = rng.integers(4), 16
-    if kind == 0:
-        target = robot[:7] + rng.uniform(-0.4, 0.4, 7)
-    elif kind == 1:
-        target = np.array([rng.uniform(-0.6, 0.6), rng.uniform(0.6, 1.5), rng.uniform(-0.3, 0.3),
-                           rng.uniform(-1.6, -0.6), 0.0, rng.uniform(1.2, 2.6), 0.785])
-    elif kind == 2:
-        target = _SELF_FOLD + rng.uniform(-0.3, 0.3, 7)
-    else:
-        target, points = robot[:7] + rng.uniform(-1.5, 1.5, 7), int(rng.integers(2, 6))
-    arm = robot[:7] + np.outer(np.arange(1, points + 1) / points, target - robot[:7])
-    return np.hstack([arm, np.full((points, 1), 0.08)])
+class _CollisionChunks:
+    """Chunks that keep heading for one target for 3-30 chunks at 0.3-2.5 rad/s, as a policy would: anywhere in the
+    limits, hovering at or below the table top, folding the arm onto itself, or a jump; gripper open or shut."""
+
+    def __init__(self, rng, lower: np.ndarray, upper: np.ndarray):
+        self.rng, self.lower, self.upper, self.left, self.target, self.speed = rng, lower, upper, 0, None, 1.0
+
+    def chunk(self, robot: np.ndarray) -> np.ndarray:
+        rng = self.rng
+        if self.left == 0:
+            kind = rng.integers(4)
+            if kind == 0:
+                target = rng.uniform(self.lower, self.upper)
+            elif kind == 1:
+                target = np.array([rng.uniform(-0.8, 0.8), rng.uniform(0.0, 1.3), rng.uniform(-0.4, 0.4),
+                                   rng.uniform(-2.6, -0.9), rng.uniform(-0.3, 0.3), rng.uniform(1.4, 3.2), 0.785])
+            elif kind == 2:
+                target = _SELF_FOLD + rng.uniform(-0.4, 0.4, 7)
+            else:
+                target = robot[:7] + rng.uniform(-1.5, 1.5, 7)
+            self.target = np.clip(target, self.lower, self.upper)
+            self.left, self.speed = int(rng.integers(3, 30)), rng.uniform(0.3, 2.5)
+        self.left -= 1
+        reach = self.speed * 0.1 * np.arange(1, 17)[:, None]   # 16 points, 0.1 s apart
+        arm = robot[:7] + np.clip(self.target - robot[:7], -reach, reach)
+        return np.hstack([arm, np.full((16, 1), 0.08 if rng.random() < 0.7 else 0.0)])
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
