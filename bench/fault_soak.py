@@ -164,7 +164,7 @@ def soak_collision(chunks: int, seed: int = 0) -> Row:
     rng = np.random.default_rng(seed)
     source = None
     pair = re.compile(r"'(panda_\w+)' and (scene object )?'(\w+)'")
-    sent, moves, refused, unnamed, crashes, tried = [], [], 0, 0, 0, 0
+    sent, moves, refused, at_tick, unnamed, crashes, tried = [], [], 0, 0, 0, 0, 0
     while tried < chunks:
         ctrl = _executor_controller("clamp" if (tried // 100) % 2 else "reject")
         names, channels = list(ctrl.cfg.joint_names), list(ctrl.expected_channels)
@@ -192,6 +192,7 @@ def soak_collision(chunks: int, seed: int = 0) -> Row:
                 robot = moves[-1][1]
             elif command.kind == "hold" and "collision" in command.reason:
                 unnamed += pair.search(command.reason) is None
+                at_tick += command.reason.startswith("safety filter rejected the plan")
             t = round(t + 0.02, 9)
     values = _executor_values()
     cfg = collision_config(values)
@@ -214,7 +215,8 @@ def soak_collision(chunks: int, seed: int = 0) -> Row:
     return Row("collision", tried, refused, close + contacts + unnamed + crashes,
                f"{close} of {len(points)} sent points within {cfg.padding_m / 2 * 1e3:g} mm, {contacts} of {len(path)} "
                f"path configurations in contact",
-               f"{refused} chunks refused for a collision ({unnamed} without the pair named), {crashes} crashes")
+               f"{refused} chunks refused for a collision, {at_tick} plans at a tick ({unnamed} without the pair "
+               f"named), {crashes} crashes")
 
 
 class _CollisionChunks:
@@ -222,12 +224,14 @@ class _CollisionChunks:
     limits, hovering at or below the table top, folding the arm onto itself, or a jump; gripper open or shut."""
 
     def __init__(self, rng, lower: np.ndarray, upper: np.ndarray):
-        self.rng, self.lower, self.upper, self.left, self.target, self.speed = rng, lower, upper, 0, None, 1.0
+        self.rng, self.lower, self.upper = rng, lower, upper
+        self.left, self.target, self.speed, self.standing = 0, None, 1.0, False
 
     def chunk(self, robot: np.ndarray) -> np.ndarray:
         rng = self.rng
         if self.left == 0:
             kind = rng.integers(4)
+            self.standing = kind == 3 or rng.random() < 0.3
             if kind == 0:
                 target = rng.uniform(self.lower, self.upper)
             elif kind == 1:
@@ -241,7 +245,9 @@ class _CollisionChunks:
             self.left, self.speed = int(rng.integers(3, 30)), rng.uniform(0.3, 2.5)
         self.left -= 1
         reach = self.speed * 0.1 * np.arange(1, 17)[:, None]   # 16 points, 0.1 s apart
-        arm = robot[:7] + np.clip(self.target - robot[:7], -reach, reach)
+        # a chunk standing at its target: only each tick's way there from the arm is checked
+        arm = np.tile(self.target, (16, 1)) if self.standing else \
+            robot[:7] + np.clip(self.target - robot[:7], -reach, reach)
         return np.hstack([arm, np.full((16, 1), 0.08 if rng.random() < 0.7 else 0.0)])
 
 
