@@ -60,6 +60,7 @@ def test_ros_overhead_pairs_chunks_with_trajectories_and_replans_at_once(tmp_pat
     ("policy_latency.py", ["--runs", "2"], "total"),
     ("train_throughput.py", ["--quick"], "loader / train-step throughput ratio"),
     ("fault_soak.py", ["--quick", "--sections", "executor", "images", "checkpoints"], "commands outside"),
+    ("collision_check.py", ["--quick"], "goal per chunk"),
 ])
 def test_cpu_benchmarks_run(script, args, expect):
     done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600)
