@@ -24,6 +24,9 @@ next step made the rate limits slow the arm below the speed it was commanded at,
 was clamped (what the executor commands is the setpoint path, so that is what the limits bound). A joint whose
 measured position is more than `tracking_tolerance_rad` / `_m` away from its setpoint (blocked, a gripper
 closed on an object, just after a hold) is checked from its measured position instead, as before.
+A named move (`move_to_named` / `start_move`: home, reset between episodes) runs through the same tick loop: its
+planned path replaces the chunk plan, each tick's piece is validated like any trajectory, and a chunk, a stop or
+an e-stop ends it; the policy watchdogs do not apply to it (the policy is not driving).
 Joints of the controller that the action space does not drive (e.g. fingers of an arm-only policy) are kept at
 their measured position at chunk arrival: JTC rejects goals that omit joints unless allow_partial_joints_goal.
 """
@@ -39,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from gem_ros.core.chunking import ActionMapper, ActionMappingError, ActionSpaceConfig, ChunkScheduler, mix
-from gem_ros.core.chunking.interpolation import clip
+from gem_ros.core.chunking.interpolation import clip, interpolate_linear
+from gem_ros.core.named_moves import MoveRefused, check_move, check_named_states, joint_speed_bounds, plan_joint_move
 from gem_ros.core.safety import ChunkRejected, SafeTrajectory, SafetyFilter
 
 EE_DELTA_CHANNELS = ("x", "y", "z", "roll", "pitch", "yaw")   # ActionChunk.msg names for "ee_delta"
@@ -120,7 +124,9 @@ class ExecutionController:
     """Thread-safe (one lock; the mapping, IK included, runs outside it). One per arm."""
 
     def __init__(self, cfg: ExecutionConfig, action_mapper: ActionMapper, scheduler: ChunkScheduler,
-                 safety: SafetyFilter, expected_channels: list[str] | None = None):
+                 safety: SafetyFilter, expected_channels: list[str] | None = None,
+                 named_states: dict[str, dict[str, float]] | None = None):
+        """`named_states`: name -> {joint: rad / m} for move_to_named; validated here (ValueError names it)."""
         if not isinstance(cfg, ExecutionConfig):
             raise ValueError(f"cfg must be an ExecutionConfig, got {type(cfg).__name__}")
         self.cfg, self.mapper, self.scheduler, self.safety = cfg, action_mapper, scheduler, safety
@@ -136,6 +142,8 @@ class ExecutionController:
                 or not all(isinstance(c, str) and c for c in channels):
             raise ValueError(f"expected_channels must be {action_mapper.cfg.action_dim} unique names, got {channels!r}")
         self.expected_channels = channels
+        self.named_states = dict(named_states or {})
+        check_named_states(self.named_states, safety, cfg.joint_names)
         self._columns = [cfg.joint_names.index(n) for n in action_mapper.output_joint_names]
         self._joint_set = frozenset(cfg.joint_names)
         self._lower, self._upper = self._position_bounds()
@@ -156,6 +164,7 @@ class ExecutionController:
         self._policy_silent_ticks = 0                # consecutive ticks that found the heartbeat overdue
         self._heartbeat_gap_max_s = 0.0
         self._approach: tuple[float, np.ndarray, float, np.ndarray] | None = None   # (t0, q0, t1, q1)
+        self._move: tuple[np.ndarray, np.ndarray, str] | None = None   # (absolute times, positions from start, why)
         self._commanded: tuple[float, np.ndarray, SafeTrajectory] | None = None   # (sent at, anchor, trajectory)
         self._last_kind = "idle"
         # Interventions split by what was limited: the gripper closing faster than its URDF speed is routine
@@ -309,7 +318,7 @@ class ExecutionController:
                 first_s = obs_stamp_s + self.scheduler.cfg.chunk_dt_s * (admission.dropped_points + 1)
                 self._approach = (now_s, current, first_s, self.scheduler.sample(first_s))
             self._counts["chunks_accepted"] += 1
-            self._last_chunk_s, self._pending_stop = now_s, None
+            self._last_chunk_s, self._pending_stop, self._move = now_s, None, None
             return None
 
     def _reject_unsafe(self, reason: str) -> str:
@@ -335,7 +344,7 @@ class ExecutionController:
         """Forget the plan; if the arm was executing one, the next tick sends one hold."""
         with self._lock:
             self.scheduler.clear()
-            self._last_chunk_s, self._approach = None, None
+            self._last_chunk_s, self._approach, self._move = None, None, None
             if self._running:
                 self._pending_stop, self._pending_stop_is_problem = reason, False
             self._running = False
@@ -347,6 +356,7 @@ class ExecutionController:
             self._estop = reason or "e-stop"
             self.scheduler.clear()
             self._running, self._pending_stop, self._last_chunk_s, self._approach = False, None, None, None
+            self._move = None
             self._last_reason = f"e-stop engaged: {self._estop}"
 
     def reset_estop(self) -> bool:
@@ -402,7 +412,7 @@ class ExecutionController:
             self._abandon_plan()
             return self._hold(current, f"no action chunk for {silence:.3f} s "
                                        f"(chunk_timeout_s {self.cfg.chunk_timeout_s} s): policy dead?")
-        if self._running and self._policy_alive_s is not None and self.cfg.policy_timeout_s > 0 \
+        if self._running and self._move is None and self._policy_alive_s is not None and self.cfg.policy_timeout_s > 0 \
                 and now_s - self._policy_alive_s > self.cfg.policy_timeout_s:
             self._policy_silent_ticks += 1
             if self._policy_silent_ticks >= 2:
@@ -412,7 +422,14 @@ class ExecutionController:
                                            f"(policy_timeout_s {self.cfg.policy_timeout_s} s): policy dead?")
         else:
             self._policy_silent_ticks = 0
-        times, positions = self.scheduler.segment(now_s, self.cfg.lookahead_s)
+        if self._move is not None:
+            if now_s >= self._move[0][-1]:   # the last trajectory ended at the goal, where the controller stays
+                reason, self._move, self._running = self._move[2], None, False
+                self._last_reason = f"{reason}: done"
+                return self._idle(self._last_reason)
+            times, positions = self._move_segment(now_s)
+        else:
+            times, positions = self.scheduler.segment(now_s, self.cfg.lookahead_s)
         if self._approach is not None:
             positions = self._approach_positions(now_s, times, positions)
         if times.size == 0:
@@ -441,6 +458,63 @@ class ExecutionController:
         self._last_kind = "trajectory"
         return Command("trajectory", trajectory, "executing plan")
 
+    # ---- named moves ------------------------------------------------------------------------------------------------
+    def move_to_named(self, name: str, now_s: float) -> str:
+        """Plan the straight joint-space move from the measured state to named state `name` and start it. Returns
+        a message with the planned duration; MoveRefused says why not (unknown name, e-stop, unsafe path)."""
+        if name not in self.named_states:
+            raise MoveRefused(f"no named state {name!r} (known: {sorted(self.named_states)})")
+        with self._lock:
+            current = self._usable_state(now_s)
+            goal = current.copy()
+            for joint, value in self.named_states[name].items():
+                goal[self.cfg.joint_names.index(joint)] = value
+            rate = self.cfg.control_rate_hz
+            velocity, acceleration = joint_speed_bounds(self.safety, self.cfg.joint_names, rate)
+            times, positions = plan_joint_move(current, goal, velocity, acceleration, rate)
+            self.start_move(times, positions, now_s, f"move to {name!r}")
+            return f"moving to {name!r}: {times[-1]:.2f} s planned ({len(times)} points)"
+
+    def start_move(self, times_s, positions, now_s: float, reason: str) -> None:
+        """Run a planned path (times_s (N,) s from now, increasing, > 0; positions (N, J) in joint_names order)
+        from the measured state, replacing any plan. The whole path is checked first (limits, workspace,
+        collisions from where the arm is); MoveRefused names the problem and nothing changes."""
+        times, points = np.asarray(times_s, dtype=float), np.asarray(positions, dtype=float)
+        if times.ndim != 1 or not len(times) or points.shape != (len(times), len(self.cfg.joint_names)) \
+                or not np.all(np.isfinite(times)) or times[0] <= 0 or np.any(np.diff(times) <= 0):
+            raise MoveRefused(f"a move needs increasing times > 0 (N,) and positions (N, {len(self.cfg.joint_names)}),"
+                              f" got {times.shape} and {points.shape}")
+        with self._lock:
+            current = self._usable_state(now_s)
+            check_move(self.safety, self.cfg.joint_names, current, points)
+            self.scheduler.clear()
+            self._approach, self._last_chunk_s, self._pending_stop = None, None, None
+            self._move = (np.concatenate([[now_s], now_s + times]), np.vstack([current, points]), reason)
+            self._last_reason = reason
+
+    def _usable_state(self, now_s: float) -> np.ndarray:
+        """The measured state, clipped into the limits (as a chunk plans from it); MoveRefused when there is none
+        to trust or an e-stop is engaged. Lock held."""
+        if self._estop is not None:
+            raise MoveRefused(f"e-stop engaged ({self._estop}); reset it first")
+        current = self._current_vector()
+        if current is None:
+            raise MoveRefused(f"no joint state yet for {self._missing_joints()}")
+        if self._state_age(now_s) > self.cfg.joint_state_timeout_s:
+            raise MoveRefused(self._stale_reason(now_s))
+        return clip(current, self._lower, self._upper)
+
+    def _move_segment(self, now_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """The running move's points at the control rate over the lookahead, cut at its end (as segment())."""
+        times, points, _ = self._move
+        rate = self.cfg.control_rate_hz
+        grid = now_s + np.arange(1, int(math.floor(self.cfg.lookahead_s * rate + 1e-9)) + 1) / rate
+        end = min(times[-1], now_s + self.cfg.lookahead_s)
+        grid = grid[grid <= end + 1e-9]
+        if grid.size == 0 or grid[-1] < end - 1e-6:   # the move's last point between two grid points
+            grid = np.append(grid, end)
+        return grid - now_s, interpolate_linear(times, points, grid)
+
     # ---- status ---------------------------------------------------------------------------------------------------
     @property
     def stats(self) -> dict[str, Any]:
@@ -453,6 +527,7 @@ class ExecutionController:
                     "last_reason": self._last_reason, "last_refusal": self._last_refusal,
                     "last_intervention": self._last_intervention,
                     "last_safety_rejection": self._last_safety_rejection,
+                    "named_move": self._move[2] if self._move is not None else "",
                     "plan_remaining_s": self.scheduler.remaining_s(self._last_tick_s or 0.0),
                     "joint_state_age_s": self.joint_state_age_s(self._last_tick_s or 0.0),
                     "last_latency_s": sched.last_latency_s, "dropped_points_total": sched.total_dropped_points,
@@ -513,6 +588,7 @@ class ExecutionController:
         self._policy_silent_ticks = 0
         self.scheduler.clear()
         self._running, self._pending_stop, self._last_chunk_s, self._approach = False, None, None, None
+        self._move = None
 
     def _anchor(self, now_s: float, current: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Where each joint's next trajectory starts: its setpoint now (the last trajectory, linear between its

@@ -16,6 +16,8 @@ from gem_ros.core.chunking import ActionMapper, ActionSpaceConfig, ChunkSchedule
 from gem_ros.core.execution import ExecutionConfig, ExecutionController
 from gem_ros.core.kinematics import RobotModel, load_urdf_limits
 from gem_ros.core.kinematics.soft_limits import load_soft_urdf_limits
+from gem_ros.core.kinematics.srdf import load_srdf
+from gem_ros.core.named_moves import named_states_from_lists, srdf_named_states
 from gem_ros.core.safety import SafetyConfig, SafetyFilter, WorkspaceBox
 from gem_ros.core.safety.config import CollisionConfig, scene_objects_from_lists
 
@@ -85,6 +87,10 @@ PARAMETERS: dict[str, Any] = {
     "scene_object_sizes_m": [0.0],              # 3 per object: box x y z, cylinder r len 0, sphere r 0 0, plane 0 0 0
     "scene_object_poses": [0.0],                # 6 per object: x y z (m) roll pitch yaw (rad) of the shape's centre
     "scene_object_frames": [""],                # one link (fixed to the root) per object, or empty: the root link
+    # Named joint states for ~/move_to_named: the SRDF's group_states (srdf_path) plus these, len(joint_names)
+    # values per name in joint_names order; validated at configure (inside the limits minus the margin).
+    "named_state_names": [""],
+    "named_state_positions": [0.0],
     "urdf_path": "",                            # one of urdf_path / robot_description (XML) is required; the
     "robot_description": "",                    # node falls back to the robot_description topic (latched)
     "robot_description_timeout_s": 10.0,        # how long the node waits for that topic
@@ -197,6 +203,23 @@ def build_controller(values: Mapping[str, Any]) -> ExecutionController:
     if collision is not None:
         from gem_ros.core.safety.collision import CollisionChecker   # pinocchio only when collision_check is on
         checker = CollisionChecker(urdf, collision)
-    return ExecutionController(execution, ActionMapper(action, model, gripper_range), ChunkScheduler(scheduler),
-                               SafetyFilter(limits, safety, model, hard_limits, checker),
-                               _names(values["action_channel_names"]) or None)
+    states, notes = named_states(values, joint_names)
+    controller = ExecutionController(execution, ActionMapper(action, model, gripper_range), ChunkScheduler(scheduler),
+                                     SafetyFilter(limits, safety, model, hard_limits, checker),
+                                     _names(values["action_channel_names"]) or None, states)
+    controller.named_state_notes = notes
+    return controller
+
+
+def named_states(values: Mapping[str, Any], joint_names: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """The SRDF's group states (when srdf_path is set) and the YAML's; a name in both is refused (which is home?).
+    Returns (states, notes on SRDF states skipped). ValueError names the parameter."""
+    states, notes = {}, []
+    if values["srdf_path"]:
+        states, notes = srdf_named_states(load_srdf(values["srdf_path"]), joint_names)
+    yaml_states = named_states_from_lists(values["named_state_names"], values["named_state_positions"], joint_names)
+    both = sorted(set(states) & set(yaml_states))
+    if both:
+        raise ValueError(f"named_state_names {both} are also group_states of the SRDF {values['srdf_path']}: "
+                         "rename or remove one")
+    return {**states, **yaml_states}, notes
