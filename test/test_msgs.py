@@ -19,7 +19,7 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1,
 msg = pytest.importorskip("gem_msgs.msg", reason="gem_msgs is not installed: run scripts/setup.sh")
 import rclpy  # noqa: E402  (after the env set-up above)
 from gem_msgs.action import ExecuteInstruction  # noqa: E402
-from gem_msgs.srv import SetInstruction  # noqa: E402
+from gem_msgs.srv import MoveToNamed, SetInstruction  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -55,6 +55,8 @@ def test_field_types_are_the_documented_contract():
         "chunks_executed": "uint32", "progress": "float", "last_latency_ms": "float", "state": "string"}
     assert SetInstruction.Request.get_fields_and_field_types() == {"instruction": "string"}
     assert SetInstruction.Response.get_fields_and_field_types() == {"success": "boolean", "message": "string"}
+    assert MoveToNamed.Request.get_fields_and_field_types() == {"name": "string"}
+    assert MoveToNamed.Response.get_fields_and_field_types() == {"success": "boolean", "message": "string"}
 
 
 def test_constants():

@@ -5,6 +5,7 @@ configure, and gem_executor's ~/move_to_named works in-process."""
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,57 @@ def test_srdf_group_states_become_named_states(tmp_path):
     assert states == {"ready": dict(zip(ARM, HOME))} and "odd" in notes[0]
     ctrl = controller_at(AWAY, srdf_path=str(srdf), collision_check=False)
     assert "ready" in ctrl.named_states and "ready" in ctrl.move_to_named("ready", 0.0)
+
+
+@pytest.mark.ros
+def test_move_to_named_service_on_the_executor_node_moves_a_following_robot():
+    """gem_executor in-process with test_executor_node's following robot: refused while inactive, then home."""
+    rclpy = pytest.importorskip("rclpy")
+    from gem_msgs.srv import MoveToNamed
+    from test_executor_node import HOME as NODE_HOME, PARAMS, FakeRobot, wait_for, wait_until_running
+
+    from gem_ros.nodes.executor_node import make_executor_node, start_executor
+    from gem_ros.nodes.spinning import make_executor
+
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    start = [0.5, -0.5, 0.3, -2.0, 0.2, 1.8, 0.5, 0.02, 0.02]
+    node = make_executor_node(context=context, start=False, **{
+        **PARAMS, "named_state_names": ["home", "across"], "named_state_positions": NODE_HOME + ACROSS_TABLE[:7]
+        + [0.02, 0.02], "collision_check": True, "scene_object_names": ["table"], "scene_object_shapes": ["box"],
+        "scene_object_sizes_m": [1.5, 1.0, 0.05], "scene_object_poses": [0.5, 0.0, -0.025, 0.0, 0.0, 0.0],
+        "collision_package_paths": ["meshes=python://pybullet_data/franka_panda/meshes"]})
+    robot = FakeRobot(context)
+    robot.positions = list(start)
+    executor = make_executor("auto", context)
+    executor.add_node(node)
+    executor.add_node(robot)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        client = robot.create_client(MoveToNamed, "/gem_executor/move_to_named")
+        assert client.wait_for_service(timeout_sec=10.0)
+
+        def call(name):
+            future = client.call_async(MoveToNamed.Request(name=name))
+            assert wait_for(future.done)
+            return future.result()
+
+        assert not call("home").success and "not active" in call("home").message
+        start_executor(node)
+        wait_until_running(node, robot)
+        refused = call("across")
+        assert not refused.success and "table" in refused.message, refused.message
+        reply = call("home")
+        assert reply.success and "s planned" in reply.message, reply.message
+        assert wait_for(lambda: np.allclose(robot.positions, NODE_HOME, atol=1e-3), 20.0), robot.positions
+        velocity = {n: LIMITS[n].max_velocity for n in JOINTS}
+        for msg in robot.trajectories:   # every piece sent stays under the URDF velocities
+            for point in msg.points:
+                assert all(abs(v) <= velocity[n] + 1e-6 for n, v in zip(msg.joint_names, point.velocities))
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        thread.join(timeout=5.0)
+        node.destroy_node()
+        robot.destroy_node()
+        rclpy.try_shutdown(context=context)

@@ -10,6 +10,9 @@ In:  gem/action_chunk (gem_msgs/ActionChunk; num_points == 0 = stop and hold), g
      (sensor_msgs/JointState, by name, partial messages merged), gem/estop (std_msgs/Bool; true latches the
      e-stop, false does nothing: only ~/reset_estop releases it). Services ~/estop, ~/reset_estop (Trigger).
      The e-stop is heard in every lifecycle state and stays latched across cleanup and configure.
+     ~/move_to_named (gem_msgs/MoveToNamed, while active): home / reset moves to a named joint state (the SRDF's
+     group_states, named_state_names), planned in joint space at limited speed and refused, naming the colliding
+     pair or joint, when the straight path is unsafe; a chunk, a stop or an e-stop ends it.
 Out: <controller_name>/joint_trajectory (topic backend) or <controller_name>/follow_joint_trajectory (action
      backend, needs control_msgs; the controller's rejections and aborts hold the arm, logged with its
      reason), /diagnostics at 1 Hz. With gripper_backend trajectory / gripper_command the
@@ -38,7 +41,9 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
 from gem_msgs.msg import ActionChunk, PolicyStatus
+from gem_msgs.srv import MoveToNamed
 from gem_ros.core.executor_setup import PARAMETERS, build_controller
+from gem_ros.core.named_moves import MoveRefused
 from gem_ros.nodes.backends import BackendUnavailable, make_backends
 from gem_ros.nodes.param_rules import ParameterRules, Rule
 from gem_ros.nodes.params import spin_node
@@ -73,6 +78,7 @@ class ExecutorNode(LifecycleNode):
         self.create_subscription(Bool, "gem/estop", self._on_estop_topic, 10)
         self.create_service(Trigger, "~/estop", self._on_estop_service)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_service)
+        self.create_service(MoveToNamed, "~/move_to_named", self._on_move_to_named)
 
     def _unconfigured(self) -> str:
         """'' while the node is unconfigured; else why a parameter may not change now."""
@@ -102,6 +108,11 @@ class ExecutorNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         if self._estop is not None:
             self.controller.engage_estop(self._estop)
+        collision = self.controller.safety.collision
+        for note in (collision.notes if collision is not None else []) + self.controller.named_state_notes:
+            self.get_logger().info(note)
+        if self.controller.named_states:
+            self.get_logger().info(f"named states for ~/move_to_named: {sorted(self.controller.named_states)}")
         self.controller_name, self._control_period_s = values["controller_name"], 1.0 / values["control_rate_hz"]
         # Joint states from configure on (nothing is commanded with them before activate): the first active tick
         # then starts from where the arm is, not from where it was before a deactivate.
@@ -263,6 +274,22 @@ class ExecutorNode(LifecycleNode):
         response.success = True
         response.message = "e-stop released" if was_engaged else "e-stop was not engaged"
         self.get_logger().info(response.message)
+        return response
+
+    def _on_move_to_named(self, request, response):
+        with self._send_lock:
+            try:
+                if not self._active:
+                    raise MoveRefused("gem_executor is not active")
+                response.message = self.controller.move_to_named(request.name, self._now())
+                response.success = True
+                self._send(self.controller.replan(self._now()))   # the first piece goes out now
+            except MoveRefused as refused:
+                response.success, response.message = False, f"move to {request.name!r} refused: {refused}"
+        if response.success:
+            self.get_logger().info(response.message)
+        else:
+            self.get_logger().warning(response.message)
         return response
 
     def _replan_now(self) -> None:
