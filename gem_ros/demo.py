@@ -71,6 +71,47 @@ def executor_overrides(checkpoint: Path) -> dict:
     return overrides
 
 
+def home_overrides(wiring, scene: dict) -> dict:
+    """A named state "home" for the executor (the sim's episode-start pose: arm home, fingers open) so that
+    gem_demo resets the arm through ~/move_to_named between episodes, as on a real arm; {} when the
+    executor's joints are not all the model's."""
+    from gem_ros.sim.scene import FINGER_OPEN_M
+
+    model = wiring.arm
+    home = {**dict(zip(model.arm_joints, scene.get("home_arm_rad") or model.home_rad)),
+            **{n: FINGER_OPEN_M for n in model.finger_joints}}
+    joints = [n for n in wiring.executor["joint_names"] if n]
+    if not all(n in home for n in joints):
+        return {}
+    return {"named_state_names": ["home"], "named_state_positions": [float(home[n]) for n in joints]}
+
+
+def reset_arm(node, executor_node, timeout_s: float) -> tuple[bool, str, float]:
+    """Move the arm home through gem_executor's ~/move_to_named and wait until the move ends (wall time).
+    Returns (reached, message, wall seconds)."""
+    from gem_msgs.srv import MoveToNamed
+
+    start = time.monotonic()
+    client = node.create_client(MoveToNamed, f"{executor_node.get_fully_qualified_name()}/move_to_named")
+    try:
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            return False, "~/move_to_named not available", time.monotonic() - start
+        future = client.call_async(MoveToNamed.Request(name="home"))
+        while not future.done() and time.monotonic() - start < timeout_s:
+            time.sleep(0.01)
+        reply = future.result() if future.done() else None
+        if reply is None or not reply.success:
+            return False, reply.message if reply else "no reply from ~/move_to_named", time.monotonic() - start
+        while executor_node.controller.stats["named_move"] and time.monotonic() - start < timeout_s:
+            time.sleep(0.02)
+        stats = executor_node.controller.stats
+        reached = not stats["named_move"] and stats["last_reason"].endswith("done")
+        return reached, reply.message if reached else f"{reply.message}; ended: {stats['last_reason']}", \
+            time.monotonic() - start
+    finally:
+        node.destroy_client(client)
+
+
 def sim_overrides(checkpoint: Path) -> dict:
     """The scene the checkpoint was trained in (its `sim_scene`), as gem_sim parameters."""
     from gem_ros.core.policy.checkpoint import read_config
@@ -252,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                                                             **wiring.policy, **policy_overrides(Path(checkpoint))))
     executor_node = start_executor(ExecutorNode(parameter_overrides=node_parameters(
         config, "gem_executor", **wiring.executor, use_sim_time=True,
-        subscribe_chunks=False, **executor_overrides(Path(checkpoint)))))
+        subscribe_chunks=False, **executor_overrides(Path(checkpoint)), **home_overrides(wiring, scene))))
     connect_in_process(policy, executor_node)   # as gem_policy_executor: chunks in memory, no DDS hop
     # On sim time like the other nodes: the recorder stamps trajectories with it (trajectories per sim second).
     tools = Node("gem_demo", parameter_overrides=[Parameter("use_sim_time", value=True)])
@@ -272,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         commander = GemCommander(node=tools)
         bar = tqdm(range(args.episodes), desc="episodes", unit="ep")
         for episode in bar:
+            if episode and executor_node.controller.named_states:   # home through the executor, as a real arm
+                reached, message, reset_s = reset_arm(tools, executor_node, 60.0)
+                results[-1].update(reset_home=reached, reset_message=message, reset_wall_s=reset_s)
+                bar.write(f"reset: {message} ({'reached' if reached else 'NOT reached'}, wall {reset_s:.1f} s)")
             instruction = sim.reset_episode(args.seed + episode)
             recorder.new_episode()
             stats_before = executor_node.controller.stats

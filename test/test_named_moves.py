@@ -190,3 +190,16 @@ def test_move_to_named_service_on_the_executor_node_moves_a_following_robot():
         node.destroy_node()
         robot.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def test_a_move_replanned_at_any_instant_never_sends_two_points_closer_than_the_filter_allows():
+    """Replans between ticks (a chunk's replan_on_chunk, a service call) land anywhere relative to the control
+    grid: the move's last point falling just after a grid point must not make a too-short final step."""
+    ctrl = controller_at(AWAY)
+    ctrl.move_to_named("home", 0.0)
+    end = ctrl._move[0][-1]   # the move's end (absolute s)
+    for t in (end - 0.1 - 6.5e-5, end - 0.1 + 6.5e-5, end - 0.02 - 1e-5):   # the last point just after a grid point
+        ctrl.on_joint_state(JOINTS, AWAY, np.zeros(9), t)
+        command = ctrl.replan(t)
+        assert command.kind == "trajectory", command.reason
+        assert np.diff(np.concatenate([[0.0], command.trajectory.times_s])).min() >= 1e-3

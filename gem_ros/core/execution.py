@@ -423,7 +423,7 @@ class ExecutionController:
         else:
             self._policy_silent_ticks = 0
         if self._move is not None:
-            if now_s >= self._move[0][-1]:   # the last trajectory ended at the goal, where the controller stays
+            if now_s >= self._move[0][-1] - 1e-3:   # the last trajectory ended at the goal, where the controller stays
                 reason, self._move, self._running = self._move[2], None, False
                 self._last_reason = f"{reason}: done"
                 return self._idle(self._last_reason)
@@ -511,7 +511,9 @@ class ExecutionController:
         grid = now_s + np.arange(1, int(math.floor(self.cfg.lookahead_s * rate + 1e-9)) + 1) / rate
         end = min(times[-1], now_s + self.cfg.lookahead_s)
         grid = grid[grid <= end + 1e-9]
-        if grid.size == 0 or grid[-1] < end - 1e-6:   # the move's last point between two grid points
+        if grid.size and grid[-1] > end - 0.25 / rate:   # the move's end just after a grid point: end there instead
+            grid[-1] = end                                 # (a sliver of a step would fail the filter's time check)
+        elif end > now_s:
             grid = np.append(grid, end)
         return grid - now_s, interpolate_linear(times, points, grid)
 
