@@ -136,6 +136,9 @@ def test_srdf_group_states_become_named_states(tmp_path):
     assert states == {"ready": dict(zip(ARM, HOME))} and "odd" in notes[0]
     ctrl = controller_at(AWAY, srdf_path=str(srdf), collision_check=False)
     assert "ready" in ctrl.named_states and "ready" in ctrl.move_to_named("ready", 0.0)
+    with pytest.raises(ValueError, match=r"named_state_names \['ready'\] are also group_states"):
+        build_controller(values(srdf_path=str(srdf), collision_check=False, named_state_names=["ready"],
+                                named_state_positions=HOME))
 
 
 @pytest.mark.ros

@@ -143,6 +143,7 @@ class ExecutionController:
             raise ValueError(f"expected_channels must be {action_mapper.cfg.action_dim} unique names, got {channels!r}")
         self.expected_channels = channels
         self.named_states = dict(named_states or {})
+        self.named_state_notes: list[str] = []   # why SRDF states were skipped (executor_setup fills it; logged)
         check_named_states(self.named_states, safety, cfg.joint_names)
         self._columns = [cfg.joint_names.index(n) for n in action_mapper.output_joint_names]
         self._joint_set = frozenset(cfg.joint_names)
