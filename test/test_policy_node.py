@@ -66,7 +66,7 @@ def setup(ros, tiny_checkpoint_dir):
     not events_executor_available(), reason="rclpy has no EventsExecutor"))], indirect=True)  # policy_executor:=events
 def test_goal_produces_chunks_feedback_and_cancel_holds(ros, setup):
     policy, probe, robot, seen = setup
-    commander = GemCommander(node=probe)
+    commander = GemCommander(node=probe, server_timeout_s=30.0)
     task = commander.run_instruction("pick up the red cube", timeout=60.0)
     ros.wait_for(lambda: sum(c.num_points > 0 for c in seen["chunks"]) >= 3, 60, "three chunks")
     chunk = next(c for c in seen["chunks"] if c.num_points > 0)
@@ -89,7 +89,7 @@ def test_goal_produces_chunks_feedback_and_cancel_holds(ros, setup):
 
 def test_new_goal_preempts_old_and_stale_camera_holds_with_diagnostic(ros, setup):
     policy, probe, robot, seen = setup
-    commander = GemCommander(node=probe)
+    commander = GemCommander(node=probe, server_timeout_s=30.0)
     first = commander.run_instruction("pick up the red cube", timeout=60.0)
     ros.wait_for(lambda: any(c.num_points > 0 for c in seen["chunks"]), 60, "a chunk")
     second = commander.run_instruction("pick up the blue cube", timeout=60.0)
@@ -187,7 +187,7 @@ def test_configure_fails_clearly_on_schema_mismatch(ros, tiny_checkpoint_dir, tm
 
 def test_lifecycle_deactivate_cleanup_and_configure_again(ros, setup, monkeypatch):
     policy, probe, robot, seen = setup
-    commander = GemCommander(node=probe)
+    commander = GemCommander(node=probe, server_timeout_s=30.0)
     running = commander.run_instruction("pick up the red cube", timeout=0.0)   # no timeout: ends only if told
     ros.wait_for(lambda: any(c.num_points > 0 for c in seen["chunks"]), 60, "a chunk")
     assert policy.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
@@ -248,7 +248,7 @@ def test_predicted_depth_topic_follows_the_chunks(ros, depth_checkpoint_dir, tin
     assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert not policy.policy.truncated    # the depth expert reads the VLM's last layer: nothing was dropped
     assert policy.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    commander = GemCommander(node=probe)
+    commander = GemCommander(node=probe, server_timeout_s=30.0)
     task = commander.run_instruction("pick up the red cube", timeout=60.0)
     try:
         ros.wait_for(lambda: len(depth["scene"]) >= 2 and len(depth["wrist"]) >= 2, 60, "two depth images per camera")
@@ -387,7 +387,7 @@ def test_a_storm_of_goals_never_has_two_executing_at_once(ros, setup, monkeypatc
     probe.create_subscription(GoalStatusArray, "/gem/execute_instruction/_action/status",
                               lambda msg: on_topic.append(sum(s.status == GoalStatus.STATUS_EXECUTING
                                                               for s in msg.status_list)), 100)
-    commander = GemCommander(node=probe)
+    commander = GemCommander(node=probe, server_timeout_s=30.0)
     assert commander._client.wait_for_server(timeout_sec=10)
     storm = []
 
