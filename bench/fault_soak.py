@@ -147,9 +147,6 @@ def _random_chunk(rng, robot: np.ndarray, channels: list[str]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ collision
-_SELF_FOLD = np.array([0.556, -1.074, 1.793, -3.063, -1.643, 2.375, -2.184])   # link5 folded onto link2
-
-
 def soak_collision(chunks: int, seed: int = 0) -> Row:
     """Chunks aimed at the table and at the arm itself into controllers built from the panda YAML (collision checking
     on), ticked at 50 Hz with a robot that reaches each trajectory's first point by the next tick. What was sent is
@@ -161,6 +158,9 @@ def soak_collision(chunks: int, seed: int = 0) -> Row:
     from gem_ros.core.executor_setup import collision_config
     from gem_ros.core.safety.collision_model import build_collision_model, joint_values_to_q
 
+    sys.path.insert(0, str(REPO / "test"))
+    import test_collision as collision_chunks
+
     rng = np.random.default_rng(seed)
     source = None
     pair = re.compile(r"'(panda_\w+)' and (scene object )?'(\w+)'")
@@ -169,9 +169,7 @@ def soak_collision(chunks: int, seed: int = 0) -> Row:
         ctrl = _executor_controller("clamp" if (tried // 100) % 2 else "reject")
         names, channels = list(ctrl.cfg.joint_names), list(ctrl.expected_channels)
         if source is None:
-            limits = [ctrl.safety.limits[n] for n in names[:7]]
-            source = _CollisionChunks(rng, np.array([lim.lower for lim in limits]),
-                                      np.array([lim.upper for lim in limits]))
+            source = collision_chunks.ChunkSource(rng)   # test_collision's generator: one definition
         robot, t = np.array(HOME), 0.0
         for step in range(250):
             ctrl.on_joint_state(names, robot, np.zeros(len(names)), t)
@@ -217,38 +215,6 @@ def soak_collision(chunks: int, seed: int = 0) -> Row:
                f"path configurations in contact",
                f"{refused} chunks refused for a collision, {at_tick} plans at a tick ({unnamed} without the pair "
                f"named), {crashes} crashes")
-
-
-class _CollisionChunks:
-    """Chunks that keep heading for one target for 3-30 chunks at 0.3-2.5 rad/s, as a policy would: anywhere in the
-    limits, hovering at or below the table top, folding the arm onto itself, or a jump; gripper open or shut."""
-
-    def __init__(self, rng, lower: np.ndarray, upper: np.ndarray):
-        self.rng, self.lower, self.upper = rng, lower, upper
-        self.left, self.target, self.speed, self.standing = 0, None, 1.0, False
-
-    def chunk(self, robot: np.ndarray) -> np.ndarray:
-        rng = self.rng
-        if self.left == 0:
-            kind = rng.integers(4)
-            self.standing = kind == 3 or rng.random() < 0.3
-            if kind == 0:
-                target = rng.uniform(self.lower, self.upper)
-            elif kind == 1:
-                target = np.array([rng.uniform(-0.8, 0.8), rng.uniform(0.0, 1.3), rng.uniform(-0.4, 0.4),
-                                   rng.uniform(-2.6, -0.9), rng.uniform(-0.3, 0.3), rng.uniform(1.4, 3.2), 0.785])
-            elif kind == 2:
-                target = _SELF_FOLD + rng.uniform(-0.4, 0.4, 7)
-            else:
-                target = robot[:7] + rng.uniform(-1.5, 1.5, 7)
-            self.target = np.clip(target, self.lower, self.upper)
-            self.left, self.speed = int(rng.integers(3, 30)), rng.uniform(0.3, 2.5)
-        self.left -= 1
-        reach = self.speed * 0.1 * np.arange(1, 17)[:, None]   # 16 points, 0.1 s apart
-        # a chunk standing at its target: only each tick's way there from the arm is checked
-        arm = np.tile(self.target, (16, 1)) if self.standing else \
-            robot[:7] + np.clip(self.target - robot[:7], -reach, reach)
-        return np.hstack([arm, np.full((16, 1), 0.08 if rng.random() < 0.7 else 0.0)])
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
