@@ -94,7 +94,8 @@ def test_the_path_into_a_plan_is_checked_each_tick_and_holds_before_a_thin_wall(
     trajectory is checked from the setpoint, and the arm stops before the wall."""
     scene = {"scene_object_names": ["table", "plate"], "scene_object_shapes": ["box", "box"],
              "scene_object_sizes_m": [1.5, 1.0, 0.05, 0.4, 0.002, 0.3],
-             "scene_object_poses": [0.5, 0.0, -0.025, 0, 0, 0, 0.45, 0.0, 0.45, 0, 0, 0]}
+             "scene_object_poses": [0.5, 0.0, -0.025, 0, 0, 0, 0.45, 0.0, 0.45, 0, 0, 0],
+             "named_state_names": [""], "named_state_positions": [0.0]}   # the plate stands in the YAML's home
     ctrl = build_controller(panda_values(**scene))
     start = HOME.copy()
     start[0] = -0.8
