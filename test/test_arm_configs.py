@@ -155,7 +155,8 @@ def test_executor_configures_and_keeps_random_chunks_inside_the_arms_limits(arm,
     lower = np.array([limits[n].lower for n in joints])
     upper = np.array([limits[n].upper for n in joints])
     speed = np.array([limits[n].max_velocity for n in joints]) * executor.get("velocity_scale", 1.0)
-    start = np.where(np.isfinite(lower + upper), (lower + upper) / 2, 0.0)
+    bounded = np.isfinite(lower) & np.isfinite(upper)           # continuous joints have no limits: start at 0
+    start = np.where(bounded, (np.where(bounded, lower, 0) + np.where(bounded, upper, 0)) / 2, 0.0)
     robot = start.copy()
     channels = default_channel_names(ctrl.mapper.cfg)
     arm_names, gripper = names(executor["action_joint_names"]), names(executor.get("gripper_joint_names"))
