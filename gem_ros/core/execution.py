@@ -112,6 +112,7 @@ class Command:
     trajectory: SafeTrajectory | None  # None only for "idle"
     reason: str
     new_episode: bool = True           # False on the 2nd.. tick of one hold episode: already sent
+    problem: bool = False              # a hold for a fault (not a requested stop): gem_executor reports it
 
 
 def default_channel_names(action_cfg: ActionSpaceConfig) -> tuple[str, ...]:
@@ -374,6 +375,12 @@ class ExecutionController:
             return math.inf if self._current_vector() is None else self._state_age(now_s)
 
     @property
+    def safety_rejections(self) -> int:
+        """Chunks and plans refused as unsafe so far (a change tells a caller that its chunk or tick was one)."""
+        with self._lock:
+            return self._counts["safety_rejections"]
+
+    @property
     def estop_engaged(self) -> bool:
         with self._lock:
             return self._estop is not None
@@ -580,7 +587,7 @@ class ExecutionController:
             reason = f"{reason}; {'; '.join(trajectory.interventions)}"
             self._last_reason = reason
             self._warning = (self._last_tick_s or 0.0, reason)
-        return Command("hold", trajectory, reason, new_episode)
+        return Command("hold", trajectory, reason, new_episode, problem)
 
     def _idle(self, reason: str) -> Command:
         self._commanded = None

@@ -15,7 +15,8 @@ In:  gem/action_chunk (gem_msgs/ActionChunk; num_points == 0 = stop and hold), g
      pair or joint, when the straight path is unsafe; a chunk, a stop or an e-stop ends it.
 Out: <controller_name>/joint_trajectory (topic backend) or <controller_name>/follow_joint_trajectory (action
      backend, needs control_msgs; the controller's rejections and aborts hold the arm, logged with its
-     reason), /diagnostics at 1 Hz. With gripper_backend trajectory / gripper_command the
+     reason), /diagnostics at 1 Hz, gem/executor_status (diagnostic_msgs/DiagnosticStatus: each chunk's verdict and
+     each fault hold, with the reason; gem_policy's goal reads it: gem_ros.nodes.executor_events). With gripper_backend trajectory / gripper_command the
      gripper joints go to <gripper_controller_name>/joint_trajectory or .../gripper_cmd instead (a hold stops the
      arm and leaves the gripper's last command standing).
 Relative names resolve to /gem/action_chunk, /joint_states, /arm_controller/... in the root namespace and
@@ -29,7 +30,7 @@ import threading
 import traceback
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
@@ -45,6 +46,7 @@ from gem_msgs.srv import MoveToNamed
 from gem_ros.core.executor_setup import PARAMETERS, build_controller
 from gem_ros.core.named_moves import MoveRefused
 from gem_ros.nodes.backends import BackendUnavailable, make_backends
+from gem_ros.nodes.executor_events import EXECUTOR_STATUS_TOPIC, ExecutorEvent, to_status
 from gem_ros.nodes.param_rules import ParameterRules, Rule
 from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.trajectory_goals import TOLERANCE_PARAMETERS
@@ -119,8 +121,11 @@ class ExecutorNode(LifecycleNode):
         self._configured = [
             self.create_subscription(JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data),
             self.create_publisher(DiagnosticArray, "/diagnostics", 10),
-            self.create_timer(1.0, self._publish_diagnostics)]
-        self.diagnostics_pub = self._configured[1]
+            self.create_timer(1.0, self._publish_diagnostics),
+            self.create_publisher(DiagnosticStatus, EXECUTOR_STATUS_TOPIC, 50)]
+        self.diagnostics_pub, self._events_pub = self._configured[1], self._configured[3]
+        self._plan_chunk_index = 0   # the chunk whose plan runs: a tick's rejection or hold is reported against it
+        self._rejections_reported = 0   # controller.safety_rejections when the last event went out
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state) -> TransitionCallbackReturn:
@@ -239,6 +244,11 @@ class ExecutorNode(LifecycleNode):
             if reason:
                 self.get_logger().warning(f"action chunk {msg.chunk_index} refused: {reason}",
                                           throttle_duration_sec=1.0)
+                unsafe = self.controller.safety_rejections > self._rejections_reported
+                self._report("rejected" if unsafe else "refused", msg.chunk_index, reason)
+            else:
+                self._plan_chunk_index = msg.chunk_index
+                self._report("accepted", msg.chunk_index, "chunk accepted")
             self._replan_now()   # the new plan, or the hold an unsafe chunk asks for, goes out now
 
     def _on_controller_fault(self, reason: str) -> None:
@@ -249,6 +259,7 @@ class ExecutorNode(LifecycleNode):
             if self._active:
                 self.controller.stop(f"controller fault: {reason}")
                 self._send(self.controller.replan(self._now()))
+                self._report("hold", self._plan_chunk_index, f"controller {self.controller_name}: {reason}")
 
     def _engage_estop(self, source: str) -> None:
         self._estop = source
@@ -308,6 +319,14 @@ class ExecutorNode(LifecycleNode):
         elif command.kind == "hold" and command.new_episode:
             self.backend.hold(command.trajectory)
             self.get_logger().warning(f"hold: {command.reason}", throttle_duration_sec=2.0)
+            if command.problem:   # a requested stop (the policy's empty chunk) is no news to the goal
+                unsafe = self.controller.safety_rejections > self._rejections_reported   # the plan failed the filter
+                self._report("rejected" if unsafe else "hold", self._plan_chunk_index, command.reason)
+
+    def _report(self, event: str, chunk_index: int, reason: str) -> None:
+        """Under _send_lock: one verdict on gem/executor_status (gem_ros.nodes.executor_events)."""
+        self._rejections_reported = self.controller.safety_rejections
+        self._events_pub.publish(to_status(ExecutorEvent(event, chunk_index, reason, self.get_name())))
 
     def _publish_diagnostics(self) -> None:
         level, message = self.controller.health()

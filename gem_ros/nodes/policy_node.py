@@ -3,14 +3,16 @@
 configure  load the checkpoint, check its I/O schema against this robot's parameters, warm up once
 activate   start the inference worker (a thread; never inside a callback) and the action server
 deactivate stop producing chunks, tell the executor to hold
-Topics: cameras (Image or CompressedImage per camera), joint_states, gem/task_success in; gem/action_chunk,
-gem/policy_status, /diagnostics out. Action gem/execute_instruction (gem_msgs/ExecuteInstruction), services
-~/set_instruction, ~/succeed (gem_ros.nodes.goal_server). Optional: gem/predicted_depth/<camera> (sensor_msgs/Image
-rgb8, the depth expert's colour-mapped depth of the observation a chunk came from) every
-`predicted_depth_every_n_chunks` chunks, for checkpoints with a depth expert.
+Topics: cameras (Image or CompressedImage per camera), joint_states, gem/task_success, gem/executor_status (what
+gem_executor did with each chunk) in; gem/action_chunk, gem/policy_status, /diagnostics out. Action
+gem/execute_instruction (gem_msgs/ExecuteInstruction), services ~/set_instruction, ~/succeed
+(gem_ros.nodes.goal_server). Optional: gem/predicted_depth/<camera> (sensor_msgs/Image rgb8, the depth expert's
+colour-mapped depth of the observation a chunk came from) every `predicted_depth_every_n_chunks` chunks, for
+checkpoints with a depth expert.
 Names are relative, so a node namespace (`__ns:=/arm1`) moves the whole chain; /diagnostics stays ROS-wide.
-Parameters: request_threshold_s and goal_timeout_s take effect when set; the others are read at configure and may
-be set only while unconfigured (a set otherwise is refused with the reason; gem_ros.nodes.param_rules).
+Parameters: request_threshold_s, goal_timeout_s and max_executor_rejections take effect when set; the others are
+read at configure and may be set only while unconfigured (a set otherwise is refused with the reason;
+gem_ros.nodes.param_rules).
 """
 from __future__ import annotations
 
@@ -97,6 +99,11 @@ class PolicyNode(LifecycleNode):
         # A real arm has no task success signal: without a limit a forgotten goal runs until someone cancels it.
         rules.declare("goal_timeout_s", 120.0, Rule(self._not_configuring, number_check(0.0), self._apply_goal_timeout),
                       "longest a goal runs [s] (a goal may ask for less); 0 = no limit; takes effect at once")
+        # gem_executor refusing this many chunks in a row as unsafe (a collision, a limit) ends the goal SAFETY_STOP,
+        # naming why, instead of holding until the timeout (gem_ros.nodes.goal_server).
+        rules.declare("max_executor_rejections", 5,
+                      Rule(self._not_configuring, number_check(0.0), self._apply_max_rejections),
+                      "chunks in a row gem_executor refuses as unsafe before the goal ends; 0 = never; at once")
         # Called with every ActionChunk (holds included) on the inference thread, before it is published:
         # see gem_ros.nodes.composed.
         self.chunk_listeners: list = []
@@ -134,6 +141,11 @@ class PolicyNode(LifecycleNode):
         goals = self.goals
         if goals is not None:
             goals.goal_timeout_s = value
+
+    def _apply_max_rejections(self, value: int) -> None:
+        goals = self.goals
+        if goals is not None:
+            goals.max_executor_rejections = value
 
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state) -> TransitionCallbackReturn:
@@ -174,6 +186,9 @@ class PolicyNode(LifecycleNode):
         if cpu_threads < 0:
             raise ValueError(f"cpu_threads must be >= 0 (0 = torch's default), got {cpu_threads}")
         depth_every, depth_steps = int(get("predicted_depth_every_n_chunks")), int(get("predicted_depth_steps"))
+        if number_check(0.0)(get("max_executor_rejections")):
+            raise ValueError(f"max_executor_rejections must be an integer >= 0 (0 = never), got "
+                             f"{get('max_executor_rejections')!r}")
         goal_timeout = get("goal_timeout_s")
         bad_timeout = number_check(0.0)(goal_timeout)
         if bad_timeout:
@@ -235,7 +250,7 @@ class PolicyNode(LifecycleNode):
                     self.create_timer(STATUS_PERIOD_S, self._on_status_timer)]
         self.goals = GoalServer(self, self.worker, lambda: self._active, self._now,
                                 lambda: self.policy.last_timings.get("total", 0.0) if self.policy else 0.0,
-                                goal_timeout, get("success_topic"))
+                                goal_timeout, get("success_topic"), get("max_executor_rejections"))
         handles += self.goals.handles
         self._status_state, self._status_reason = PolicyStatus.IDLE, "configured"
         threads = f", {torch.get_num_threads()} CPU threads" if self.policy.device.type == "cpu" else ""
