@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
-from gem_ros.core.policy.config import ACTION_SPACES, CameraSpec, IOSchema, RDTConfig
+from gem_ros.core.policy.config import (ACTION_SPACES, CAMERA_DROPOUTS, IMAGE_RESIZES, CameraSpec, IOSchema,
+                                        RDTConfig)
 
+DEPTH_INITS = ("pretrained", "random")     # gem_ros.core.policy.depth_expert.DEPTH_INITS (no diffusers import here)
 LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TINY_BACKBONE = "tiny"
@@ -37,6 +39,9 @@ class DataConfig:
     val_fraction: float = 0.05                               # share of EPISODES held out for evaluation
     cameras: list[str] = field(default_factory=lambda: ["scene", "wrist"])   # prompt order
     image_size: list[int] = field(default_factory=lambda: [224, 224])       # [H, W] px (one int = square)
+    # fixed: frames resized to image_size. native: image_size is the cameras' own size, frames are never resized
+    # (another size is refused) and the VLM processor's min/max pixels set the patch grid (the reference).
+    image_resize: str = "fixed"
     chunk_len: int = 32                                      # actions per chunk
     state_dim: int = 14
     action_dim: int = 14
@@ -47,6 +52,8 @@ class DataConfig:
     control_rate_hz: float = 10.0                            # rate of consecutive actions in a chunk
     normalize_state: bool = False                            # GEM feeds raw states (gem_reference §8)
     image_drop_prob: float = 0.1                             # per camera image (gem_reference §9)
+    camera_dropout: str = "blank"                            # blank: a black image; remove: out of the prompt (ref.)
+    image_corruptions: bool = False                          # the reference's noise / blur / JPEG (gem_reference §9)
     instruction_drop_prob: float = 0.1
     color_jitter: bool = True                                # half the images get ColorJitter (gem_reference §9)
     state_noise_std: float = 0.0                             # Gaussian noise on the input state (rad, m)
@@ -69,6 +76,10 @@ class DataConfig:
         for name in ("image_drop_prob", "instruction_drop_prob"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"data.{name} must be a probability in [0, 1), got {value}")
+        _require(self.image_resize in IMAGE_RESIZES,
+                 f"data.image_resize must be one of {IMAGE_RESIZES}, got {self.image_resize!r}")
+        _require(self.camera_dropout in CAMERA_DROPOUTS,
+                 f"data.camera_dropout must be one of {CAMERA_DROPOUTS}, got {self.camera_dropout!r}")
         _require(self.random_shift_px >= 0, f"data.random_shift_px must be >= 0, got {self.random_shift_px}")
         _require(0.0 <= self.state_noise_std < float("inf"),
                  f"data.state_noise_std must be finite and >= 0, got {self.state_noise_std}")
@@ -101,7 +112,14 @@ class ModelConfig:
     noise_scale: float = 1.0                # serving: std of the sampler's starting noise (GemVLAConfig.noise_scale)
     depth_expert: bool = False              # auxiliary depth loss (needs depth targets in the episodes)
     depth_image_size: int = 256             # px, side of the depth targets (multiple of the VAE's 32)
-    max_pixels_per_image: int | None = None
+    # Where the depth expert starts. "pretrained": SANA + DC-AE (+ connector) from the GEM-2B backbone folder, or,
+    # with depth_sana_dir, SANA 1.5 + DC-AE + scheduler shift from that diffusers folder (connector random, as the
+    # reference); refused when the weights are not there. "random": on purpose. The tiny backbone holds no depth
+    # weights: its depth expert is random unless depth_sana_dir names a folder.
+    depth_init: str = "pretrained"
+    depth_sana_dir: str | None = None       # diffusers SANA folder: transformer/, vae/, scheduler/ (safetensors)
+    max_pixels_per_image: int | None = None  # image processor bounds (pixels per image); null: the backbone's own
+    min_pixels_per_image: int | None = None
     init_from: str | None = None            # a checkpoint to fine-tune: its normalizer, sizes and backbone win
 
     def __post_init__(self) -> None:
@@ -123,10 +141,20 @@ class ModelConfig:
                      f"{self.tiny_text_layers + 1} hidden states")
         _require(self.num_inference_steps > 0, "model.num_inference_steps must be > 0")
         _require(0 <= self.noise_scale <= 1, f"model.noise_scale must be in [0, 1], got {self.noise_scale}")
+        _require(self.depth_init in DEPTH_INITS,
+                 f"model.depth_init must be one of {DEPTH_INITS}, got {self.depth_init!r}")
+        _require(self.depth_sana_dir is None or Path(self.depth_sana_dir).is_dir(),
+                 f"model.depth_sana_dir {self.depth_sana_dir!r} is not a folder")
+        _require(self.depth_sana_dir is None or self.depth_init == "pretrained",
+                 "model.depth_sana_dir names pretrained depth weights but model.depth_init is \"random\"")
         _require(self.depth_image_size > 0 and self.depth_image_size % 32 == 0,
                  f"model.depth_image_size must be a positive multiple of 32, got {self.depth_image_size}")
-        _require(self.max_pixels_per_image is None or self.max_pixels_per_image > 0,
-                 "model.max_pixels_per_image must be > 0 or null")
+        for name in ("min_pixels_per_image", "max_pixels_per_image"):
+            _require(getattr(self, name) is None or getattr(self, name) > 0, f"model.{name} must be > 0 or null")
+        _require(None in (self.min_pixels_per_image, self.max_pixels_per_image)
+                 or self.min_pixels_per_image <= self.max_pixels_per_image,
+                 f"model.min_pixels_per_image {self.min_pixels_per_image} is above max_pixels_per_image "
+                 f"{self.max_pixels_per_image}")
         _require(self.init_from is None or (Path(self.init_from) / "config.json").is_file(),
                  f"model.init_from {self.init_from!r} is not a checkpoint folder (no config.json)")
 

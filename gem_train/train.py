@@ -37,7 +37,7 @@ from transformers.utils import logging as transformers_logging
 from gem_ros.core.policy import backbone as bb
 from gem_ros.core.policy import checkpoint as ckpt
 from gem_ros.core.policy.action_expert import ActionExpert, distillation_loss
-from gem_ros.core.policy.config import SIM_SCENE_FIELDS, GemVLAConfig
+from gem_ros.core.policy.config import SIM_SCENE_FIELDS, GemVLAConfig, ImagePipelineConfig
 from gem_ros.core.policy.gem_vla import GemVLAPolicy
 from gem_ros.core.policy.normalizer import MinMaxNormalizer
 from gem_train import ema as weight_average
@@ -204,14 +204,17 @@ def load_data(config: TrainConfig) -> DataBundle:
         raise ValueError(f"data.dataset_dirs {d.dataset_dirs} hold no episodes")
     train_episodes, val_episodes = split_episodes(episodes, d.val_fraction, config.train.seed)
     depth_size = config.model.depth_image_size if config.model.depth_expert else 0
+    native = d.image_resize == "native"
     train_set = ChunkDataset(train_episodes, ChunkDatasetConfig.from_io_schema(
         io, image_drop_prob=d.image_drop_prob, instruction_drop_prob=d.instruction_drop_prob,
         color_jitter=d.color_jitter, state_noise_std=d.state_noise_std,
         random_shift_px=d.random_shift_px, depth_size=depth_size, seed=config.train.seed,
-        cache_frames=d.cache_frames))
+        cache_frames=d.cache_frames, camera_dropout=d.camera_dropout, image_corruptions=d.image_corruptions,
+        native_resolution=native))
     val_set = None
     if val_episodes:  # no augmentation on held-out data
-        val_set = ChunkDataset(val_episodes, ChunkDatasetConfig.from_io_schema(io, depth_size=depth_size))
+        val_set = ChunkDataset(val_episodes, ChunkDatasetConfig.from_io_schema(io, depth_size=depth_size,
+                                                                               native_resolution=native))
     logger.info("%d training / %d held-out episodes, %d / %d samples", len(train_episodes), len(val_episodes),
                 len(train_set), len(val_set) if val_set is not None else 0)
     return DataBundle(train_set, val_set, collate_batch, compute_stats(train_set),
@@ -237,6 +240,7 @@ def load_model(config: TrainConfig, stats: dict, resume_from: Path | None, devic
         policy = build_policy(config, stats, device)
     if not config.distilling:
         policy.config.noise_scale = config.model.noise_scale   # a serving setting: the recipe's, also on init_from
+        record_image_training(policy.config, config, start)
         # total = action_w * (action + depth_w / action_w * depth): the policy applies the ratio, the loop action_w.
         policy.config.depth_loss_weight = tc.depth_loss_weight / tc.action_loss_weight
         set_trainable(policy, tc)
@@ -248,23 +252,45 @@ def load_model(config: TrainConfig, stats: dict, resume_from: Path | None, devic
     return policy, teacher, config.distill.teacher_steps or teacher_steps
 
 
+def record_image_training(policy_config: GemVLAConfig, config: TrainConfig, start) -> None:
+    """What this training does to images goes into the checkpoint; a checkpoint fine-tuned (init_from) keeps its
+    resize and pixel bounds (its processor comes with it), so the recipe must ask for the same resize."""
+    pipeline, d = policy_config.image_pipeline, config.data
+    if start is not None and pipeline.resize != d.image_resize:
+        raise ValueError(f"data.image_resize {d.image_resize!r} differs from the image_pipeline.resize "
+                         f"{pipeline.resize!r} that {start} was trained with")
+    pipeline.camera_dropout, pipeline.corruptions = d.camera_dropout, d.image_corruptions
+
+
 def build_policy(config: TrainConfig, stats: dict, device: torch.device) -> GemVLAPolicy:
     m = config.model
     backbone_dir = Path(config.run_dir) / "tiny_backbone" if m.backbone == TINY_BACKBONE else Path(m.backbone)
     width = json.loads((backbone_dir / "config.json").read_text())["text_config"]["hidden_size"]
     depth = None
     if m.depth_expert:
-        from gem_ros.core.policy.depth_expert import DepthExpertConfig
+        from gem_ros.core.policy.depth_expert import DepthExpertConfig, diffusers_depth_config
         from gem_ros.core.policy.tiny_depth import tiny_depth_expert_config
 
-        depth = (tiny_depth_expert_config(width, m.depth_image_size, init="random") if m.backbone == TINY_BACKBONE
-                 else DepthExpertConfig(vlm_hidden_size=width, image_size=m.depth_image_size)).to_dict()
+        if m.depth_sana_dir is not None:   # SANA + DC-AE + shift from a diffusers folder, loaded by build()
+            depth = diffusers_depth_config(m.depth_sana_dir, width, m.depth_image_size)
+        elif m.backbone == TINY_BACKBONE:
+            depth = tiny_depth_expert_config(width, m.depth_image_size, init="random")
+        else:
+            depth = DepthExpertConfig(vlm_hidden_size=width, image_size=m.depth_image_size, init=m.depth_init)
+        depth = depth.to_dict()
+    d = config.data
+    pipeline = ImagePipelineConfig(resize=d.image_resize, min_pixels=m.min_pixels_per_image,
+                                   max_pixels=m.max_pixels_per_image, camera_dropout=d.camera_dropout,
+                                   corruptions=d.image_corruptions)
     policy_config = GemVLAConfig(io=config.data.io_schema(), rdt=dataclasses.replace(m.rdt, cond_hidden_size=width),
                                  selected_layers=list(m.selected_layers), num_inference_steps=m.num_inference_steps,
-                                 depth_expert=depth, max_pixels_per_image=m.max_pixels_per_image)
+                                 depth_expert=depth, max_pixels_per_image=m.max_pixels_per_image,
+                                 image_pipeline=pipeline)
     state_normalizer = _normalizer(stats["state"]) if config.data.normalize_state else None
-    return GemVLAPolicy.build(policy_config, backbone_dir, _normalizer(stats["action"]), state_normalizer,
-                              device=device, dtype=torch.float32)
+    policy = GemVLAPolicy.build(policy_config, backbone_dir, _normalizer(stats["action"]), state_normalizer,
+                                device=device, dtype=torch.float32)
+    bb.apply_image_pipeline(policy.processor, policy.config.image_pipeline)   # min pixels; bounds recorded
+    return policy
 
 
 def _normalizer(entry) -> MinMaxNormalizer:

@@ -183,6 +183,25 @@ def test_targets_are_matched_per_camera_and_invalid_ones_skipped():
     assert none.item() == 0.0 and none.requires_grad
 
 
+def test_prompts_that_lost_cameras_pair_each_target_with_its_span():
+    """camera_dropout "remove": a sample's prompt holds fewer images; target i is that of its i-th span and the
+    entries beyond its spans are invalid (the dataset orders them so)."""
+    expert = make_expert().eval()
+    hidden, ids, _ = make_batch()
+    ids[1, 11] = ids[1, 14] = 7                                   # sample 1 lost its second image
+    targets = depth_targets()
+    valid = torch.tensor([[True, True], [True, False]])
+    garbage = targets.clone()
+    garbage[1, 1] = -targets[1, 1]
+    kept = expert.loss(hidden, ids, targets, depth_valid=valid, generator=gen(4))
+    assert kept == expert.loss(hidden, ids, garbage, depth_valid=valid, generator=gen(4))
+    with pytest.raises(ValueError, match="beyond a sample's image spans"):
+        expert.loss(hidden, ids, targets, depth_valid=torch.ones(2, 2, dtype=torch.bool))
+    no_images = torch.where((ids == START) | (ids == END), torch.full_like(ids, 7), ids)   # every camera dropped
+    zero = expert.loss(hidden.requires_grad_(True), no_images, targets, depth_valid=torch.zeros(2, 2, dtype=torch.bool))
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
 @pytest.mark.parametrize("cameras", [1, 3])
 def test_span_count_mismatch_raises(cameras):
     expert = make_expert()

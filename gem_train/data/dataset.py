@@ -1,8 +1,8 @@
 """Chunk sampling for GEM-VLA training (gem_reference §9): one sample per step of every episode.
 
-Sample t of an episode: images[t] of each configured camera (resized to what the policy expects), state[t],
-actions[t : t + chunk_len] padded with the episode's last action, one instruction picked at random. Raw
-(un-normalised) values: the policy's normalizer does that, so train and serve share it.
+Sample t of an episode: images[t] of each configured camera (resized to what the policy expects, or kept at the
+camera's native size), state[t], actions[t : t + chunk_len] padded with the episode's last action, one instruction
+picked at random. Raw (un-normalised) values: the policy's normalizer does that, so train and serve share it.
 
 Loading: actions/states of all episodes are read once (small); frames are read and decoded per item from
 HDF5 files that each DataLoader worker opens itself (handles are never shared across processes).
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gem_train.data.augment import color_jitter, random_shift_offset, scale_offset, shift
+from gem_ros.core.policy.config import CAMERA_DROPOUTS
+from gem_train.data.augment import color_jitter, random_shift_offset, reference_augment, scale_offset, shift
 from gem_train.data.depth import depth_target
 from gem_train.data.episodes import EpisodeData, read_episode
 
@@ -47,9 +48,18 @@ class ChunkDatasetConfig:
     image_size: Size | dict[str, Size] = (224, 224)   # (H, W) for every camera, or per camera
     state_names: list[str] = field(default_factory=list)    # if set, episodes that name theirs must match
     action_names: list[str] = field(default_factory=list)
-    image_drop_prob: float = 0.0                 # per camera: image blanked (GEM trains with 0.1)
+    image_drop_prob: float = 0.0                 # per camera (GEM trains with 0.1); see camera_dropout
+    # What a dropped camera becomes: "blank" a black image in its place (one image span per camera, always), or
+    # "remove" no image at all, the prompt holds only the cameras kept (the reference: train/dataset.py).
+    camera_dropout: str = "blank"
     instruction_drop_prob: float = 0.0           # instruction -> "" (GEM: 0.1, enables CFG-style dropout)
     color_jitter: bool = False                   # GEM: 50% of images get ColorJitter(0.3, 0.4, 0.5, 0.03)
+    # The reference's noise / blur / JPEG corruptions (augment.image_corrupt); with color_jitter, half the images
+    # get jitter, corruption or both, a third each, as the reference draws them.
+    image_corruptions: bool = False
+    # Frames go to the VLM processor at the camera's own size (image_size is that size): never resized here, and
+    # a frame of another size is refused. The processor's smart resize (min/max pixels) is the only resize.
+    native_resolution: bool = False
     # Gaussian noise (state units: rad, m) on the state the policy sees; the recorded actions stay as they are.
     # Without it a small policy copies the proprioceptive trajectory and ignores the cameras (copycat).
     state_noise_std: float = 0.0
@@ -81,6 +91,8 @@ class ChunkDatasetConfig:
             _require(len(size) == 2 and min(size) >= 8, f"image_size['{cam}'] must be (H, W) >= 8 px, got {size}")
         for key in ("image_drop_prob", "instruction_drop_prob"):
             _require(0.0 <= getattr(self, key) < 1.0, f"{key} must be in [0, 1), got {getattr(self, key)}")
+        _require(self.camera_dropout in CAMERA_DROPOUTS,
+                 f"camera_dropout must be one of {CAMERA_DROPOUTS}, got {self.camera_dropout!r}")
         _require(isinstance(self.depth_size, int) and self.depth_size >= 0,
                  f"depth_size must be an int >= 0, got {self.depth_size!r}")
         _require(math.isfinite(self.state_noise_std) and self.state_noise_std >= 0.0,
@@ -209,11 +221,14 @@ class ChunkDataset(Dataset):
         chunk = actions[t:t + cfg.chunk_len]
         if chunk.shape[0] < cfg.chunk_len:       # past the end the robot holds the last target
             chunk = np.concatenate([chunk, np.repeat(actions[-1:], cfg.chunk_len - chunk.shape[0], axis=0)])
-        images, dropped, shifts = [], [], []
+        images, kept, dropped, shifts = [], [], [], []
         for cam in cfg.camera_names:
             h, w = cfg.image_size[cam]
             image = self._frame(k, cam, t)
             if image.shape[:2] != (h, w):
+                _require(not cfg.native_resolution,
+                         f"{self._where(k)}: camera '{cam}' frame {t} is {image.shape[1]} x {image.shape[0]} px, not "
+                         f"the configured native {w} x {h} (native resolution never resizes in training)")
                 image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
             drop = cfg.image_drop_prob > 0 and rng.random() < cfg.image_drop_prob
             offset = (0, 0)
@@ -224,9 +239,13 @@ class ChunkDataset(Dataset):
                 if cfg.random_shift_px:
                     offset = random_shift_offset(cfg.random_shift_px, rng)
                     image = shift(image, offset)
-                if cfg.color_jitter and rng.random() < 0.5:
+                if cfg.image_corruptions:
+                    image = reference_augment(image, rng, color=cfg.color_jitter, corrupt=True)
+                elif cfg.color_jitter and rng.random() < 0.5:
                     image = color_jitter(image, rng)
-            images.append(np.ascontiguousarray(image))
+            if not (drop and cfg.camera_dropout == "remove"):
+                images.append(np.ascontiguousarray(image))
+                kept.append(cam)
             dropped.append(drop)
             shifts.append((offset, (h, w)))
         instructions = self._instructions[k]
@@ -236,7 +255,7 @@ class ChunkDataset(Dataset):
         state = self._states[k][t].astype(np.float32)
         if cfg.state_noise_std > 0:
             state = state + rng.normal(0.0, cfg.state_noise_std, state.shape).astype(np.float32)
-        sample = {"images": images, "state": state, "actions": self._relative(chunk, k, t),
+        sample = {"images": images, "image_cameras": kept, "state": state, "actions": self._relative(chunk, k, t),
                   "instruction": instruction, "episode": k, "step": t}
         if cfg.depth_size:
             episode = self._episode(k)
@@ -254,8 +273,15 @@ class ChunkDataset(Dataset):
                                           episode.depth_kind.get(cam, "metric"))
                 targets.append(target)
                 valid.append(ok)
+            if cfg.camera_dropout == "remove":   # target i belongs to image span i: kept cameras first, in order
+                order = [i for i, d in enumerate(dropped) if not d] + [i for i, d in enumerate(dropped) if d]
+                targets, valid = [targets[i] for i in order], [valid[i] for i in order]
             sample["depth"], sample["depth_valid"] = np.stack(targets), np.array(valid)
         return sample
+
+    def _where(self, k: int) -> str:
+        source = self._sources[k]
+        return str(source) if isinstance(source, Path) else str(self.episode_meta[k].get("source", f"episode #{k}"))
 
     def _frame(self, k: int, cam: str, t: int) -> np.ndarray:
         if not self.cfg.cache_frames:

@@ -18,7 +18,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from gem_ros.core.lru import LRUCache
 from gem_ros.core.policy import image_processing
 from gem_ros.core.policy.checkpoint import read_json_object, refuse_pickles, safetensors_header
-from gem_ros.core.policy.config import GemVLAConfig
+from gem_ros.core.policy.config import GemVLAConfig, ImagePipelineConfig
 from gem_ros.core.policy.image_processing import BatchedQwen2VLImageProcessor
 
 REQUIRED_BACKBONE_FILES = ("config.json", "tokenizer_config.json")
@@ -34,7 +34,8 @@ class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
 
-def load_processor(path: Path, max_pixels: int | None = None) -> ImageOnlyQwen3VLProcessor:
+def load_processor(path: Path, max_pixels: int | None = None,
+                   min_pixels: int | None = None) -> ImageOnlyQwen3VLProcessor:
     refuse_pickles(path)
     try:
         image_processor = AutoImageProcessor.from_pretrained(str(path))
@@ -44,13 +45,53 @@ def load_processor(path: Path, max_pixels: int | None = None) -> ImageOnlyQwen3V
     except Exception as error:  # noqa: BLE001 - transformers and tokenizers raise many types; name the folder
         raise ValueError(f"backbone folder {path}: the image processor or tokenizer does not load "
                          f"({type(error).__name__}: {error})") from error
-    if max_pixels is not None:
-        image_processor.size = {**dict(image_processor.size), "longest_edge": int(max_pixels)}
+    set_pixel_bounds(image_processor, min_pixels, max_pixels)
     template_file = Path(path) / "chat_template.jinja"
     chat_template = template_file.read_text() if template_file.exists() else tokenizer.chat_template
     if chat_template is None:
         raise ValueError(f"{path}: no chat template (chat_template.jinja or tokenizer_config.json)")
     return ImageOnlyQwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
+def set_pixel_bounds(image_processor, min_pixels: int | None, max_pixels: int | None) -> None:
+    """The processor's smart-resize bounds in pixels (size shortest_edge / longest_edge); None keeps its own."""
+    bounds = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    bounds = {key: int(value) for key, value in bounds.items() if value is not None}
+    if bounds:
+        image_processor.size = {**dict(image_processor.size), **bounds}
+
+
+def pixel_bounds(image_processor) -> tuple[int | None, int | None]:
+    """(min_pixels, max_pixels) the processor resizes within; None where it is sized another way."""
+    size = image_processor.size
+    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    return get("shortest_edge"), get("longest_edge")
+
+
+def apply_image_pipeline(processor: ImageOnlyQwen3VLProcessor, pipeline: ImagePipelineConfig) -> None:
+    """A new policy's processor takes the pipeline's pixel bounds, and the pipeline records the processor's where it
+    names none: the checkpoint then says what the model saw (the processor is saved beside it too)."""
+    set_pixel_bounds(processor.image_processor, pipeline.min_pixels, pipeline.max_pixels)
+    pipeline.min_pixels, pipeline.max_pixels = pixel_bounds(processor.image_processor)
+
+
+def check_pixel_bounds(path: Path, config: GemVLAConfig, config_file: Path) -> None:
+    """The backbone folder's image processor resizes within the bounds `config_file` records for training (its
+    image_pipeline), after the max_pixels_per_image cap serving applies: else serving would see other pixels."""
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    pipeline = config.image_pipeline
+    if pipeline.min_pixels is None and pipeline.max_pixels is None:
+        return   # not recorded (older checkpoints): the saved processor decides, as before
+    try:
+        size = ImageProcessingMixin.get_image_processor_dict(str(path))[0].get("size") or {}
+    except Exception as error:  # noqa: BLE001 - transformers raises many types; name the folder
+        raise ValueError(f"backbone folder {path}: no readable image processor config ({error})") from error
+    have = (size.get("shortest_edge"), config.max_pixels_per_image or size.get("longest_edge"))
+    for name, recorded, served in zip(("min_pixels", "max_pixels"), (pipeline.min_pixels, pipeline.max_pixels), have):
+        if recorded is not None and recorded != served:
+            raise ValueError(f"{config_file}: image_pipeline.{name} {recorded} (what training used) != {served}, what "
+                             f"the image processor of {path} would use: serving would see other pixels")
 
 
 def check_backbone_dir(path: Path) -> None:
@@ -87,6 +128,7 @@ def check_backbone_fits(path: Path, config: GemVLAConfig, config_file: Path) -> 
     if width != config.rdt.cond_hidden_size:
         raise ValueError(f"{config_file}: rdt.cond_hidden_size {config.rdt.cond_hidden_size} != the backbone's "
                          f"width ({backbone_file}: text_config.hidden_size = {width})")
+    check_pixel_bounds(path, config, config_file)
 
 
 def load_backbone(path: Path, dtype: torch.dtype, device: torch.device) -> Qwen3VLForConditionalGeneration:
@@ -168,7 +210,8 @@ def build_prompts(processor: ImageOnlyQwen3VLProcessor, images: list[list[np.nda
         messages = [{"role": "user", "content": content}]
         texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
         flat_images.extend(sample_images)   # (H, W, 3) uint8 arrays: no PIL round trip
-    inputs = processor(text=texts, images=flat_images, return_tensors="pt", padding=True,
+    # A batch whose cameras were all dropped (camera_dropout "remove") has no image at all.
+    inputs = processor(text=texts, images=flat_images or None, return_tensors="pt", padding=True,
                        input_data_format="channels_last")
     return PromptBatch({k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)})
 
@@ -204,8 +247,10 @@ class PromptBuilder:
             for key, values in sample.items():
                 inputs[key][row, cols] = values
         flat = [image for sample_images in images for image in sample_images]
-        pixels, grid = image_processing.device_pixel_values(self.processor.image_processor, flat, torch.device(device))
-        inputs.update(pixel_values=pixels, image_grid_thw=grid)
+        if flat:   # none when every camera of every sample was dropped (camera_dropout "remove")
+            pixels, grid = image_processing.device_pixel_values(self.processor.image_processor, flat,
+                                                                torch.device(device))
+            inputs.update(pixel_values=pixels, image_grid_thw=grid)
         return PromptBatch({k: v.to(device) for k, v in inputs.items()})
 
 

@@ -13,12 +13,15 @@ from typing import Any
 
 ACTION_SPACES = ("absolute_joint", "delta_joint", "ee_delta")
 SAMPLERS = ("euler", "one_step")
+IMAGE_RESIZES = ("fixed", "native")
+CAMERA_DROPOUTS = ("blank", "remove")
 
 
 # Upper bounds of the sizes a checkpoint may declare: far above any real GEM-VLA (224 px cameras, 14-dim arms,
 # 32-step chunks, 2048-wide VLM), far below what would exhaust memory or stall a prediction (a 1e9 px camera, a
 # billion sampler steps). Widths and depths of the weights are also checked against model.safetensors.
 MAX_IMAGE_SIDE = 4096          # px per camera side
+MAX_PROCESSOR_PIXELS = 1 << 30  # image processor pixel bounds (Qwen3-VL ships longest_edge 16,777,216)
 MAX_ASPECT_RATIO = 200         # the Qwen-VL image processor refuses longer images
 MAX_CAMERAS = 16
 MAX_CHANNELS = 1024            # state_dim, action_dim
@@ -195,6 +198,42 @@ class RDTConfig:
         return self.ffn_multiple_of * math.ceil(width / self.ffn_multiple_of)
 
 
+@dataclass
+class ImagePipelineConfig:
+    """How camera frames became the VLM's pixels in training; config.json records it so serving repeats it.
+
+    resize "fixed": frames are resized to each camera's height x width (a small square for tiny CPU models).
+    "native": height x width is the camera's own size and frames are never resized to fit the model; the image
+    processor's smart resize within [min_pixels, max_pixels] sets the patch grid, so the number of visual tokens
+    follows the image size (the reference pipeline). Serving resizes only a camera that delivers another size.
+    min_pixels / max_pixels: the processor's bounds (its size shortest_edge / longest_edge, in pixels) in training;
+    null when not recorded (older checkpoints), where the processor saved in the backbone folder decides.
+    camera_dropout ("blank" image or "remove" it from the prompt) and corruptions: training only, recorded to say
+    what the policy saw; serving never drops nor corrupts.
+    """
+
+    resize: str = "fixed"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    camera_dropout: str = "blank"
+    corruptions: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.resize in IMAGE_RESIZES,
+                 f"image_pipeline.resize must be one of {IMAGE_RESIZES}, got {self.resize!r}")
+        _require(self.camera_dropout in CAMERA_DROPOUTS,
+                 f"image_pipeline.camera_dropout must be one of {CAMERA_DROPOUTS}, got {self.camera_dropout!r}")
+        _require(isinstance(self.corruptions, bool),
+                 f"image_pipeline.corruptions must be true or false, got {self.corruptions!r}")
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            _require(value is None or (_is_int(value) and 0 < value <= MAX_PROCESSOR_PIXELS),
+                     f"image_pipeline.{name} must be null or a positive integer <= {MAX_PROCESSOR_PIXELS}, "
+                     f"got {value!r}")
+        _require(self.min_pixels is None or self.max_pixels is None or self.min_pixels <= self.max_pixels,
+                 f"image_pipeline.min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}")
+
+
 # The embedded-sim fields a dataset (and so a trained checkpoint) records as its scene, e.g. one cube instead of
 # three. Defined here, not in gem_ros.sim, so that training and serving never need pybullet to read them.
 SIM_SCENE_FIELDS = ("object_colors", "coarse_robot_meshes")
@@ -216,6 +255,7 @@ class GemVLAConfig:
     depth_expert: dict | None = None      # DepthExpertConfig.to_dict(), or None without a depth expert
     depth_loss_weight: float = 0.1
     max_pixels_per_image: int | None = None  # optional cap handed to the image processor
+    image_pipeline: ImagePipelineConfig = field(default_factory=ImagePipelineConfig)
     # Embedded-sim scene the policy was trained in (e.g. {"object_colors": ["red"]}), from the episodes
     # gem_collect_sim wrote; gem_demo / gem_eval build the same scene. None: not trained in the sim, or defaults.
     sim_scene: dict | None = None
@@ -223,6 +263,7 @@ class GemVLAConfig:
     def __post_init__(self) -> None:
         self.io = _nested(IOSchema, self.io, "io")
         self.rdt = _nested(RDTConfig, self.rdt, "rdt")
+        self.image_pipeline = _nested(ImagePipelineConfig, self.image_pipeline, "image_pipeline")
         _require(isinstance(self.selected_layers, (list, tuple)) and len(self.selected_layers) in (1, self.rdt.depth),
                  f"selected_layers must be a list of 1 or rdt.depth={self.rdt.depth} hidden-state indices, "
                  f"got {self.selected_layers!r}")

@@ -12,19 +12,24 @@ import json
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
 from torch import nn
 
+from gem_ros.core.policy.checkpoint import refuse_pickles, safetensors_header
 from gem_ros.core.policy.layers import RMSNorm
 
 DEPTH_PREFIXES = ("sana.", "vae.", "diffusion_connector.")
-# "pretrained": every tensor comes from the backbone folder (GEM-2B keeps them beside the VLM) or the build is refused;
-# "random": start from random weights on purpose (tests, ablations). Never random by omission: a random frozen VAE
-# makes the auxiliary loss something other than the paper's depth generation.
+# "pretrained": every tensor comes from the backbone folder (GEM-2B keeps them beside the VLM), or SANA and DC-AE from
+# the diffusers folder `sana_dir` when one is named, or the build is refused; "random": start from random weights on
+# purpose (tests, ablations). Never random by omission: a random frozen VAE makes the auxiliary loss something other
+# than the paper's depth generation.
 DEPTH_INITS = ("pretrained", "random")
+# Subfolders of a diffusers SANA pipeline folder (e.g. SANA1.5_1.6B_1024px_diffusers) the depth expert reads.
+DIFFUSERS_PARTS = (("transformer", "sana", SanaTransformer2DModel), ("vae", "vae", AutoencoderDC))
 LEGACY_LOSS_WEIGHT = 0.1   # the default every config.json written before the field was removed holds
 
 
@@ -87,6 +92,9 @@ class DepthExpertConfig:
     scheduler_shift: float = 3.0
     num_train_timesteps: int = 1000
     init: str = "pretrained"              # DEPTH_INITS; the loss weight is GemVLAConfig.depth_loss_weight
+    # A diffusers SANA folder (transformer/, vae/, scheduler/) a pretrained start reads SANA and DC-AE from, as the
+    # reference's SANA_PATH (its connector then starts random, as there); None: the GEM-2B backbone folder.
+    sana_dir: str | None = None
     vision_start_token_id: int = 151652   # <|vision_start|> of Qwen3-VL
     vision_end_token_id: int = 151653     # <|vision_end|>
 
@@ -103,6 +111,10 @@ class DepthExpertConfig:
                  f"depth_expert.cond_dropout must be in [0, 1), got {self.cond_dropout}")
         _require(self.scheduler_shift > 0, f"depth_expert.scheduler_shift must be > 0, got {self.scheduler_shift}")
         _require(self.init in DEPTH_INITS, f"depth_expert.init must be one of {DEPTH_INITS}, got {self.init!r}")
+        _require(self.sana_dir is None or (isinstance(self.sana_dir, str) and self.sana_dir.strip() != ""),
+                 f"depth_expert.sana_dir must be null or a folder, got {self.sana_dir!r}")
+        _require(self.sana_dir is None or self.init == "pretrained",
+                 "depth_expert.sana_dir names pretrained weights but depth_expert.init is \"random\"")
         for name in ("vision_start_token_id", "vision_end_token_id"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 0,
@@ -146,6 +158,47 @@ class DepthExpertConfig:
         unknown = sorted(set(data) - known)
         _require(not unknown, f"unknown DepthExpertConfig fields: {unknown}")
         return cls(**copy.deepcopy(dict(data)))
+
+
+def diffusers_depth_config(folder: Path | str, vlm_hidden_size: int, image_size: int = 256,
+                           **overrides) -> DepthExpertConfig:
+    """A pretrained depth expert shaped like the diffusers SANA folder: SANA and DC-AE as their config.json files
+    say, and the flow-matching schedule `FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder=
+    "scheduler")` reads, as the reference builds it (a DPM-Solver config's `flow_shift` is no `shift` to that class,
+    so such a folder gives shift 1.0, as it gave the reference). Without scheduler/ the configured shift stays."""
+    folder = Path(folder)
+    parts = {}
+    for sub, name, cls in DIFFUSERS_PARTS:
+        check_diffusers_part(folder / sub)
+        try:
+            parts[name] = cls.extract_init_dict(cls.load_config(str(folder / sub)))[0]
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"{folder / sub / 'config.json'}: not a {cls.__name__} config ({error})") from error
+    schedule = {}
+    if (folder / "scheduler" / "scheduler_config.json").is_file():
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder), subfolder="scheduler",
+                                                                    local_files_only=True)
+        schedule = {"scheduler_shift": float(scheduler.config.shift),
+                    "num_train_timesteps": int(scheduler.config.num_train_timesteps)}
+    return DepthExpertConfig(vlm_hidden_size=vlm_hidden_size, caption_channels=parts["sana"].get("caption_channels"),
+                             sana=parts["sana"], vae=parts["vae"], image_size=image_size, sana_dir=str(folder),
+                             **{**schedule, **overrides})
+
+
+def check_diffusers_part(path: Path) -> list[Path]:
+    """A diffusers model folder we will open: config.json and safetensors weights, no pickle anywhere in it.
+    Returns its weight files."""
+    if not path.is_dir():
+        raise ValueError(f"{path} does not exist: a diffusers SANA folder holds transformer/ (SanaTransformer2DModel) "
+                         f"and vae/ (AutoencoderDC), as save_pretrained writes them")
+    refuse_pickles(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path / 'config.json'} does not exist")
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        raise ValueError(f"{path} holds no *.safetensors weights (save them with save_pretrained(safe_serialization="
+                         f"True))")
+    return shards
 
 
 def _draw(kind: str, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -228,25 +281,38 @@ class DepthExpert(nn.Module):
 
     def loss(self, last_hidden_state: torch.Tensor, input_ids: torch.Tensor, depth_images: torch.Tensor,
              depth_valid: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Flow-matching depth loss (unweighted scalar). depth_images: (B, C, 3, H, W) in [-1, 1], one per
-        camera image in prompt order; depth_valid: optional (B, C) bool, spans without a valid target are skipped.
+        """Flow-matching depth loss (unweighted scalar). depth_images: (B, C, 3, H, W) in [-1, 1]: entry i of sample
+        b is the target of its i-th image span (prompt order); depth_valid: optional (B, C) bool, targets without a
+        valid entry are skipped. A sample may have fewer spans than C (cameras dropped from its prompt): its entries
+        beyond its spans must then be invalid.
         """
-        cond, mask, owner, order = self.image_span_condition(last_hidden_state, input_ids)
-        size = self.config.image_size
-        _require(depth_images.dim() == 5 and depth_images.shape[0] == input_ids.shape[0]
+        size, batch = self.config.image_size, input_ids.shape[0]
+        _require(depth_images.dim() == 5 and depth_images.shape[0] == batch
                  and tuple(depth_images.shape[2:]) == (3, size, size),
-                 f"depth_images must be (B={input_ids.shape[0]}, C, 3, {size}, {size}), "
-                 f"got {tuple(depth_images.shape)}")
+                 f"depth_images must be (B={batch}, C, 3, {size}, {size}), got {tuple(depth_images.shape)}")
         cameras = depth_images.shape[1]
-        per_sample = torch.bincount(owner, minlength=input_ids.shape[0])
-        _require(bool((per_sample == cameras).all()),
-                 f"each sample needs one image span per depth target ({cameras}), "
-                 f"got spans per sample {per_sample.tolist()}")
-        keep = torch.ones_like(owner, dtype=torch.bool)
         if depth_valid is not None:
             _require(tuple(depth_valid.shape) == tuple(depth_images.shape[:2]),
                      f"depth_valid must be {tuple(depth_images.shape[:2])}, got {tuple(depth_valid.shape)}")
-            keep = depth_valid.to(owner.device).bool()[owner, order]
+            depth_valid = depth_valid.to(input_ids.device).bool()
+        if not bool((input_ids == self.config.vision_start_token_id).any()):   # every image dropped
+            _require(depth_valid is not None and not bool(depth_valid.any()),
+                     "depth targets are marked valid but the prompts hold no image span")
+            return last_hidden_state.sum() * 0.0
+        cond, mask, owner, order = self.image_span_condition(last_hidden_state, input_ids)
+        per_sample = torch.bincount(owner, minlength=batch)
+        if depth_valid is None:
+            _require(bool((per_sample == cameras).all()),
+                     f"each sample needs one image span per depth target ({cameras}), "
+                     f"got spans per sample {per_sample.tolist()}")
+            keep = torch.ones_like(owner, dtype=torch.bool)
+        else:
+            _require(bool((per_sample <= cameras).all()),
+                     f"more image spans than depth targets ({cameras}): spans per sample {per_sample.tolist()}")
+            beyond = torch.arange(cameras, device=owner.device)[None, :] >= per_sample[:, None]
+            _require(not bool((depth_valid & beyond).any()),
+                     f"valid depth targets beyond a sample's image spans (spans per sample {per_sample.tolist()})")
+            keep = depth_valid[owner, order]
         if not bool(keep.any()):
             return last_hidden_state.sum() * 0.0  # keeps the graph intact for the caller's backward
         cond, mask = cond[keep], mask[keep]
@@ -319,7 +385,11 @@ class DepthExpert(nn.Module):
 
     def load_pretrained(self, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
         """Every depth tensor from a GEM-2B layout `state_dict` (other keys ignored), or a ValueError naming `source`,
-        the missing and the unexpected keys: part pretrained, part random is not the paper's depth expert either."""
+        the missing and the unexpected keys: part pretrained, part random is not the paper's depth expert either.
+        With `sana_dir` configured, SANA and DC-AE come from that diffusers folder instead (`load_diffusers`)."""
+        if self.config.sana_dir is not None:
+            self.load_diffusers(Path(self.config.sana_dir))
+            return
         report = self.load_gem_state_dict(state_dict)
         missing, unexpected = report["missing"], report["unexpected"]
         if missing or unexpected:
@@ -331,3 +401,21 @@ class DepthExpert(nn.Module):
                 f"tensors{': ' + '; '.join(groups) if groups else ''}; unexpected {unexpected[:8]}. Use a GEM-2B "
                 f"folder (sana.*, vae.*, diffusion_connector.* beside the VLM), or set depth_expert.init to "
                 f"\"random\" to start it from random weights on purpose")
+
+    def load_diffusers(self, folder: Path) -> None:
+        """SANA (transformer/) and the frozen DC-AE (vae/) from a diffusers folder through `from_pretrained`, local
+        safetensors only; every tensor of each must be there (diffusers itself would start a missing one random with
+        a log line). The connector keeps its initialisation: the reference trains it from scratch on this start."""
+        for sub, name, cls in DIFFUSERS_PARTS:
+            path, module = folder / sub, getattr(self, name)
+            stored = {key: shape for shard in check_diffusers_part(path)
+                      for key, (_, shape) in safetensors_header(shard).items()}
+            own = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+            missing, unexpected = sorted(set(own) - set(stored)), sorted(set(stored) - set(own))
+            mis_shaped = [f"{k}: file {stored[k]} vs config {own[k]}" for k in own if k in stored and stored[k] != own[k]]
+            if missing or unexpected or mis_shaped:
+                raise ValueError(f"{path} does not hold the {cls.__name__} of depth_expert.{name}: missing "
+                                 f"{len(missing)} tensors {missing[:8]}, unexpected {unexpected[:8]}, shape "
+                                 f"mismatches {mis_shaped[:8]}")
+            loaded = cls.from_pretrained(str(folder), subfolder=sub, use_safetensors=True, local_files_only=True)
+            module.load_state_dict(loaded.state_dict(), strict=True)
