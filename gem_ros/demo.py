@@ -1,9 +1,14 @@
 """gem_demo: the closed loop in one process: simulated arm + GEM-VLA policy + executor, over real ROS 2 topics.
 
-    gem_demo                                 # shipped/ tiny policy, 3 episodes, outputs/demo/
+    gem_demo                                 # shipped tiny policy, 3 episodes (one per cube colour), outputs/demo/
+    gem_demo --instruction "pick up the blue cube" --episodes 2
+    gem_demo --interactive                   # type an instruction, watch the episode, type the next (EOF/quit ends)
     gem_demo --checkpoint PATH --episodes 5
     gem_demo --arm ur5e                      # dry run of a real arm's configuration on its simulation model
 
+Each episode lays out the cubes from --seed + episode and sends its instruction as an ExecuteInstruction goal;
+without --instruction the episodes name the colours in turn (and the phrasings in turn after each round).
+Success means the named cube was lifted; lifting another is reported as "wrong object".
 Per episode it prints success, steps, chunk latency p50/p95, control-loop rate and safety interventions, and
 writes a GIF of the scene camera plus a PNG panel (camera views, executed joint trajectories).
 `--arm` takes any gem_bringup configuration whose arm has a simulation model (gem_ros/sim/arms.py: panda, ur5e,
@@ -27,7 +32,7 @@ import numpy as np
 from gem_ros.nodes.spinning import EXECUTOR_KINDS
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_CHECKPOINT = REPO / "checkpoints" / "sim_pick_tiny"
+SHIPPED_CHECKPOINT = REPO / "checkpoints" / "sim_pick_lang"
 ARM_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
 FINGERS = ["panda_finger_joint1", "panda_finger_joint2"]
 
@@ -210,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the untrained baseline: a tiny randomly initialised GEM-VLA, in the scene of "
                              "--checkpoint (or of the shipped one)")
     parser.add_argument("--episodes", type=int, default=3)
+    parser.add_argument("--instruction", default=None,
+                        help='run this instruction every episode, e.g. "pick up the blue cube" (default: the '
+                             "colours in turn)")
+    parser.add_argument("--interactive", action="store_true",
+                        help="read instructions from stdin, one episode each, until EOF or 'quit' (--episodes "
+                             "ignored)")
     parser.add_argument("--episode-timeout", type=float, default=12.0, help="sim seconds per episode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arm", default="panda")
@@ -225,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     # Sim time keeps every node consistent at any factor; 0.5 leaves the policy its share of a 2-core laptop.
     parser.add_argument("--real-time-factor", type=float, default=0.5, help="sim seconds per wall second")
     args = parser.parse_args(argv)
+    if args.instruction is not None and args.interactive:
+        parser.error("--instruction and --interactive exclude each other")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
     import rclpy
@@ -235,14 +248,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from gem_ros.commander import GemCommander
     from gem_ros.core.policy.checkpoint import read_config
-    from gem_ros.demo_report import write_episode_outputs
+    from gem_ros.demo_report import outcome_summary, outcome_table, write_episode_outputs
     from gem_ros.nodes.composed import connect_in_process
     from gem_ros.nodes.executor_node import ExecutorNode, start_executor
     from gem_ros.nodes.params import bringup_config, node_parameters
     from gem_ros.nodes.policy_node import PolicyNode
     from gem_ros.nodes.sim_node import SimNode
     from gem_ros.nodes.spinning import make_executor
+    from gem_ros.sim.scene import SimConfig
     from gem_ros.sim.arm_wiring import read_sections, sim_wiring
+    from gem_ros.sim.language import episode_instruction, named_color, typed_instructions
 
     try:   # the arm's own YAML, pointed at its simulation model (what that changes is printed below)
         config = bringup_config(args.arm)
@@ -284,6 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     scene = sim_overrides(Path(checkpoint))
     if scene:
         print(f"scene: {scene} (the checkpoint's training scene)")
+    colors = list(scene.get("object_colors") or SimConfig().object_colors)
+    if args.instruction is not None:
+        try:
+            named_color(args.instruction, colors)
+        except ValueError as error:
+            print(f"gem_demo: --instruction: {error}", file=sys.stderr)
+            rclpy.try_shutdown()
+            scratch.cleanup()
+            return 2
     sim = SimNode(parameter_overrides=node_parameters(config, "gem_sim", seed=args.seed, gui=args.gui,
                                                       real_time_factor=args.real_time_factor, **scene,
                                                       **wiring.sim))
@@ -311,13 +335,22 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         policy.trigger_activate()
         commander = GemCommander(node=tools)
-        bar = tqdm(range(args.episodes), desc="episodes", unit="ep")
-        for episode in bar:
+        if args.interactive:
+            print(f"cubes on the table: {', '.join(colors)}. Type an instruction (e.g. "
+                  f"'{episode_instruction(1, colors)}'); 'quit' or EOF ends.")
+            typed = typed_instructions(sys.stdin, colors, lambda text: print(text, end="", flush=True),
+                                       lambda text: print(f"  refused: {text}", flush=True))
+            bar = tqdm(typed, desc="episodes", unit="ep", disable=True)
+        else:
+            bar = tqdm([args.instruction or episode_instruction(k, colors) for k in range(args.episodes)],
+                       desc="episodes", unit="ep")
+        for episode, wanted in enumerate(bar):
             if episode and executor_node.controller.named_states:   # home through the executor, as a real arm
                 reached, message, reset_s = reset_arm(tools, executor_node, 60.0)
                 results[-1].update(reset_home=reached, reset_message=message, reset_wall_s=reset_s)
                 bar.write(f"reset: {message} ({'reached' if reached else 'NOT reached'}, wall {reset_s:.1f} s)")
-            instruction = sim.reset_episode(args.seed + episode)
+            sim.reset_episode(args.seed + episode)
+            instruction = sim.set_instruction(wanted)   # before the goal: the target the sim scores
             recorder.new_episode()
             stats_before = executor_node.controller.stats
             t0_sim, t0_wall = sim.time_s, time.monotonic()
@@ -325,8 +358,13 @@ def main(argv: list[str] | None = None) -> int:
             result = handle.wait(args.episode_timeout * 20 + 60)
             log = recorder.new_episode()
             sim_s = sim.time_s - t0_sim
-            row = {"episode": episode, "instruction": instruction,
-                   "success": bool(result and result.succeeded),
+            task = sim.outcome() if wiring.task else "dry run"
+            row = {"episode": episode, "seed": args.seed + episode, "instruction": instruction,
+                   "target": f"{named_color(instruction, colors)}_cube",
+                   # the sim's verdict over the episode (named cube lifted in both fingers); the goal ends
+                   # SUCCEEDED on the same test, live, from gem/task_success
+                   "success": task == "success",
+                   "task": task, "lifted": sim.sim.lifted_this_episode,
                    "outcome": result.outcome_name if result else "NO_RESULT",
                    "steps": result.chunks_executed if result else 0,
                    "sim_s": sim_s, "wall_s": time.monotonic() - t0_wall,
@@ -340,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                    - stats_before["safety_rejections"]}
             write_episode_outputs(args.out, episode, instruction, log, row)
             results.append(row)
-            verdict = "DRY RUN" if not wiring.task else "SUCCESS" if row["success"] else "fail   "
+            verdict = "DRY RUN" if not wiring.task else "SUCCESS" if row["success"] else \
+                "WRONG OBJECT" if task == "wrong object" else "fail   "
             bar.write(f"ep {episode}: {verdict} {row['outcome']:<9} "
                       f"'{instruction}'  chunks {row['steps']:3d}  sim {sim_s:4.1f} s  wall {row['wall_s']:4.1f} s  "
                       f"latency p50/p95 {row['latency_p50_ms']:.0f}/{row['latency_p95_ms']:.0f} ms  "
@@ -355,11 +394,15 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.try_shutdown()
         scratch.cleanup()
     rate = float(np.mean([r["success"] for r in results])) if results and wiring.task else None
+    summary = outcome_summary(results) if results and wiring.task else None
     (args.out / "summary.json").write_text(json.dumps(
         {"checkpoint": str(checkpoint), "arm": args.arm, "sim_model": wiring.arm.name, "dry_run": not wiring.task,
-         "sim_notes": wiring.notes, "success_rate": rate, "episodes": results}, indent=2))
+         "sim_notes": wiring.notes, "success_rate": rate, "outcomes": summary, "episodes": results}, indent=2))
+    if summary:
+        print(outcome_table(summary))
     if wiring.task:
-        print(f"success rate {rate:.0%} over {len(results)} episodes; outputs in {args.out.resolve()}")
+        rate_text = f"{rate:.0%}" if rate is not None else "n/a"
+        print(f"success rate {rate_text} over {len(results)} episodes; outputs in {args.out.resolve()}")
         return 0
     chunks = sum(r["steps"] for r in results)
     print(f"dry run of {args.arm} on the {wiring.arm.name} model: {chunks} chunks executed over {len(results)} "

@@ -1,7 +1,9 @@
-"""Pictures of a closed-loop episode: a GIF of the scene camera and a PNG panel (views + joint trajectories)."""
+"""Reports of closed-loop episodes: a GIF of the scene camera and a PNG panel (views + joint trajectories) per
+episode, and success / wrong-object rates per colour and per instruction with 95 % Wilson intervals."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +59,53 @@ def write_episode_outputs(out: Path, episode: int, instruction: str, log, row: d
     write_panel(stem.with_suffix(".png"), f"episode {episode}: '{instruction}' -> {verdict}",
                 log.last_images, log.joint_t, log.joint_q, log.predicted_depth)
     stem.with_suffix(".json").write_text(json.dumps(row, indent=2))
+
+
+Z_95 = 1.959964   # two-sided 95 % normal quantile
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (Wilson 1927; Brown, Cai & DasGupta 2001 recommend it
+    over the normal interval for small n and rates near 0 or 1). (0, 1) when there are no trials."""
+    if trials == 0:
+        return 0.0, 1.0
+    rate = successes / trials
+    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _rate(rows: list[dict], key: str, value) -> dict:
+    hits, n = sum(r[key] == value for r in rows), len(rows)
+    low, high = wilson_interval(hits, n)
+    return {"count": hits, "episodes": n, "rate": round(hits / n, 4) if n else None,
+            "ci95": [round(low, 4), round(high, 4)]}
+
+
+def outcome_summary(rows: list[dict]) -> dict:
+    """Rates over episode rows that carry "task" ("success" | "wrong object" | "failure"), "target",
+    "instruction" and "seed": overall, per target colour and per instruction."""
+    def block(subset: list[dict]) -> dict:
+        return {"success": _rate(subset, "task", "success"), "wrong_object": _rate(subset, "task", "wrong object")}
+
+    groups = {key: sorted({r[key] for r in rows}) for key in ("target", "instruction")}
+    return {"episodes": len(rows), "seeds": [r["seed"] for r in rows], **block(rows),
+            "by_target": {t: block([r for r in rows if r["target"] == t]) for t in groups["target"]},
+            "by_instruction": {i: block([r for r in rows if r["instruction"] == i]) for i in groups["instruction"]}}
+
+
+def outcome_table(summary: dict) -> str:
+    """The summary as a fixed-width table: one line per target, per instruction, and overall."""
+    def line(name: str, block: dict) -> str:
+        s, w = block["success"], block["wrong_object"]
+        return (f"{name:<28} {s['count']:>3}/{s['episodes']:<3} {100 * (s['rate'] or 0):5.1f} %  "
+                f"[{100 * s['ci95'][0]:5.1f}, {100 * s['ci95'][1]:5.1f}]   {w['count']:>3} "
+                f"{100 * (w['rate'] or 0):5.1f} %  [{100 * w['ci95'][0]:5.1f}, {100 * w['ci95'][1]:5.1f}]")
+
+    seeds = summary["seeds"]
+    head = (f"{'':<28} {'success':>7} {'rate':>7}  {'95 % CI (Wilson)':<16}   {'wrong object':<12}  95 % CI\n")
+    body = [line(t, b) for t, b in summary["by_target"].items()]
+    body += [line(f"'{i}'", b) for i, b in summary["by_instruction"].items()]
+    body.append(line("all", summary))
+    span = f"{min(seeds)}..{max(seeds)}" if seeds else "none"
+    return head + "\n".join(body) + f"\nepisode seeds: {span} ({len(seeds)} episodes)"

@@ -80,6 +80,7 @@ def episode_seed(seed: int, attempt: int) -> int:
 def record_attempt(cfg: CollectConfig, attempt: int) -> Attempt:
     """Run one expert episode with its own sim and write it; keep the file only if the task succeeded."""
     from gem_ros.sim import ARM_JOINTS, ScriptedPickExpert, SimConfig, TabletopSim
+    from gem_ros.sim.language import phrasings
 
     t0 = time.perf_counter()
     seed = episode_seed(cfg.seed, attempt)
@@ -87,6 +88,9 @@ def record_attempt(cfg: CollectConfig, attempt: int) -> Attempt:
     scene = {"coarse_robot_meshes": cfg.coarse_meshes, **({"object_colors": list(cfg.colors)} if cfg.colors else {})}
     with TabletopSim(SimConfig(seed=seed, **scene)) as sim:
         instruction = sim.reset(seed)
+        color = sim.target_object.removesuffix("_cube")
+        # Every phrasing of the target (the sim's own first): the dataset samples one per training sample.
+        instructions = [instruction, *[i for i in phrasings(color) if i != instruction]]
         expert = ScriptedPickExpert(sim)
         cameras = [c.name for c in sim.cfg.cameras]
         extra = {"episode_seed": seed, "attempt": attempt, "sim": "gem_ros.sim.TabletopSim",
@@ -94,7 +98,7 @@ def record_attempt(cfg: CollectConfig, attempt: int) -> Attempt:
                  "target_object": sim.target_object,
                  "render_sizes": {c.name: [c.height, c.width] for c in sim.cfg.cameras},
                  "gripper_action": "width_m = finger1 + finger2 target", "depth_unit": "m"}
-        writer = EpisodeWriter(cfg.out_dir / f"episode_{attempt:06d}.hdf5", instructions=instruction,
+        writer = EpisodeWriter(cfg.out_dir / f"episode_{attempt:06d}.hdf5", instructions=instructions,
                                control_rate_hz=expert.cfg.control_hz, camera_names=cameras,
                                state_names=sim.joint_names, action_names=[*ARM_JOINTS, GRIPPER_CHANNEL],
                                action_space="absolute_joint", extra=extra, compression=cfg.compression)

@@ -4,12 +4,14 @@
     gem_eval sim --checkpoint CKPT --episodes 10 [--seed 0] [--out outputs/eval_sim] # closed-loop success rate
     gem_eval sim --checkpoint CKPT --random-policy ...    # the untrained baseline in the same scene
     gem_eval rollout --checkpoint CKPT --episodes 20      # the same sim without ROS: the policy alone, fast
-    gem_eval sensitivity --checkpoint CKPT --data DIR     # does the policy use its images or copy its state?
+    gem_eval sensitivity --checkpoint CKPT --data DIR     # images or copied state? does the instruction matter?
 
 `offline` replays held-out episodes (the same episode split as `gem_train`: `--val-fraction`, `--split-seed`)
 through the policy and reports per-channel absolute error of the predicted chunk against the recorded actions,
 in robot units, with a PNG of predicted vs recorded trajectories. `sim` runs seeded episodes of the embedded
-simulator through the real ROS nodes (the gem_demo machinery), with a GIF and PNG per episode.
+simulator through the real ROS nodes (the gem_demo machinery), with a GIF and PNG per episode. `sim` and
+`rollout` name the cube colours in turn and report success and wrong-object (another cube lifted) rates per
+colour and per instruction, with 95 % Wilson intervals and the layout seeds used (a table, and JSON in --out).
 """
 from __future__ import annotations
 
@@ -123,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.mode == "rollout" else \
             rollout.sensitivity(args.checkpoint, args.data, args.steps, args.episodes)
         print(json.dumps(report, indent=2))
+        if args.mode == "rollout":
+            from gem_ros.demo_report import outcome_table
+
+            print(outcome_table(report["outcomes"]))
         return 0
     if args.mode == "offline":
         report = offline(args.checkpoint, args.data, args.out, args.val_fraction, args.split_seed, args.stride,

@@ -8,7 +8,7 @@ where a cube is from a few hundred demonstrations: the action loss only carries 
 (`gem_eval sensitivity`: the step-0 chunk ignores the images). This stage gives the tiny backbone what a
 pretrained VLM brings, grounding, cheaply: it renders random scenes (one frame each, ~40 ms, no expert), and
 trains the backbone with a small attention-pooling head to regress the instructed cube's table position
-(x, y, m) from the scene image and the instruction. The head is dropped; the backbone folder is written
+(x, y, m) from the scene image and the instruction (the sim's, in any of its phrasings). The head is dropped; the backbone folder is written
 (then renamed) so `model.backbone` can point at it.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ class PretrainConfig:
     text_layers: int = 3
     seed: int = 0
     workers: int = 1                 # rendering processes (each its own pybullet); scenes do not depend on it
+    coarse_meshes: bool = False      # the robot drawn as the policy's episodes draw it (gem_collect_sim)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -71,7 +72,7 @@ def _render_block(cfg: PretrainConfig, seed: int, count: int, show_progress: boo
     images, instructions, targets = [], [], []
     size = (cfg.image_size, cfg.image_size)
     desc = "render" if cfg.workers == 1 else f"render (1 of {min(cfg.workers, count)} workers)"
-    with TabletopSim(SimConfig(object_colors=list(cfg.colors))) as sim:
+    with TabletopSim(SimConfig(object_colors=list(cfg.colors), coarse_robot_meshes=cfg.coarse_meshes)) as sim:
         for k in tqdm(range(count), desc=desc, unit="scene", disable=not show_progress):
             instructions.append(sim.reset(seed + k))
             rgb, _ = sim.render(cfg.camera)
@@ -157,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--colors", nargs="+", default=["red", "green", "blue"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="rendering processes (the scenes do not change)")
+    parser.add_argument("--coarse-meshes", action="store_true", help="render the robot with its collision meshes")
     args = parser.parse_args(argv)
     try:
         cfg = PretrainConfig(out=args.out, scenes=args.scenes, steps=args.steps, batch_size=args.batch_size,
                              image_size=args.image_size, colors=args.colors, seed=args.seed,
-                             workers=args.workers)
+                             workers=args.workers, coarse_meshes=args.coarse_meshes)
         report = pretrain(cfg)
     except ValueError as error:
         print(f"gem_pretrain_sim: {error}", file=sys.stderr)

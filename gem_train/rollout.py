@@ -2,9 +2,11 @@
 
     gem_eval rollout --checkpoint CKPT --episodes 20 [--execute 8]     # success rate in ~2 s per episode
     gem_eval rollout --checkpoint CKPT --executor [--latency 0.1]      # + the executor core, as gem_demo runs it
-    gem_eval sensitivity --checkpoint CKPT --data data/sim_pick        # does the policy look at its cameras?
+    gem_eval sensitivity --checkpoint CKPT --data data/sim_pick        # does it look at its cameras, and listen?
 
-`rollout` drives `TabletopSim` at the checkpoint's control rate: render, predict a chunk, execute its first
+`rollout` lays out episode k from seed * 100003 + k and names the colours in turn (gem_ros.sim.language), as
+gem_eval sim does; it reports success and wrong-object rates per colour and instruction (95 % Wilson intervals).
+It drives `TabletopSim` at the checkpoint's control rate: render, predict a chunk, execute its first
 `--execute` actions (mapped to joints by the executor's `ActionMapper`), repeat. No scheduler blending, latency or
 safety filter: it measures the policy, while `gem_eval sim` measures the whole ROS pipeline (~10x slower).
 `--executor` puts the execution layer back without ROS: the ExecutionController built from the robot YAML's
@@ -16,11 +18,14 @@ modes is the execution layer's; a gap between `--executor` and `gem_eval sim` is
 `sensitivity` answers the usual reason a small imitation policy fails in closed loop while its offline error is
 low: it copies the proprioceptive trajectory and ignores the images ("copycat"). For held-out frames at a few
 episode steps it reports the mean |change| of the predicted chunk when the images, or the state, are swapped
-with another episode's, next to the recorded chunks' own spread across episodes.
+with another episode's, next to the recorded chunks' own spread across episodes. The instruction swap keeps the
+images and state and names another cube of the table (same phrasing); it is set beside the change between two
+samples (sampler seeds) of the same input: a policy that listens moves far more for the first.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -107,7 +112,9 @@ def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, ma
     the executor core (`executor`, chunks delivered `latency_s` after their request)."""
     from gem_ros.core.policy.gem_vla import GemVLAPolicy
     from gem_ros.core.policy.observation import Observation
+    from gem_ros.demo_report import outcome_summary
     from gem_ros.sim import SimConfig, TabletopSim
+    from gem_ros.sim.language import episode_instruction
     from gem_ros.sim.scene import scene_overrides
 
     policy = GemVLAPolicy.from_pretrained(checkpoint, device=device)
@@ -118,7 +125,9 @@ def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, ma
     rows = []
     with TabletopSim(SimConfig(seed=seed, **scene_overrides(policy.config.sim_scene))) as sim:
         for episode in tqdm(range(episodes), desc="rollout", unit="episode"):
-            instruction = sim.reset(seed * 100_003 + episode)
+            sim.reset(seed * 100_003 + episode)
+            instruction = episode_instruction(episode, sim.cfg.object_colors)
+            sim.set_instruction(instruction)
             steps, lowest, counts = 0, None, None   # lowest: EE xy distance to each object when the hand was lowest
             if executor:
                 loop = _ExecutorLoop(checkpoint, io, arm, latency_s)
@@ -141,7 +150,10 @@ def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, ma
                                           for name in sim.object_names})
             ee, _ = sim.ee_pose()
             target = sim.object_position(sim.target_object)
-            rows.append({"episode": episode, "instruction": instruction, "target": sim.target_object, "success": bool(sim.task_success()),
+            outcome = sim.outcome()
+            rows.append({"episode": episode, "seed": seed * 100_003 + episode, "instruction": instruction,
+                         "target": sim.target_object, "success": outcome == "success", "task": outcome,
+                         "lifted": sim.lifted_this_episode,
                          "seconds": round(steps * dt, 2),
                          "final_ee_to_target_xy_m": round(float(np.linalg.norm((ee - target)[:2])), 4),
                          # Which cube the grasp went for: tells a wrong-colour policy from an imprecise one.
@@ -151,6 +163,7 @@ def rollout(checkpoint: Path, episodes: int, seed: int = 0, execute: int = 0, ma
     report = {"checkpoint": str(checkpoint), "episodes": episodes,
               **({"executor": True, "latency_s": latency_s} if executor else {"execute_per_chunk": execute}),
               "success_rate": float(np.mean([r["success"] for r in rows])),
+              "outcomes": outcome_summary(rows),
               # the executor loop does not track the grasp height
               "grasp_went_for_target": None if executor else float(np.mean([r["grasp_nearest_object"] == r["target"]
                                                                              for r in rows])),
@@ -175,6 +188,7 @@ def sensitivity(checkpoint: Path, data_dir: Path, steps=(0, 15, 30), episodes: i
                 split_seed: int = 0, device: str = "cpu") -> dict:
     from gem_ros.core.policy.gem_vla import GemVLAPolicy
     from gem_ros.core.policy.observation import Observation
+    from gem_ros.sim import SimConfig
     from gem_train.data.dataset import ChunkDataset, ChunkDatasetConfig, split_episodes
     from gem_train.data.episodes import find_episodes
 
@@ -187,10 +201,12 @@ def sensitivity(checkpoint: Path, data_dir: Path, steps=(0, 15, 30), episodes: i
     dataset = ChunkDataset(held_out, ChunkDatasetConfig.from_io_schema(io))
     spans = [dataset.episode_span(k) for k in range(len(held_out))]
 
-    def predict(images_of, state_of, instruction_of):
-        obs = Observation(dict(zip(io.camera_names, images_of["images"])), state_of["state"],
-                          instruction_of["instruction"])
-        return policy.predict_action_chunk(obs, seed=0)
+    colors = list((policy.config.sim_scene or {}).get("object_colors") or SimConfig().object_colors)
+
+    def predict(images_of, state_of, instruction_of, seed: int = 0):
+        instruction = instruction_of if isinstance(instruction_of, str) else instruction_of["instruction"]
+        obs = Observation(dict(zip(io.camera_names, images_of["images"])), state_of["state"], instruction)
+        return policy.predict_action_chunk(obs, seed=seed)
 
     report = {}
     for t in steps:
@@ -205,4 +221,19 @@ def sensitivity(checkpoint: Path, data_dir: Path, steps=(0, 15, 30), episodes: i
             "change_when_images_swapped": float(np.abs(images_swapped - base).mean()),
             "change_when_state_swapped": float(np.abs(state_swapped - base).mean()),
             "recorded_spread_across_episodes": float(recorded.std(axis=0).mean())}
+        if len(colors) > 1:
+            swapped = np.array([predict(s, s, swap_color(s["instruction"], colors)) for s in samples])
+            resampled = np.array([predict(s, s, s, seed=1) for s in samples])
+            report[f"step_{t}"].update({
+                "change_when_instruction_swapped": float(np.abs(swapped - base).mean()),
+                "change_between_samples_same_instruction": float(np.abs(resampled - base).mean())})
     return report
+
+
+def swap_color(instruction: str, colors: list[str]) -> str:
+    """The same phrasing naming the next colour of `colors` ("grab the red block" -> "grab the green block")."""
+    from gem_ros.sim.language import named_color
+
+    color = named_color(instruction, colors)
+    other = colors[(colors.index(color) + 1) % len(colors)]
+    return re.sub(rf"\b{color}\b", other, instruction, flags=re.IGNORECASE)

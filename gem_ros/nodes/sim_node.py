@@ -3,7 +3,9 @@
 `arm` picks the model (gem_ros/sim/arms.py: panda, ur5e, ur10e, xarm7), with the vendor's joint names.
 Out: /clock (sim time), joint_states, camera/<name>/image_raw + camera_info (+ depth/image_raw when asked),
 gem/task_success (std_msgs/Bool), robot_description (the URDF loaded, latched as robot_state_publisher does).
-In: <controller_name>/joint_trajectory (trajectory_msgs/JointTrajectory)
+In: <controller_name>/joint_trajectory (trajectory_msgs/JointTrajectory), and `status_topic`
+(gem_msgs/PolicyStatus): a new instruction there (a goal that came through ROS) makes the cube it names the
+target, so gem/task_success answers for the cube the goal asked for.
 with JointTrajectoryController semantics (see gem_ros/sim/follower.py). Physics advances `step_s` of sim time
 per timer tick; when the machine cannot keep up, sim time simply runs slower than wall time, and every node
 on `use_sim_time` stays consistent. Names but /clock are relative: in a namespace the arm's topics follow it
@@ -19,6 +21,8 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory
+
+from gem_msgs.msg import PolicyStatus
 
 from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.conversions import depth_to_image_msg, make_camera_info, rgb_to_image_msg, s_to_stamp, stamp_to_s
@@ -42,6 +46,7 @@ class SimNode(Node):
         p("gui", False)                   # pybullet's OpenGL window, for people with a screen
         p("object_colors", [""])          # cubes on the table; [""] = the sim's default (red, green, blue)
         p("coarse_robot_meshes", False)   # draw the Panda with its collision meshes (as some datasets were)
+        p("status_topic", "gem/policy_status")   # the policy's instruction sets the target cube; '' = never
         get = lambda name: self.get_parameter(name).value  # noqa: E731
         colors = [c for c in get("object_colors") if c]
         scene = {"arm": get("arm"), "coarse_robot_meshes": bool(get("coarse_robot_meshes")),
@@ -85,6 +90,9 @@ class SimNode(Node):
                 if self._publish_depth else None)
         self.create_subscription(JointTrajectory, f"{get('controller_name')}/joint_trajectory",
                                  self._on_trajectory, 10)
+        self._status_instruction = ""     # last instruction seen on status_topic: only a change re-targets
+        if get("status_topic"):
+            self.create_subscription(PolicyStatus, get("status_topic"), self._on_status, 10)
         factor = float(get("real_time_factor"))
         self.create_timer(self.step_s / factor if factor > 0 else 1e-4, self.tick)
 
@@ -99,6 +107,31 @@ class SimNode(Node):
             _, positions, _ = self.sim.joint_state()
             self.follower.reset(positions)
         return self.instruction
+
+    def set_instruction(self, instruction: str) -> str:
+        """Make the cube `instruction` names the target (layout unchanged); ValueError if it names none."""
+        with self._lock:
+            self.sim.set_instruction(instruction)
+            self.instruction = instruction
+        return instruction
+
+    def outcome(self) -> str:
+        """"success", "wrong object" (another cube lifted) or "failure" (TabletopSim.outcome)."""
+        with self._lock:
+            return self.sim.outcome()
+
+    def _on_status(self, msg: PolicyStatus) -> None:
+        # Edge-triggered: the 50 Hz status repeats the previous goal's instruction for a while after a reset, and
+        # that stale copy must not undo the new episode's target.
+        if msg.instruction == self._status_instruction:
+            return
+        self._status_instruction = msg.instruction
+        if not msg.instruction:
+            return
+        try:
+            self.set_instruction(msg.instruction)
+        except ValueError as error:   # the task cannot be scored for it; the target stays
+            self.get_logger().warning(f"task success still refers to '{self.instruction}': {error}")
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         times = [pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points]

@@ -21,6 +21,7 @@ import pybullet_data
 
 from gem_ros.core.policy.config import SIM_SCENE_FIELDS
 from gem_ros.sim.arms import SIM_ARMS, resolved_urdf_text, sim_arm
+from gem_ros.sim.language import PHRASINGS, instruction_for, named_color
 from gem_ros.sim.camera import (CameraConfig, Intrinsics, intrinsics, optical_frame, projection_matrix,
                                 quat_from_matrix, world_eye_target_up, zbuffer_to_depth_m)
 
@@ -148,6 +149,10 @@ class TabletopSim:
         self._pending_s = 0.0
         self._cube_ids: dict[str, int] = {}
         self._target = cfg.object_colors[0]
+        self._phrasing = 0
+        self._typed: str | None = None       # an instruction given by set_instruction, until the next reset
+        self._lifted: set[str] = set()       # cubes lifted at some step() of this episode ...
+        self._held: set[str] = set()         # ... and those among them lifted in both fingers
         self.episode_seed = cfg.seed
         self._build_world()
         self.reset(cfg.seed)
@@ -231,13 +236,17 @@ class TabletopSim:
     def reset(self, seed: int | None = None) -> str:
         """New episode: re-place cubes (from `seed`, or the next seed of cfg.seed's sequence), arm home.
 
-        Returns the language instruction, e.g. "pick up the red cube". `time_s` keeps running (a ROS /clock
-        driven by it must never jump back).
+        Returns the language instruction naming the target, in one of the phrasings drawn from the seed (e.g.
+        "pick up the red cube", "grab the red block"). `time_s` keeps running (a ROS /clock driven by it must
+        never jump back).
         """
         self.episode_seed = int(self._episode_seeds.integers(2**31)) if seed is None else int(seed)
         rng = np.random.default_rng(self.episode_seed)
         self._target = self.cfg.object_colors[int(rng.integers(len(self.cfg.object_colors)))]
         layout = self._sample_layout(rng)
+        self._phrasing = int(rng.integers(len(PHRASINGS)))   # drawn after the layout: layouts match older seeds
+        self._typed = None
+        self._lifted, self._held = set(), set()
         # Re-creating the cubes (shapes are shared) drops cached contacts, so an episode replays identically.
         for body in self._cube_ids.values():
             self._pb(p.removeBody, body)
@@ -254,7 +263,14 @@ class TabletopSim:
 
     @property
     def instruction(self) -> str:
-        return f"pick up the {self._target} cube"
+        return self._typed if self._typed is not None else instruction_for(self._target, self._phrasing)
+
+    def set_instruction(self, instruction: str) -> str:
+        """Make the cube `instruction` names the target (the layout stays); returns its colour. ValueError when
+        it names no cube on the table, or several."""
+        self._target = named_color(instruction, self.cfg.object_colors)
+        self._typed = instruction
+        return self._target
 
     @property
     def target_object(self) -> str:
@@ -301,6 +317,10 @@ class TabletopSim:
         for _ in range(n):
             self._pb(p.stepSimulation)
         self._steps += n
+        if n:
+            lifted = self.lifted_objects()
+            self._lifted.update(lifted)
+            self._held.update(name for name in lifted if self._in_both_fingers(name))
 
     # ---------------------------------------------------------------- state
     def joint_state(self) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -326,16 +346,33 @@ class TabletopSim:
         pos, quat = self._pb(p.getBasePositionAndOrientation, self._cube_ids[color])
         return np.array(pos), np.array(quat)
 
+    def lifted_objects(self) -> list[str]:
+        """Cubes whose bottom is at least lift_height_m above the table (however they got there)."""
+        half = self.cfg.cube_size_m / 2.0
+        return [n for n in self.object_names if self.object_position(n)[2] - half >= self.cfg.lift_height_m]
+
+    def outcome(self) -> str:
+        """The episode so far (since reset, over every step() call): "success" when the named cube was lifted in
+        both fingers, else "wrong object" when another cube was lifted, else "failure"."""
+        if self.target_object in self._held or self.task_success():
+            return "success"
+        return "wrong object" if self._lifted - {self.target_object} else "failure"
+
+    @property
+    def lifted_this_episode(self) -> list[str]:
+        return sorted(self._lifted)
+
+    def _in_both_fingers(self, name: str) -> bool:
+        if not self.arm.has_gripper:
+            return False
+        body = self._cube_ids[name.removesuffix("_cube")]
+        touching = {c[3] for c in self._pb(p.getContactPoints, self._robot, body)}
+        return {self._link_index["panda_leftfinger"], self._link_index["panda_rightfinger"]} <= touching
+
     def task_success(self) -> bool:
         """Target cube's bottom at least lift_height_m above the table and touched by both fingers (an arm
         without a gripper never succeeds: it can only run dry)."""
-        if not self.arm.has_gripper:
-            return False
-        body = self._cube_ids[self._target]
-        bottom_m = self.object_position(self.target_object)[2] - self.cfg.cube_size_m / 2.0
-        touching = {c[3] for c in self._pb(p.getContactPoints, self._robot, body)}
-        fingers = {self._link_index["panda_leftfinger"], self._link_index["panda_rightfinger"]}
-        return bottom_m >= self.cfg.lift_height_m and fingers <= touching
+        return self.target_object in self.lifted_objects() and self._in_both_fingers(self.target_object)
 
     def ik(self, position: Sequence[float], orientation_xyzw: Sequence[float]) -> np.ndarray:
         """Arm joint positions (rad, the arm's joint order) putting its end-effector link at the pose.
