@@ -145,6 +145,8 @@ class ModelConfig:
                  f"model.depth_init must be one of {DEPTH_INITS}, got {self.depth_init!r}")
         _require(self.depth_sana_dir is None or Path(self.depth_sana_dir).is_dir(),
                  f"model.depth_sana_dir {self.depth_sana_dir!r} is not a folder")
+        _require(self.depth_sana_dir is None or self.depth_expert,
+                 "model.depth_sana_dir is set but model.depth_expert is false")
         _require(self.depth_sana_dir is None or self.depth_init == "pretrained",
                  "model.depth_sana_dir names pretrained depth weights but model.depth_init is \"random\"")
         _require(self.depth_image_size > 0 and self.depth_image_size % 32 == 0,

@@ -253,8 +253,8 @@ def load_model(config: TrainConfig, stats: dict, resume_from: Path | None, devic
 
 
 def record_image_training(policy_config: GemVLAConfig, config: TrainConfig, start) -> None:
-    """What this training does to images goes into the checkpoint; a checkpoint fine-tuned (init_from) keeps its
-    resize and pixel bounds (its processor comes with it), so the recipe must ask for the same resize."""
+    """This training's image augmentation goes into the checkpoint; a checkpoint trained on (init_from, resume)
+    keeps its resize and pixel bounds (its processor comes with it): the recipe must ask for the same resize."""
     pipeline, d = policy_config.image_pipeline, config.data
     if start is not None and pipeline.resize != d.image_resize:
         raise ValueError(f"data.image_resize {d.image_resize!r} differs from the image_pipeline.resize "
@@ -272,16 +272,12 @@ def build_policy(config: TrainConfig, stats: dict, device: torch.device) -> GemV
         from gem_ros.core.policy.tiny_depth import tiny_depth_expert_config
 
         if m.depth_sana_dir is not None:   # SANA + DC-AE + shift from a diffusers folder, loaded by build()
-            depth = diffusers_depth_config(m.depth_sana_dir, width, m.depth_image_size)
+            depth = diffusers_depth_config(m.depth_sana_dir, width, m.depth_image_size).to_dict()
         elif m.backbone == TINY_BACKBONE:
-            depth = tiny_depth_expert_config(width, m.depth_image_size, init="random")
+            depth = tiny_depth_expert_config(width, m.depth_image_size, init="random").to_dict()
         else:
-            depth = DepthExpertConfig(vlm_hidden_size=width, image_size=m.depth_image_size, init=m.depth_init)
-        depth = depth.to_dict()
-    d = config.data
-    pipeline = ImagePipelineConfig(resize=d.image_resize, min_pixels=m.min_pixels_per_image,
-                                   max_pixels=m.max_pixels_per_image, camera_dropout=d.camera_dropout,
-                                   corruptions=d.image_corruptions)
+            depth = DepthExpertConfig(vlm_hidden_size=width, image_size=m.depth_image_size, init=m.depth_init).to_dict()
+    pipeline = ImagePipelineConfig(config.data.image_resize, m.min_pixels_per_image, m.max_pixels_per_image)
     policy_config = GemVLAConfig(io=config.data.io_schema(), rdt=dataclasses.replace(m.rdt, cond_hidden_size=width),
                                  selected_layers=list(m.selected_layers), num_inference_steps=m.num_inference_steps,
                                  depth_expert=depth, max_pixels_per_image=m.max_pixels_per_image,

@@ -139,4 +139,7 @@ def test_recipe_depth_init_keys_are_checked(tmp_path):
     with pytest.raises(ValueError, match="model.depth_sana_dir .* is not a folder"):
         load_config(None, base + [f"model.depth_sana_dir={tmp_path / 'none'}"])
     with pytest.raises(ValueError, match="depth_init is \"random\""):
-        load_config(None, base + ["model.depth_init=random", f"model.depth_sana_dir={data_dir}"])
+        load_config(None, base + ["model.depth_expert=true", "model.depth_init=random",
+                                  f"model.depth_sana_dir={data_dir}"])
+    with pytest.raises(ValueError, match="depth_sana_dir is set but model.depth_expert is false"):
+        load_config(None, base + [f"model.depth_sana_dir={data_dir}"])

@@ -161,12 +161,12 @@ class PatchTap:
 def test_serving_feeds_the_model_the_pixels_training_fed_it(tmp_path, tiny_backbone_dir):
     from gem_ros.core.policy.gem_vla import GemVLAPolicy
     from gem_ros.core.policy.observation import Observation
-    from gem_train.train import build_policy, load_data
+    from gem_train.train import load_data, load_model
 
     config = _native_recipe(tmp_path, tiny_backbone_dir)
     data = load_data(config)
     torch.manual_seed(0)
-    policy = build_policy(config, data.stats, torch.device("cpu"))
+    policy = load_model(config, data.stats, None, torch.device("cpu"))[0]
     pipeline = policy.config.image_pipeline
     assert (pipeline.resize, pipeline.min_pixels, pipeline.max_pixels) == ("native", 12288, 262144)
 

@@ -86,9 +86,9 @@ class DepthExpertConfig:
     vae: dict = field(default_factory=dc_ae_f32c32_config)
     image_size: int = 256                 # depth image side in px, a multiple of the VAE compression
     cond_dropout: float = 0.1             # whole-span condition dropout in train mode (enables CFG)
-    # Uncertain: the SANA1.5 diffusers repo likely ships a DPM-Solver scheduler config whose key is
-    # `flow_shift: 3.0`; FlowMatchEulerDiscreteScheduler.from_pretrained ignores that key, so GEM may
-    # effectively have trained with shift 1.0. Kept configurable for that reason.
+    # Started from a diffusers SANA folder, the shift is what the reference's FlowMatchEulerDiscreteScheduler
+    # .from_pretrained reads from its scheduler/ (diffusers_depth_config): a DPM-Solver config's `flow_shift` is
+    # not read, giving 1.0. Which config the SANA1.5 repo ships is unverified here; 3.0 otherwise.
     scheduler_shift: float = 3.0
     num_train_timesteps: int = 1000
     init: str = "pretrained"              # DEPTH_INITS; the loss weight is GemVLAConfig.depth_loss_weight
@@ -186,18 +186,13 @@ def diffusers_depth_config(folder: Path | str, vlm_hidden_size: int, image_size:
 
 
 def check_diffusers_part(path: Path) -> list[Path]:
-    """A diffusers model folder we will open: config.json and safetensors weights, no pickle anywhere in it.
-    Returns its weight files."""
-    if not path.is_dir():
-        raise ValueError(f"{path} does not exist: a diffusers SANA folder holds transformer/ (SanaTransformer2DModel) "
-                         f"and vae/ (AutoencoderDC), as save_pretrained writes them")
+    """The weight files of a diffusers model folder we will open: config.json, safetensors, no pickle in it."""
+    _require(path.is_dir(), f"{path} does not exist: a diffusers SANA folder holds transformer/ "
+                            f"(SanaTransformer2DModel) and vae/ (AutoencoderDC), as save_pretrained writes them")
     refuse_pickles(path)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path / 'config.json'} does not exist")
+    _require((path / "config.json").is_file(), f"{path / 'config.json'} does not exist")
     shards = sorted(path.glob("*.safetensors"))
-    if not shards:
-        raise ValueError(f"{path} holds no *.safetensors weights (save them with save_pretrained(safe_serialization="
-                         f"True))")
+    _require(bool(shards), f"{path} holds no *.safetensors weights (save_pretrained(safe_serialization=True))")
     return shards
 
 
@@ -412,7 +407,8 @@ class DepthExpert(nn.Module):
                       for key, (_, shape) in safetensors_header(shard).items()}
             own = {key: tuple(value.shape) for key, value in module.state_dict().items()}
             missing, unexpected = sorted(set(own) - set(stored)), sorted(set(stored) - set(own))
-            mis_shaped = [f"{k}: file {stored[k]} vs config {own[k]}" for k in own if k in stored and stored[k] != own[k]]
+            mis_shaped = [f"{k}: file {stored[k]} vs config {own[k]}" for k in own
+                          if k in stored and stored[k] != own[k]]
             if missing or unexpected or mis_shaped:
                 raise ValueError(f"{path} does not hold the {cls.__name__} of depth_expert.{name}: missing "
                                  f"{len(missing)} tensors {missing[:8]}, unexpected {unexpected[:8]}, shape "
