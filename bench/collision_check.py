@@ -9,7 +9,8 @@ no SRDF (adjacent + default-pose pairs exempt). A chunk: 32 points, 0.1 s apart,
 10 points 20 ms apart (lookahead 0.2 s at 50 Hz) from the anchor, as each control tick checks. Only collision-free
 paths are timed (a hit stops the check early, which would flatter the numbers); "near the table" rows keep only
 paths the fine pass had to look at. Goal: <= 2 ms per chunk and <= 0.3 ms per tick (median, away from objects).
-Prints median / p95 and the configurations tested per path.
+Prints median / p95 and the configurations tested per path, with the checker's passes as configured and with
+the coarse and fine passes only (no middle ones), on the same paths.
 """
 from __future__ import annotations
 
@@ -44,12 +45,15 @@ def boxes(count: int) -> tuple[SceneObject, ...]:
                  for k, a in enumerate(angles))
 
 
-def checker(scene: tuple[SceneObject, ...]) -> CollisionChecker:
+TWO_PASSES = 1e9   # level_ratio that leaves only the coarse and the fine pass (no middle ones)
+
+
+def checker(scene: tuple[SceneObject, ...], level_ratio: float | None = None) -> CollisionChecker:
     executor = read_sections(REPO / "gem_bringup/config/panda/gem.yaml")["gem_executor"]
     cfg = CollisionConfig(padding_m=executor["collision_padding_m"],
                           max_link_travel_m=executor.get("collision_max_link_travel_m") or None,
                           coarse_padding_m=executor.get("collision_coarse_padding_m", 0.03), scene_objects=scene)
-    return CollisionChecker(urdf_path(ARM), cfg)
+    return CollisionChecker(urdf_path(ARM), cfg, **({} if level_ratio is None else {"level_ratio": level_ratio}))
 
 
 LOW = np.array([0.0, 0.75, 0.0, -1.7, 0.0, 2.4, 0.785, 0.04, 0.04])   # fingers a few cm above the table
@@ -96,6 +100,11 @@ def main(argv=None) -> int:
     ck = checker((TABLE, *boxes(2)))
     print(f"configure: {(time.perf_counter() - t0) * 1e3:.0f} ms ({ck.pair_count} pairs, padding {ck.cfg.padding_m} m, "
           f"max link travel {ck.cfg.max_link_travel_m} m; coarse pass {ck.cfg.coarse_padding_m} m)")
+    two = checker((TABLE, *boxes(2)), TWO_PASSES)
+    print("passes (padding / travel mm): " + ", ".join(f"{p * 1e3:.1f} / {t * 1e3:.1f}" for p, t in ck.pass_paddings())
+          + "; coarse + fine only: " + ", ".join(f"{p * 1e3:.1f} / {t * 1e3:.1f}"
+                                                          for p, t in two.pass_paddings()))
+    print(f"{'':34s} {'as configured':>44s} | {'coarse + fine only':>44s}")
     rows = []
     for label, count, points, dt_s, speed, start, near in (
             ("chunk 32 pts @ 10 Hz", chunks, 32, 0.1, args.chunk_speed, False, False),
@@ -103,11 +112,14 @@ def main(argv=None) -> int:
             ("chunk 32 pts near the table", chunks, 32, 0.1, args.chunk_speed, False, True),
             ("tick 10 pts @ 50 Hz", ticks, 10, 0.02, args.chunk_speed, True, False),
             ("tick 10 pts near the table", ticks, 10, 0.02, args.chunk_speed, True, True)):
-        paths, tries = free_paths(ck, rng, count, points, dt_s, speed, start, near)
+        # "near": paths where the two-pass checker's fine pass ran (the same paths for both)
+        paths, tries = free_paths(two, rng, count, points, dt_s, speed, start, near)
+        paths = [(s, p) for s, p in paths if ck.check(NAMES, p, s) is None]   # a hit stops early: free for both
         median, p95, samples = timed(ck, paths)
+        before = timed(two, paths)
         rows.append((label, median, p95, samples))
-        print(f"{label:34s} median {median:6.3f} ms  p95 {p95:6.3f} ms  {samples:6.1f} configurations  "
-              f"({count} free of {tries} drawn)")
+        print(f"{label:34s} median {median:6.3f} ms  p95 {p95:6.3f} ms  {samples:6.1f} cfg | median {before[0]:6.3f} "
+              f"ms  p95 {before[1]:6.3f} ms  {before[2]:6.1f} cfg  ({count} free of {tries} drawn)")
     print("\nscene objects (table + boxes): per chunk / per tick, median ms")
     for extra in ((0, 1, 2, 4, 8) if args.quick else (0, 1, 2, 4, 8, 16, 32)):
         ck = checker((TABLE, *boxes(extra))) if extra else checker((TABLE,))
@@ -115,10 +127,9 @@ def main(argv=None) -> int:
         tick_paths, _ = free_paths(ck, rng, max(10, ticks // 3), 10, 0.02, args.chunk_speed, True)
         chunk, tick = timed(ck, chunk_paths)[0], timed(ck, tick_paths)[0]
         print(f"  {1 + extra:3d} objects, {ck.pair_count:3d} pairs: chunk {chunk:6.3f} ms  tick {tick:6.3f} ms")
-    chunk_ok = rows[0][1] <= 2.0
-    tick_ok = rows[3][1] <= 0.3
-    print(f"\ngoal per chunk <= 2 ms: {'met' if chunk_ok else 'MISSED'}; per tick <= 0.3 ms: "
-          f"{'met' if tick_ok else 'MISSED'}")
+    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    print(f"\ngoal per chunk <= 2 ms: {verdict(rows[0][1] <= 2.0)}; per tick <= 0.3 ms: {verdict(rows[3][1] <= 0.3)} "
+          f"(near the table: {verdict(rows[4][1] <= 0.3)})")
     return 0
 
 

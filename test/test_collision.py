@@ -129,6 +129,52 @@ def test_a_thin_object_between_two_points_is_caught_by_the_interpolation():
     assert ck.check(JOINTS, right[None], start=left).index == 0   # from a start: the segment into point 0
 
 
+PLATE_SCENE = dict(scene_object_names=["table", "plate"], scene_object_shapes=["box", "box"],
+                   scene_object_sizes_m=[1.5, 1.0, 0.05, 0.4, 0.002, 0.3],
+                   scene_object_poses=[0.5, 0.0, -0.025, 0, 0, 0, 0.45, 0.0, 0.45, 0, 0, 0])
+
+
+def test_the_middle_passes_clear_a_hover_with_fewer_samples_and_still_catch_a_thin_plate():
+    """Passes at paddings between the coarse and the fine one: a hand hovering ~1 cm over the table is cleared
+    without the finest spacing everywhere, and a 2 mm plate the hand sweeps through is caught all the same."""
+    table = collision_config(panda_values())
+    passes, two = CollisionChecker(URDF, table), CollisionChecker(URDF, table, level_ratio=1e9)
+    assert [round(p, 4) for p, _ in passes.pass_paddings()] == [0.03, 0.0077, 0.002]
+    assert len(two.pass_paddings()) == 2
+    low = np.array([0.0, 0.8, 0.0, -1.7, 0.0, 2.4, 0.785, 0.04, 0.04])   # fingers just above the table
+    hover = low + np.outer(np.linspace(0.02, 0.2, 10), np.eye(9)[0])       # one tick's path, joint 1 turning
+    assert passes.check(JOINTS, hover, low) is None and two.check(JOINTS, hover, low) is None
+    assert passes.last_samples < 0.6 * two.last_samples, (passes.last_samples, two.last_samples)
+    cfg = collision_config(panda_values(**PLATE_SCENE))
+    passes = CollisionChecker(URDF, cfg)
+    sweep = HOME + np.outer([-0.6, -0.4, 0.4, 0.6], np.eye(9)[0])         # the hand clears the plate at each point
+    oracle = IndependentCheck(padding_m=cfg.padding_m, **PLATE_SCENE)
+    assert oracle.contacts_along(sweep[:-1], sweep[1:]) > 0 and oracle.points_in_collision(sweep) == 0
+    hit = passes.check(JOINTS, sweep)
+    assert hit is not None and hit.body_b == "plate" and 0 < hit.fraction < 1, hit
+
+
+def test_a_path_the_checker_clears_touches_nothing_checked_densely():
+    """Short random paths near the table and the plate: whatever the passes clear, a dense check (every pair,
+    1 mrad steps) finds no contact along and no point within half the padding."""
+    scene = {**PLATE_SCENE, "scene_object_poses": [0.5, 0.0, -0.025, 0, 0, 0, 0.45, 0.3, 0.3, 0, 0, 0]}   # plate at y 0.3
+    cfg = collision_config(panda_values(**scene))
+    checker, oracle = CollisionChecker(URDF, cfg), IndependentCheck(padding_m=cfg.padding_m, **scene)
+    rng = np.random.default_rng(3)
+    clear = hits = 0
+    for _ in range(150):
+        start = np.r_[rng.uniform(-0.3, 0.6), rng.uniform(0.0, 0.85), rng.uniform(-0.3, 0.3),
+                      rng.uniform(-2.4, -1.6), rng.uniform(-0.3, 0.3), rng.uniform(1.8, 2.6), 0.785, 0.04, 0.04]
+        path = start + np.cumsum(np.r_[rng.uniform(-0.05, 0.05, (10, 7)).T, np.zeros((2, 10))].T, axis=0)
+        if checker.check(JOINTS, path, start) is not None:
+            hits += 1
+            continue
+        clear += 1
+        ends = np.vstack([start, path])
+        assert oracle.contacts_along(ends[:-1], ends[1:]) == 0 and oracle.points_in_collision(path) == 0, path
+    assert clear > 30 and hits > 30, (clear, hits)   # both ways
+
+
 def test_holds_are_never_collision_checked(checker):
     """A hold keeps the arm where it already is: refusing it could not undo a collision, only stop holding."""
     from gem_ros.core.safety import SafetyConfig, SafetyFilter
@@ -232,8 +278,8 @@ class IndependentCheck:
     """Collision by another route than the checker: every pair tested (no broadphase), in configurations spaced
     evenly in joint space at `step_rad`, finer than the checker's interpolation."""
 
-    def __init__(self, padding_m: float, step_rad: float = 0.001):
-        built = build_collision_model(URDF, collision_config(panda_values()))
+    def __init__(self, padding_m: float, step_rad: float = 0.001, **overrides):
+        built = build_collision_model(URDF, collision_config(panda_values(**overrides)))
         self.model, self.step_rad = built.model, step_rad
         self.contact, self.padded = (pin.GeometryPool(built.model, built.geometry, 1) for _ in range(2))
         for pool, margin in ((self.contact, 0.0), (self.padded, padding_m * 0.5)):
