@@ -254,3 +254,25 @@ def test_gem2b_recipe_selects_the_reference_pipeline_and_the_tiny_recipe_keeps_t
         "native", "remove", True, True)
     tiny = load_config(configs / "sim_pick_tiny.yaml", [episodes]).data
     assert (tiny.image_resize, tiny.camera_dropout, tiny.image_corruptions) == ("fixed", "blank", False)
+
+
+def test_a_batch_whose_samples_lost_cameras_trains_with_the_depth_loss(tiny_backbone_dir):
+    """Prompts of 0, 1 and 2 images in one batch: action and depth losses stay finite and backpropagate."""
+    from gem_ros.core.policy.gem_vla import GemVLAPolicy
+    from gem_ros.core.policy.normalizer import MinMaxNormalizer
+    from gem_ros.core.policy.tiny import tiny_policy_config
+    from gem_ros.core.policy.tiny_depth import tiny_depth_expert_config
+
+    torch.manual_seed(0)
+    config = tiny_policy_config(action_dim=8, chunk_len=2,
+                                depth_expert=tiny_depth_expert_config(64, 64, init="random").to_dict())
+    policy = GemVLAPolicy.build(config, tiny_backbone_dir, MinMaxNormalizer(-np.ones(8), np.ones(8)), device="cpu")
+    dataset = ChunkDataset([make_episode(n=40, size=(64, 64))], ChunkDatasetConfig(
+        list(CAMS), chunk_len=2, image_size=(64, 64), image_drop_prob=0.5, camera_dropout="remove",
+        image_corruptions=True, color_jitter=True, depth_size=64, native_resolution=True, seed=1))
+    samples = [dataset[i] for i in range(40)]
+    picked = [next(s for s in samples if len(s["images"]) == n) for n in (0, 1, 2)]
+    loss, logs = policy(collate_batch(picked), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert np.isfinite(logs["loss/action"]) and logs["loss/depth"] > 0
+    assert policy.depth_expert.diffusion_connector[0].weight.grad.abs().sum() > 0

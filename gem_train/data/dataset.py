@@ -7,7 +7,7 @@ picked at random. Raw (un-normalised) values: the policy's normalizer does that,
 Loading: actions/states of all episodes are read once (small); frames are read and decoded per item from
 HDF5 files that each DataLoader worker opens itself (handles are never shared across processes).
 
-Random draws (dropout, shift, colour jitter, state noise, instruction choice) come from a generator seeded by
+Random draws (dropout, shift, colour jitter, corruptions, state noise, instruction) come from a generator seeded by
 (seed, epoch, sample index) alone, never from state that accumulates: a run resumed after a kill -9, with any
 num_workers or process count, sees the same augmented sample wherever and whenever it is loaded.
 """
