@@ -8,6 +8,7 @@ for them names and limits are checked, kinematics are not.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,17 @@ def arm_urdf(arm: str) -> str:
     raise AssertionError(f"arm {arm!r} has a configuration but no test URDF: add it to arm_urdf()")
 
 
+def collision_overrides(arm: str) -> dict:
+    """Where the test URDF's collision meshes are on this machine (a robot PC finds them in the description
+    package's share folder); the stand-in chains of FR3 and Gen3 have no geometry to check."""
+    if arm in ("fr3", "kinova_gen3"):
+        return {"collision_check": False}
+    if arm in ("panda", "panda_franka_ros2"):
+        return {"collision_package_paths": ["meshes=python://pybullet_data/franka_panda/meshes"]}
+    from gem_ros.sim.arms import ERD, package_root
+    return {"collision_package_paths": [f"{ERD}={package_root(ERD).parent}"]}
+
+
 def names(values) -> list[str]:
     return [n for n in values or [] if n]
 
@@ -149,7 +161,7 @@ def test_executor_configures_and_keeps_random_chunks_inside_the_arms_limits(arm,
     urdf = arm_urdf(arm)
     values = {**PARAMETERS, **executor, "robot_description": urdf, "checkpoint": str(served_checkpoint(tmp_path,
                                                                                                         executor))}
-    ctrl = build_controller(values)
+    ctrl = build_controller({**values, **collision_overrides(arm)})
     limits, margin = load_urdf_limits(urdf), executor.get("position_margin_rad", 0.0)
     joints = list(ctrl.cfg.joint_names)
     lower = np.array([limits[n].lower for n in joints])
@@ -255,3 +267,64 @@ def test_soft_limits_narrow_the_range_and_never_widen_it():
     assert (limits["a"].lower, limits["a"].upper) == (-1.0, 1.0) and (limits["b"].lower, limits["b"].upper) == (-1, 1)
     with pytest.raises(ValueError, match="'a'.*NaN"):
         load_soft_urdf_limits(wide.replace('soft_upper_limit="0.5"', 'soft_upper_limit="nan"'))
+
+
+SELF_PAIR = r"collision .*: '(\w+)' and '(\w+)'"
+
+
+@pytest.mark.parametrize("arm", ["panda_franka_ros2", "ur5e", "ur10e", "xarm7"])
+def test_real_arm_collision_checks_robot_description_meshes_or_refuses_naming_them(arm, tmp_path):
+    """Collision checking is on in every real-arm YAML. From a robot_description whose package:// meshes do not
+    resolve on this machine, configure refuses naming a mesh and the parameter that fixes it; with the package's
+    folder given, the arm's own meshes are checked (a folded configuration is refused naming two links)."""
+    executor = read_sections(CONFIGS / arm / "gem.yaml")["gem_executor"]
+    assert executor["collision_check"] is True and not executor["srdf_path"]
+    values = {**PARAMETERS, **executor, "robot_description": arm_urdf(arm),
+              "checkpoint": str(served_checkpoint(tmp_path, executor))}
+    with pytest.raises(ValueError, match=r"collision meshes not found \(set gem_executor collision_package_paths to "
+                                         r"\['[\w-]+=FOLDER'\].*link '\w+' mesh 'package://"):
+        build_controller(values)
+    ctrl = build_controller({**values, **collision_overrides(arm)})
+    checker = ctrl.safety.collision
+    assert "no SRDF: adjacent links and pairs within the padding" in checker.notes[0]
+    joints = list(ctrl.cfg.joint_names)
+    arm_joints = names(executor["action_joint_names"])
+    limits = ctrl.safety.limits   # the soft ones where the YAML prefers them; 0.1 inside, beyond the margins
+    lower = np.array([max(limits[n].lower + (0.01 if limits[n].is_prismatic else 0.1), -np.pi) for n in joints])
+    upper = np.array([min(limits[n].upper - (0.01 if limits[n].is_prismatic else 0.1), np.pi) for n in joints])
+    rng = np.random.default_rng(1)
+    folded = next((q for q in rng.uniform(lower, upper, (400, len(joints)))
+                   if (hit := checker.check(joints, q[None])) is not None and not hit.scene), None)
+    assert folded is not None, f"{arm}: no self-collision among 400 random configurations"
+    start = (lower + upper) / 2
+    assert checker.check(joints, start[None]) is None
+    ctrl.on_joint_state(joints, start, np.zeros(len(joints)), 0.0)
+    channels = default_channel_names(ctrl.mapper.cfg)
+    chunk = np.linspace(start, folded, 9)[1:][:, [joints.index(n) for n in arm_joints]]
+    gripper = names(executor.get("gripper_joint_names"))
+    if gripper:   # the gripper channel: hold it mid-range
+        scale = executor.get("gripper_scale", PARAMETERS["gripper_scale"])
+        chunk = np.hstack([chunk, np.full((8, 1), start[joints.index(gripper[0])] / scale)])
+    reason = ctrl.on_chunk(channels, 0.1, chunk, "absolute_joint", 0.0, 0.0)
+    assert reason and re.search(SELF_PAIR, reason), reason
+
+
+@pytest.mark.parametrize("arm, srdf", [("ur5e", "ur_description/srdf/ur5.srdf"),
+                                       ("xarm7", "xarm_description/srdf/xarm7.srdf")])
+def test_an_srdf_from_example_robot_data_decides_the_pairs_and_the_sim_wires_it(arm, srdf, tmp_path):
+    from gem_ros.sim.arm_wiring import sim_wiring
+    from gem_ros.sim.arms import ERD, package_root
+
+    sections = read_sections(CONFIGS / arm / "gem.yaml")
+    executor = sections["gem_executor"]
+    path = str(package_root(ERD) / srdf)
+    values = {**PARAMETERS, **executor, "robot_description": arm_urdf(arm), "srdf_path": path,
+              "checkpoint": str(served_checkpoint(tmp_path, executor)), **collision_overrides(arm)}
+    checker = build_controller(values).safety.collision
+    assert f"disabled by SRDF {path}" in checker.notes[0] and ": SRDF" in checker.notes[0]
+    wiring = sim_wiring(sections, arm)   # gem_demo / sim:=true: the model's URDF, and its SRDF where it fits
+    wired = path if arm == "ur5e" else ""
+    assert wiring.executor["srdf_path"] == wired and any("collision checking on the model" in n for n in wiring.notes)
+    sim_values = {**PARAMETERS, **executor, **wiring.executor, "checkpoint": values["checkpoint"]}
+    notes = build_controller(sim_values).safety.collision.notes   # the model's meshes are found as files
+    assert notes[0] == checker.notes[0] if wired else "no SRDF" in notes[0]

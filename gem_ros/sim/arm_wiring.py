@@ -16,10 +16,13 @@ from typing import Any
 
 import yaml
 
-from gem_ros.sim.arms import SimArm, sim_arm, urdf_path
+from gem_ros.sim.arms import SimArm, package_root, sim_arm, urdf_path
 from gem_ros.sim.scene import default_cameras
 
 SUCCESS_TOPIC = "gem/task_success"   # relative, as gem_sim publishes it
+# The models' own SRDFs, for collision checking on the model's URDF. example-robot-data's xarm7.srdf is left out:
+# its group_state "home" is not the sim's episode-start home, which gem_demo resets to under that name.
+MODEL_SRDFS = {"ur5e": "ur_description/srdf/ur5.srdf"}
 
 
 @dataclass
@@ -78,6 +81,11 @@ def sim_wiring(sections: Mapping[str, Mapping[str, Any]], source: str = "the arm
     wiring.executor.update(
         backend="topic", gripper_backend="arm", joint_names=action + kept, action_joint_names=action,
         gripper_joint_names=kept or [""], urdf_path=str(urdf_path(model)))
+    if executor.get("collision_check", False) and model.package != "pybullet_data":
+        srdf = str(package_root(model.package) / MODEL_SRDFS[model.name]) if model.name in MODEL_SRDFS else ""
+        wiring.executor.update(srdf_path=srdf, collision_package_paths=[""])   # the model's meshes are files here
+        notes.append("collision checking on the model's URDF with " + (f"its SRDF {srdf}" if srdf else
+                     "no SRDF (adjacent and default-pose pairs exempt)"))
     cameras = [c.name for c in default_cameras(model.wrist_link)]
     topics = [f"camera/{name}/image_raw" for name in cameras]
     policy = sections.get("gem_policy", {})

@@ -233,10 +233,13 @@ class CollisionChecker:
     def _closest_pair(self, q: np.ndarray) -> tuple[int, int, float]:
         """The checked pair with the smallest distance at `q` among those within the padding (lock held)."""
         pin.computeCollisions(self._model, self._data, self._geometry, self._geometry_data, q, False)
+        pairs = self._geometry.collisionPairs
+        flagged = [k for k, result in enumerate(self._geometry_data.collisionResults) if result.isCollision()]
+        # None flagged: the batch's pair sat within a few um of the padding, where coal's warm-started GJK can
+        # answer either way; the closest pair of all is then the one it saw.
         best = (0, 0, math.inf)
-        for k, (pair, result) in enumerate(zip(self._geometry.collisionPairs, self._geometry_data.collisionResults)):
-            if result.isCollision():
-                distance = pin.computeDistance(self._geometry, self._geometry_data, k).min_distance
-                if distance < best[2]:
-                    best = (pair.first, pair.second, float(distance))
+        for k in flagged or range(len(pairs)):
+            distance = pin.computeDistance(self._geometry, self._geometry_data, k).min_distance
+            if distance < best[2]:
+                best = (pairs[k].first, pairs[k].second, float(distance))
         return best

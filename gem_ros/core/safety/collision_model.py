@@ -86,7 +86,7 @@ def package_folder(value: str) -> Path:
 def _resolved_collision_xml(xml: str, urdf_dir: Path | None, package_paths) -> str:
     """The URDF with every <collision> mesh made an absolute path; ValueError names each mesh not found."""
     root = ET.fromstring(xml)
-    missing = []
+    missing, packages = [], []
     for link in root.findall("link"):
         for mesh in link.findall("collision/geometry/mesh"):
             uri = mesh.get("filename", "")
@@ -94,8 +94,16 @@ def _resolved_collision_xml(xml: str, urdf_dir: Path | None, package_paths) -> s
                 mesh.set("filename", str(resolve_mesh(uri, urdf_dir, package_paths)))
             except FileNotFoundError as error:
                 missing.append(f"link '{link.get('name')}' mesh {uri!r} ({error})")
+                package = uri[len("package://"):].partition("/")[0] if uri.startswith("package://") else ""
+                if package and package not in packages:
+                    packages.append(package)
     if missing:
-        raise ValueError("collision meshes not found (set the package path of their package): " + "; ".join(missing))
+        # A robot_description from another machine names its meshes by package: where is that package here?
+        fix = (f"set gem_executor collision_package_paths to {[f'{name}=FOLDER' for name in packages]} (FOLDER: "
+               f"the package's share folder, holding what follows package://NAME/), or run where the package is "
+               f"installed (its share/NAME on AMENT_PREFIX_PATH)" if packages else "fix the mesh paths in the URDF")
+        raise ValueError(f"collision meshes not found ({fix}; or collision_check false to run without collision "
+                         f"checking): " + "; ".join(missing))
     return ET.tostring(root, encoding="unicode")
 
 
@@ -149,6 +157,9 @@ def build_collision_model(urdf: str | os.PathLike, cfg: CollisionConfig) -> Coll
             obj.geometry = obj.geometry.convex
     body_names = [model.frames[g.parentFrame].name for g in geometry.geometryObjects]
     robot = len(body_names)
+    if not any(g.parentJoint for g in geometry.geometryObjects):   # a check that could never refuse anything
+        raise ValueError("the URDF has no <collision> geometry on a moving link: nothing to check (use the robot's "
+                         "full description, or collision_check false)")
     links = set(description.links)
     for obj in cfg.scene_objects:
         frame = obj.frame or description.root_link
