@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,41 @@ def test_a_hold_stops_the_running_execution_and_starts_nothing(ros, backend_for)
     ros.wait_for(lambda: not session.running.is_set(), 5, "the execution stopped")
     backend.close()
     assert len(session.executed) == 1 and session.stops >= 1 and faults == []
+
+
+PANDA_URDF = Path(__file__).resolve().parents[1] / "urdf" / "panda" / "panda.urdf"
+PANDA = [f"panda_joint{i}" for i in range(1, 8)]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"moveit_group": "arm group"}, r"moveit_group must be a ROS name.*'arm group'"),
+    ({"moveit_node_name": ""}, r"moveit_node_name must be a ROS name.*''"),
+    ({"moveit_node_name": "9lives"}, r"moveit_node_name must be a ROS name"),
+    ({"moveit_config_file": "/no/such/moveit_cpp.yaml"}, r"moveit_config_file '/no/such/moveit_cpp.yaml': no such"),
+    ({"moveit_controllers": ["arm_controller", "arm_controller"]}, r"moveit_controllers must be unique"),
+    ({"moveit_controllers": ["arm controller"]}, r"moveit_controllers must be unique controller names"),
+])
+def test_moveit_parameters_are_validated_at_configure_before_moveit_is_looked_for(overrides, message):
+    from gem_ros.core.executor_setup import PARAMETERS, build_controller, moveit_settings
+
+    values = {**PARAMETERS, "backend": "moveit", "joint_names": PANDA, "urdf_path": str(PANDA_URDF), **overrides}
+    with pytest.raises(ValueError, match=message):
+        moveit_settings(values)
+    with pytest.raises(ValueError, match=message):   # the executor's configure: before any backend is built
+        build_controller(values)
+    with pytest.raises(ValueError, match=message):
+        make_moveit_backend(values, None, PANDA)
+
+
+def test_moveit_parameters_are_declared_and_refused_with_another_backend():
+    from gem_ros.core.executor_setup import PARAMETERS, build_controller, moveit_settings
+
+    assert {"moveit_group", "moveit_node_name", "moveit_config_file", "moveit_controllers"} <= set(PARAMETERS)
+    values = {**PARAMETERS, "joint_names": PANDA, "urdf_path": str(PANDA_URDF)}
+    assert moveit_settings(values) is None   # backend topic: nothing to validate, nothing set
+    settings = moveit_settings({**values, "backend": "moveit", "moveit_group": "panda_arm",
+                                "moveit_controllers": ["panda_arm_controller", ""]})
+    assert (settings.group, settings.node_name, settings.controllers) == ("panda_arm", "gem_moveit_py",
+                                                                          ("panda_arm_controller",))
+    with pytest.raises(ValueError, match=r"\['moveit_group'\] set but backend is 'topic'.*backend 'moveit' only"):
+        build_controller({**values, "moveit_group": "panda_arm"})

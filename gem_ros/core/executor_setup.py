@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,11 @@ PARAMETERS: dict[str, Any] = {
     # values per name in joint_names order; validated at configure (inside the limits minus the margin).
     "named_state_names": [""],
     "named_state_positions": [0.0],
+    # backend "moveit" (gem_ros.nodes.moveit_adapter, needs moveit_py): trajectories through MoveIt's execution
+    "moveit_group": "",                         # planning group; "": the one whose joints are the arm's
+    "moveit_node_name": "gem_moveit_py",        # the MoveItPy node the executor starts
+    "moveit_config_file": "",                   # MoveItPy parameters (YAML); "": the launch's parameters
+    "moveit_controllers": [""],                 # controllers MoveIt executes on; empty: MoveIt's choice
     "urdf_path": "",                            # one of urdf_path / robot_description (XML) is required; the
     "robot_description": "",                    # node falls back to the robot_description topic (latched)
     "robot_description_timeout_s": 10.0,        # how long the node waits for that topic
@@ -123,6 +130,49 @@ def collision_config(values: Mapping[str, Any]) -> CollisionConfig | None:
                            coarse_padding_m=values["collision_coarse_padding_m"],
                            max_joint_step_rad=values["collision_max_joint_step_rad"],
                            srdf_path=values["srdf_path"], package_paths=packages, scene_objects=scene)
+
+
+_ROS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")   # a ROS node / group / controller name (no namespace)
+
+
+@dataclass(frozen=True)
+class MoveItSettings:
+    """The moveit backend's settings; validated here, at configure, before moveit_py is looked for."""
+
+    group: str = ""
+    node_name: str = "gem_moveit_py"
+    config_file: str = ""
+    controllers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for field, value in (("moveit_group", self.group), ("moveit_node_name", self.node_name)):
+            if not isinstance(value, str) or (value or field == "moveit_node_name") and not _ROS_NAME.fullmatch(value):
+                raise ValueError(f"{field} must be a ROS name (a letter, then letters, digits, _), got {value!r}"
+                                 + ("" if field == "moveit_node_name" else " ('' = the group with the arm's joints)"))
+        if self.config_file and not Path(self.config_file).is_file():
+            raise ValueError(f"moveit_config_file {self.config_file!r}: no such file")
+        bad = [c for c in self.controllers if not isinstance(c, str) or not re.fullmatch(r"[A-Za-z][\w/]*", c)]
+        if bad or len(set(self.controllers)) != len(self.controllers):
+            raise ValueError(f"moveit_controllers must be unique controller names, got {list(self.controllers)}")
+
+
+def moveit_settings(values: Mapping[str, Any]) -> MoveItSettings | None:
+    """The moveit backend's settings (None for another backend); ValueError names the parameter. A moveit_*
+    setting with another backend is refused: it would be silently ignored."""
+    settings = MoveItSettings(group=values.get("moveit_group", ""),
+                              node_name=values.get("moveit_node_name", "gem_moveit_py"),
+                              config_file=values.get("moveit_config_file", ""),
+                              controllers=tuple(_names(values.get("moveit_controllers", [""]))))
+    if values.get("backend") == "moveit":
+        return settings
+    changed = [name for name, value, default in (
+        ("moveit_group", settings.group, ""), ("moveit_node_name", settings.node_name, "gem_moveit_py"),
+        ("moveit_config_file", settings.config_file, ""), ("moveit_controllers", settings.controllers, ()))
+        if value != default]
+    if changed:
+        raise ValueError(f"{changed} set but backend is {values.get('backend')!r}: they apply to backend 'moveit' "
+                         f"only (remove them or set backend: moveit)")
+    return None
 
 
 _WITHOUT_CHECKPOINT = {"action_space": "absolute_joint", "chunk_dt_s": 0.1,
@@ -158,6 +208,7 @@ def resolve_action_io(values: Mapping[str, Any]) -> dict[str, Any]:
 def build_controller(values: Mapping[str, Any]) -> ExecutionController:
     """Parameter values (PARAMETERS keys) -> a wired ExecutionController; ValueError names the bad setting."""
     values = {**values, **resolve_action_io(values)}
+    moveit_settings(values)   # a bad moveit_* setting fails configure here, before any backend is built
     urdf = values["robot_description"] or values["urdf_path"]
     if not urdf:
         raise ValueError("one of the parameters urdf_path or robot_description is required (joint limits come from it; "

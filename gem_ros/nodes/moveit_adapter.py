@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 from trajectory_msgs.msg import JointTrajectory
 
+from gem_ros.core.executor_setup import moveit_settings
 from gem_ros.core.safety import SafeTrajectory
 from gem_ros.nodes.backends import BackendUnavailable
 from gem_ros.nodes.conversions import build_joint_trajectory
@@ -306,14 +307,11 @@ def make_moveit_backend(values: Mapping[str, Any], node, joint_names: Sequence[s
     joints), `moveit_node_name` (default gem_moveit_py), `moveit_config_file` (default: the launch's parameters),
     `moveit_controllers` (default: MoveIt's choice). The arm's joints are `joint_names` less the gripper's when
     another backend drives the gripper. ValueError / BackendUnavailable name the problem."""
-    config_file = str(values.get("moveit_config_file") or "")
-    if config_file and not Path(config_file).is_file():
-        raise ValueError(f"moveit_config_file {config_file!r}: no such file")
+    settings = moveit_settings({**values, "backend": "moveit"})   # validated (executor_setup) before moveit_py
     gripper = set(values.get("gripper_joint_names") or []) if values.get("gripper_backend", "arm") != "arm" else set()
     arm_joints = [n for n in joint_names if n not in gripper]
     import_moveit_py()   # the clear refusal first, before anything else is built
-    moveit = connect_moveit(str(values.get("moveit_node_name") or "gem_moveit_py"), config_file)
-    session = MoveItSession(moveit, arm_joints, str(values.get("moveit_group") or ""),
-                            [c for c in values.get("moveit_controllers") or [] if c])
+    moveit = connect_moveit(settings.node_name, settings.config_file)
+    session = MoveItSession(moveit, arm_joints, settings.group, list(settings.controllers))
     return MoveItBackend(session, node)
 
