@@ -123,3 +123,14 @@ def test_outcome_summary_counts_per_colour_and_instruction_with_seeds():
 def test_instruction_swap_names_the_next_cube_in_the_same_words():
     assert swap_color("grab the red block", COLORS) == "grab the green block"
     assert swap_color("pick up the blue cube", COLORS) == "pick up the red cube"
+
+
+def test_grounding_pretraining_sees_where_every_cube_is(tmp_path):
+    """The auxiliary target of gem_pretrain_sim: each cube's xy, the named one among them."""
+    from gem_train.pretrain_sim import PretrainConfig, render_scenes
+
+    cfg = PretrainConfig(out=tmp_path / "bb", image_size=32, colors=COLORS, coarse_meshes=True)
+    images, instructions, targets, every = render_scenes(cfg, 3, seed=5, every_cube=True)
+    assert every.shape == (3, 3, 2) and len(render_scenes(cfg, 1, seed=5)) == 3
+    for text, target, cubes in zip(instructions, targets, every):
+        np.testing.assert_allclose(cubes[COLORS.index(named_color(text, COLORS))], target)
