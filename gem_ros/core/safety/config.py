@@ -145,8 +145,8 @@ class CollisionConfig:
     the joint steps and each joint's lever arm), so with max_link_travel_m <= 2 * padding_m a body that clears
     the padding at both ends cannot touch anything in between: a fast joint cannot step through a thin object.
     A first pass tests configurations 2 * coarse_padding_m of travel apart with that larger padding; only the
-    stretches it finds near something are tested again at max_link_travel_m with padding_m (same guarantee,
-    fewer tests in free space).
+    stretches it finds near something are tested again, by passes at paddings down to padding_m (the last at
+    max_link_travel_m): same guarantee, fewer tests in free space and near objects (CollisionChecker.pass_paddings).
     """
 
     padding_m: float = 0.01
