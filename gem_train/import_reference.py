@@ -27,7 +27,7 @@ from transformers.utils import logging as transformers_logging
 
 from gem_ros.core.policy import checkpoint as ckpt
 from gem_ros.core.policy.backbone import check_backbone_fits
-from gem_ros.core.policy.config import GemVLAConfig, IOSchema, RDTConfig
+from gem_ros.core.policy.config import GemVLAConfig, ImagePipelineConfig, IOSchema, RDTConfig
 from gem_ros.core.policy.normalizer import MinMaxNormalizer, save_normalizers
 from gem_train import reference_files as rf
 
@@ -154,6 +154,20 @@ def action_normalizer(reference: Path, normalizer: Path | None, action_stats: Pa
     return rf.read_normalizer_pt(path), str(path)
 
 
+def reference_image_pipeline(vlm: Path) -> ImagePipelineConfig:
+    """What reference training fed the VLM: frames at the camera's own size into its image processor (resized
+    within the processor's min/max pixels), a dropped camera left out of the prompt, the corruption augmentations.
+    The bounds are the saved processor's, so serving checks them against the copied backbone folder."""
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    try:
+        size = ImageProcessingMixin.get_image_processor_dict(str(vlm))[0].get("size") or {}
+    except Exception as error:  # noqa: BLE001 - transformers raises many types; name the folder
+        raise ValueError(f"{vlm}: no readable image processor config ({error})") from error
+    return ImagePipelineConfig(resize="native", camera_dropout="remove", corruptions=True,
+                               min_pixels=size.get("shortest_edge"), max_pixels=size.get("longest_edge"))
+
+
 def import_reference(reference: Path, out: Path, io: dict, reference_yaml: Path | None = None,
                      normalizer: Path | None = None, action_stats: Path | None = None, device: str = "cpu",
                      verify: bool = True) -> list[str]:
@@ -187,6 +201,7 @@ def import_reference(reference: Path, out: Path, io: dict, reference_yaml: Path 
                          f"{unexpected[:8]}, shape mismatches {mis_shaped[:8]}")
     vlm = reference / VLM_DIR
     check_backbone_fits(vlm, config, Path(source))   # no pickles; selected_layers and width fit this VLM
+    config.image_pipeline = reference_image_pipeline(vlm)
     with ckpt.atomic_directory(out) as scratch:
         ckpt.write_config(scratch, config)
         save_file({k: v.contiguous() for k, v in weights.items()}, str(scratch / ckpt.MODEL_FILE))

@@ -276,3 +276,17 @@ def test_a_batch_whose_samples_lost_cameras_trains_with_the_depth_loss(tiny_back
     loss.backward()
     assert np.isfinite(logs["loss/action"]) and logs["loss/depth"] > 0
     assert policy.depth_expert.diffusion_connector[0].weight.grad.abs().sum() > 0
+
+
+def test_a_policy_built_on_a_backbone_resizes_within_the_configs_pixel_bounds(tiny_backbone_dir):
+    """GemVLAPolicy.build (gem_import, fine-tuning from a folder) hands the recorded min_pixels to the processor, as
+    training does: serving then checks the saved processor against the same bounds."""
+    from gem_ros.core.policy.backbone import pixel_bounds
+    from gem_ros.core.policy.gem_vla import GemVLAPolicy
+    from gem_ros.core.policy.normalizer import MinMaxNormalizer
+    from gem_ros.core.policy.tiny import tiny_policy_config
+
+    config = tiny_policy_config(action_dim=8, chunk_len=2)
+    config.image_pipeline.min_pixels = 20480
+    policy = GemVLAPolicy.build(config, tiny_backbone_dir, MinMaxNormalizer(-np.ones(8), np.ones(8)), device="cpu")
+    assert pixel_bounds(policy.processor.image_processor)[0] == 20480

@@ -115,6 +115,12 @@ def test_plain_run_imports_and_predicts_the_reference_chunk(plain_run, tmp_path,
     assert (config["sampler"], config["num_inference_steps"], config["selected_layers"]) == ("euler", 5, SELECTED)
     assert config["io"]["state_names"] == IO["state_names"] and config["io"]["chunk_len"] == HORIZON
     assert config["io"]["normalize_state"] is False                  # GEM feeds raw states
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    size = ImageProcessingMixin.get_image_processor_dict(str(folder / "vision_language_model"))[0]["size"]
+    assert size["shortest_edge"] and size["longest_edge"]
+    assert config["image_pipeline"] == {"resize": "native", "camera_dropout": "remove", "corruptions": True,
+                                        "min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]}
     assert not [p for p in (tmp_path / "ckpt").rglob("*") if p.suffix in (".bin", ".pt")]   # no pickle travels on
 
     policy = GemVLAPolicy.from_pretrained(tmp_path / "ckpt", device="cpu")

@@ -94,7 +94,8 @@ class GemVLAPolicy(nn.Module):
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         backbone = bb.load_backbone(Path(backbone_path), dtype, device)
-        processor = bb.load_processor(Path(backbone_path), config.max_pixels_per_image)
+        processor = bb.load_processor(Path(backbone_path), config.max_pixels_per_image,
+                                      config.image_pipeline.min_pixels)
         policy = cls(config, backbone, processor, action_normalizer, state_normalizer)
         if policy.depth_expert is not None and policy.depth_expert.config.init == "pretrained":
             # GEM-2B layout: its depth generator initialises ours, completely, or the build is refused.
