@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from gem_ros.sim.language import phrasings
 from gem_train.collect_sim import CollectConfig, episode_seed, main
 from gem_train.data import ChunkDataset, ChunkDatasetConfig, find_episodes, read_action_stats, read_episode
 
@@ -29,7 +30,10 @@ def test_collects_successful_episodes_in_our_format(collected, capsys):
     stats = read_action_stats(collected)
     assert stats["action"]["count"] == stats["state"]["count"] == 120    # 2 x 60 control steps at 10 Hz
     with read_episode(paths[0]) as episode:
-        assert re.fullmatch(r"pick up the (red|green|blue) cube", episode.instruction)
+        assert re.fullmatch(r"(pick up|grab|lift) the (red|green|blue) (cube|block)", episode.instruction)
+        color = episode.instruction.split()[-2]      # every phrasing of the target, the sim's own first
+        assert episode.instructions == [episode.instruction, *[t for t in phrasings(color) if t != episode.instruction]]
+        assert episode.meta["target_object"] == f"{color}_cube"
         assert episode.meta["control_rate_hz"] == 10.0 and episode.meta["action_space"] == "absolute_joint"
         assert episode.meta["action_names"] == [*ARM, "gripper"]
         assert episode.meta["state_names"] == [*ARM, "panda_finger_joint1", "panda_finger_joint2"]
