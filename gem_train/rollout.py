@@ -221,13 +221,23 @@ def sensitivity(checkpoint: Path, data_dir: Path, steps=(0, 15, 30), episodes: i
             "change_when_images_swapped": float(np.abs(images_swapped - base).mean()),
             "change_when_state_swapped": float(np.abs(state_swapped - base).mean()),
             "recorded_spread_across_episodes": float(recorded.std(axis=0).mean())}
-        if len(colors) > 1:
+        if len(colors) > 1 and all(_names_one(s["instruction"], colors) for s in samples):
             swapped = np.array([predict(s, s, swap_color(s["instruction"], colors)) for s in samples])
             resampled = np.array([predict(s, s, s, seed=1) for s in samples])
             report[f"step_{t}"].update({
                 "change_when_instruction_swapped": float(np.abs(swapped - base).mean()),
                 "change_between_samples_same_instruction": float(np.abs(resampled - base).mean())})
     return report
+
+
+def _names_one(instruction: str, colors: list[str]) -> bool:
+    from gem_ros.sim.language import named_color
+
+    try:
+        named_color(instruction, colors)
+    except ValueError:
+        return False
+    return True
 
 
 def swap_color(instruction: str, colors: list[str]) -> str:

@@ -55,7 +55,10 @@ def test_rollout_runs_seeded_episodes_without_ros(tmp_path, sim_checkpoint):
     assert report["episodes"] == 2 and report["execute_per_chunk"] == 4 and report["success_rate"] == 0.0
     first, second = report["rows"]
     assert first["seconds"] == pytest.approx(0.8) and first["final_ee_to_target_xy_m"] > 0
-    assert first["instruction"].startswith("pick up the")
+    # the colours take turns; each row says what happened to which cube, the report sums it up with the seeds
+    assert (first["instruction"], second["instruction"]) == ("pick up the red cube", "pick up the green cube")
+    assert first["target"] == "red_cube" and first["task"] == "failure" and first["seed"] == 0
+    assert report["outcomes"]["seeds"] == [0, 1] and report["outcomes"]["success"]["count"] == 0
     again = rollout(sim_checkpoint, 1, max_s=0.8)   # seeded: the same episode replays identically
     assert again["rows"][0] == first
 
@@ -78,6 +81,8 @@ def test_sensitivity_tells_images_from_state(tmp_path, sim_checkpoint):
     for row in report.values():
         assert row["recorded_spread_across_episodes"] > 0 and row["error"] > 0
         assert row["change_when_images_swapped"] > 1e-3 and row["change_when_state_swapped"] == 0.0
+        # "red" -> "green" in the same words reaches the chunk; a second sampler seed is the yardstick
+        assert row["change_when_instruction_swapped"] > 1e-4 and row["change_between_samples_same_instruction"] > 0
     with pytest.raises(ValueError, match="held-out"):
         sensitivity(sim_checkpoint, tmp_path / "data", val_fraction=0.01)
 
