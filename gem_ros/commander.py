@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import rclpy
 from builtin_interfaces.msg import Duration
-from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from gem_msgs.action import ExecuteInstruction
+from gem_ros.nodes.action_client import SpinSafeActionClient
 from gem_ros.nodes.goal_server import ACTION_NAME
 
 OUTCOME_NAMES = {getattr(ExecuteInstruction.Result, n): n for n in
@@ -127,7 +127,7 @@ class GemCommander:
             self._spin_thread = threading.Thread(target=self._executor.spin, daemon=True)
             self._spin_thread.start()
         self.node = node
-        self._client = ActionClient(node, ExecuteInstruction, action_name_in(namespace, action_name))
+        self._client = SpinSafeActionClient(node, ExecuteInstruction, action_name_in(namespace, action_name))
         self.action_name = node.resolve_topic_name(action_name_in(namespace, action_name))   # for messages
         self._server_timeout_s = server_timeout_s
 

@@ -102,10 +102,10 @@ class FollowJointTrajectoryBackend:
                 "(control_msgs.action.FollowJointTrajectory), which is not importable here "
                 f"({error}); install control_msgs (e.g. apt ros-$ROS_DISTRO-control-msgs) or use backend 'topic'"
             ) from error
-        from rclpy.action import ActionClient
+        from gem_ros.nodes.action_client import SpinSafeActionClient
 
         self.action_name = f"{controller_name}/follow_joint_trajectory"
-        self._client = ActionClient(node, FollowJointTrajectory, self.action_name)
+        self._client = SpinSafeActionClient(node, FollowJointTrajectory, self.action_name)
         self.goals = TrajectoryGoalSender(self._client, FollowJointTrajectory.Goal, JointTolerance,
                                           node.resolve_topic_name(self.action_name), tolerances or Tolerances(),
                                           node.get_logger())
@@ -167,13 +167,13 @@ class GripperCommandBackend:
                 f"gripper_backend {kind!r} needs the ROS package control_msgs (control_msgs.action.{action_type}), "
                 f"which is not importable here ({error}); install control_msgs or use gripper_backend "
                 "'trajectory' / 'arm'") from error
-        from rclpy.action import ActionClient
+        from gem_ros.nodes.action_client import SpinSafeActionClient
 
         self._node, self._goal_type, self.kind, self.joint_name = node, goal_type, kind, joint_name
         self.max_effort, self.deadband_m = max_effort, deadband_m
         self._last: float | None = None   # the last target sent
         self.action_name = action_name or f"{controller_name}/gripper_cmd"
-        self._client = ActionClient(node, goal_type, self.action_name)
+        self._client = SpinSafeActionClient(node, goal_type, self.action_name)
 
     def send(self, trajectory: SafeTrajectory, stamp=None) -> None:
         target = float(trajectory.positions[-1, trajectory.joint_names.index(self.joint_name)])
