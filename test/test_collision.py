@@ -137,7 +137,7 @@ PLATE_SCENE = dict(scene_object_names=["table", "plate"], scene_object_shapes=["
 def test_the_middle_passes_clear_a_hover_with_fewer_samples_and_still_catch_a_thin_plate():
     """Passes at paddings between the coarse and the fine one: a hand hovering ~1 cm over the table is cleared
     without the finest spacing everywhere, and a 2 mm plate the hand sweeps through is caught all the same."""
-    table = collision_config(panda_values(collision_padding_m=0.002))   # the pass paddings below are for 2 mm
+    table = collision_config(panda_values())
     passes, two = CollisionChecker(URDF, table), CollisionChecker(URDF, table, level_ratio=1e9)
     assert [round(p, 4) for p, _ in passes.pass_paddings()] == [0.03, 0.0077, 0.002]
     assert len(two.pass_paddings()) == 2
@@ -255,7 +255,7 @@ def test_bad_scene_objects_are_refused(kwargs, message):
     (dict(scene_object_shapes=["sphere"]), r"object 'table' \(sphere\) takes 1 size values"),
     (dict(collision_padding_m=0.0), "padding_m must be finite and > 0"),
     (dict(collision_max_link_travel_m=0.01), "must be <= 2 \\* padding_m"),
-    (dict(collision_padding_m=0.002, collision_coarse_padding_m=0.001), "coarse_padding_m 0.001 must be >= padding_m"),
+    (dict(collision_coarse_padding_m=0.001), "coarse_padding_m 0.001 must be >= padding_m"),
     (dict(collision_package_paths=["meshes"]), "must be NAME=FOLDER"),
     (dict(collision_check="yes"), "collision_check must be true or false"),
 ])
