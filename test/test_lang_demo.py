@@ -18,7 +18,9 @@ from gem_ros.nodes.sim_node import SimNode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # The untrained policy keeps these short: what is tested is which instruction ran and how it was scored.
-DEMO = [sys.executable, "-m", "gem_ros.demo", "--random-policy", "--episode-timeout", "1.0"]
+# The three-cube scene of checkpoints/sim_pick_lang (--random-policy takes the scene of --checkpoint).
+DEMO = [sys.executable, "-m", "gem_ros.demo", "--random-policy", "--episode-timeout", "1.0",
+        "--checkpoint", str(REPO / "checkpoints" / "sim_pick_lang")]
 
 
 def test_an_instruction_on_the_policy_status_retargets_the_sim_once(ros):
