@@ -122,3 +122,14 @@ def read_until():
                 return line, lines
         return None, lines
     return read
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny torch ops: extra intra-op threads only add overhead, and on a busy 2-core box they thrash."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,12 +16,7 @@ from gem_ros.core.policy.tiny_depth import tiny_depth_expert_config
 HIDDEN = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny ops (conftest)
 
 
 def write_sana_folder(path, scheduler: dict | None = None, safe: bool = True, seed: int = 3):

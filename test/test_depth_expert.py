@@ -40,13 +40,7 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These ops are tiny: extra intra-op threads only add overhead, and on a busy 2-core box they thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny ops (conftest)
 
 
 # --- config -----------------------------------------------------------------------------------------
