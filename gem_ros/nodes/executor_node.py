@@ -209,14 +209,19 @@ class ExecutorNode(LifecycleNode):
         return msg.data
 
     def _on_joint_state(self, msg: JointState) -> None:
+        controller = self.controller   # None after cleanup: a message already taken by another executor thread
+        if controller is None:
+            return
         now = self._now()
         stamp = stamp_to_s(msg.header.stamp) or now   # unstamped publishers: receipt time
-        reason = self.controller.on_joint_state(msg.name, msg.position, msg.velocity, now, stamp)
+        reason = controller.on_joint_state(msg.name, msg.position, msg.velocity, now, stamp)
         if reason:
             self.get_logger().warning(reason, throttle_duration_sec=1.0)
 
     def _on_policy_status(self, msg: PolicyStatus) -> None:
-        self.controller.on_policy_alive(self._now())
+        controller = self.controller
+        if controller is not None:
+            controller.on_policy_alive(self._now())
 
     def deliver_chunk(self, msg: ActionChunk) -> None:
         """In-process delivery of a chunk (any thread), for a policy composed into this process; the node should
