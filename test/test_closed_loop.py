@@ -109,12 +109,13 @@ def test_cameras_that_stop_hold_the_arm_and_say_why(ros, sim_checkpoint):
     ros.wait_for(lambda: executor.controller.stats["chunks_accepted"] >= 2, 60, "two chunks executed")
     silent_since = sim.time_s
     sim._publish_cameras = lambda stamp: None   # the camera driver dies; joint states go on
-    ros.wait_for(lambda: any(at > silent_since and points == 1 for at, points in received_at), 30, "the hold")
-    hold_at = next(at for at, points in received_at if at > silent_since and points == 1)
     max_age = policy.get_parameter("max_observation_age_s").value
+    ros.wait_for(lambda: sim.time_s > silent_since + max_age + 1.5, 30, "the hold, then 1 s of sim time")
+    # The hold that lasts: a slow first chunk can starve the plan (a hold) before a chunk computed from frames taken
+    # before the silence moves the arm again; the camera hold is the one after the last motion.
+    last_motion = max((at for at, points in received_at if points > 1), default=silent_since)
+    hold_at = next(at for at, points in received_at if at > max(silent_since, last_motion) and points == 1)
     assert hold_at - silent_since <= max_age + 0.1 + 0.2, (hold_at - silent_since, max_age)   # + frame period
-    ros.wait_for(lambda: sim.time_s > hold_at + 1.0, 30, "1 s of sim time after the hold")
-    assert all(points == 1 for at, points in received_at if at > hold_at)   # no motion after the hold
     assert policy.worker.snapshot().holding and "camera" in policy.worker.snapshot().reason
     ros.wait_for(lambda: any(st.name == "gem_policy" and st.level == DiagnosticStatus.ERROR and "camera" in st.message
                              for d in diagnostics for st in d.status), 10, "an ERROR on /diagnostics")
