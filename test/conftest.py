@@ -95,12 +95,17 @@ def ros(request):
                 time.sleep(0.01)
 
         def close(self):
-            for node in self.nodes:
-                self.executor.remove_node(node)
-                node.destroy_node()
-            rclpy.shutdown(context=self.context)
-            self.executor.shutdown()
-            self._thread.join(5)
+            try:
+                for node in self.nodes:
+                    self.executor.remove_node(node)
+                    node.destroy_node()
+                    for waitable in list(node.waitables):   # e.g. a probe's action client: it holds the node
+                        waitable.destroy()
+            finally:   # a node that failed to go still leaves with the participant: the next test's graph is clean
+                rclpy.shutdown(context=self.context)
+                self.executor.shutdown()
+                self._thread.join(5)
+                self.context.destroy()
 
     ros = Ros()
     yield ros

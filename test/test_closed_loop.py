@@ -96,8 +96,8 @@ def test_goal_moves_the_arm_and_cancel_holds_it(ros, sim_checkpoint, handover):
 
 def test_cameras_that_stop_hold_the_arm_and_say_why(ros, sim_checkpoint):
     """The sim keeps running but its cameras go silent mid-goal: within max_observation_age_s (+ the 50 ms input
-    check, which also runs while a chunk is computed) the policy holds, the executor sends the hold, nothing moves
-    the arm after it, and gem_policy's /diagnostics is an ERROR naming the camera."""
+    check, which also runs while a chunk is computed) the policy holds, the arm is held and nothing moves it after
+    that, and gem_policy's /diagnostics is an ERROR naming the camera."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     sim, policy, executor, probe, joints, trajectories, received_at = start_closed_loop(ros, sim_checkpoint,
@@ -111,11 +111,12 @@ def test_cameras_that_stop_hold_the_arm_and_say_why(ros, sim_checkpoint):
     sim._publish_cameras = lambda stamp: None   # the camera driver dies; joint states go on
     max_age = policy.get_parameter("max_observation_age_s").value
     ros.wait_for(lambda: sim.time_s > silent_since + max_age + 1.5, 30, "the hold, then 1 s of sim time")
-    # The hold that lasts: a slow first chunk can starve the plan (a hold) before a chunk computed from frames taken
-    # before the silence moves the arm again; the camera hold is the one after the last motion.
-    last_motion = max((at for at, points in received_at if points > 1), default=silent_since)
-    hold_at = next(at for at, points in received_at if at > max(silent_since, last_motion) and points == 1)
-    assert hold_at - silent_since <= max_age + 0.1 + 0.2, (hold_at - silent_since, max_age)   # + frame period
+    # The arm is held, and nothing moved it after the camera hold was due. Which hold stopped it depends on timing:
+    # the policy's (a stale camera) or, when a slow chunk had already starved the plan, the executor's own; either
+    # way no chunk from before the silence runs out its horizon.
+    assert received_at and received_at[-1][1] == 1, received_at[-5:]
+    hold_due = silent_since + max_age + 0.1 + 0.2   # + one frame period, the 50 ms input check and slack
+    assert not [at for at, points in received_at if points > 1 and at > hold_due], (silent_since, received_at[-5:])
     assert policy.worker.snapshot().holding and "camera" in policy.worker.snapshot().reason
     ros.wait_for(lambda: any(st.name == "gem_policy" and st.level == DiagnosticStatus.ERROR and "camera" in st.message
                              for d in diagnostics for st in d.status), 10, "an ERROR on /diagnostics")

@@ -31,7 +31,7 @@ import traceback
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import qos_profile_sensor_data
@@ -47,6 +47,7 @@ from gem_ros.core.executor_setup import PARAMETERS, build_controller
 from gem_ros.core.named_moves import MoveRefused
 from gem_ros.nodes.backends import BackendUnavailable, make_backends
 from gem_ros.nodes.executor_events import EXECUTOR_STATUS_TOPIC, ExecutorEvent, to_status
+from gem_ros.nodes.lifecycle import GraphLeavingLifecycleNode
 from gem_ros.nodes.param_rules import ParameterRules, Rule
 from gem_ros.nodes.params import spin_node
 from gem_ros.nodes.trajectory_goals import TOLERANCE_PARAMETERS
@@ -57,7 +58,7 @@ _LEVELS = {"OK": 0, "WARN": 1, "ERROR": 2}
 _EXPECTED_ERRORS = (ValueError, OSError, BackendUnavailable)   # bad parameters, files, missing packages
 
 
-class ExecutorNode(LifecycleNode):
+class ExecutorNode(GraphLeavingLifecycleNode):
     def __init__(self, **kwargs):
         """kwargs go to rclpy's LifecycleNode (context, parameter_overrides, namespace, ...). Unconfigured: nothing
         is read or commanded until configure (see start_executor)."""

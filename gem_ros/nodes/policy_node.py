@@ -23,7 +23,7 @@ import traceback
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.publisher import Publisher
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.service import Service
@@ -40,6 +40,7 @@ from gem_ros.nodes.conversions import (compressed_msg_to_frame, diagnostic_statu
                                        rgb_to_image_msg, s_to_stamp, stamp_to_s)
 from gem_ros.nodes.goal_server import GoalServer
 from gem_ros.nodes.input_health import InputHealth
+from gem_ros.nodes.lifecycle import GraphLeavingLifecycleNode
 from gem_ros.nodes.param_rules import ParameterRules, Rule, number_check
 from gem_ros.nodes.params import spin_node
 
@@ -56,7 +57,7 @@ def compile_supported(device) -> bool:
     return device.type == "cuda"
 
 
-class PolicyNode(LifecycleNode):
+class PolicyNode(GraphLeavingLifecycleNode):
     def __init__(self, **kwargs):
         super().__init__("gem_policy", **kwargs)
         self.policy = self.worker = self.buffer = self.goals = None
@@ -279,8 +280,7 @@ class PolicyNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def destroy_node(self) -> None:
-        if self.worker is not None:
-            self.worker.shutdown()
+        self._release()   # the action server too: Node.destroy_node leaves waitables, and they hold the node
         super().destroy_node()
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
