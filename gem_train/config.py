@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from gem_ros.core.policy.config import (ACTION_SPACES, CAMERA_DROPOUTS, IMAGE_RESIZES, CameraSpec, IOSchema,
-                                        RDTConfig)
+from gem_ros.core.policy.config import (ACTION_SPACES, CAMERA_DROPOUTS, IMAGE_RESIZES, PROMPT_ORDERS, CameraSpec,
+                                        IOSchema, RDTConfig)
 
 DEPTH_INITS = ("pretrained", "random")     # gem_ros.core.policy.depth_expert.DEPTH_INITS (no diffusers import here)
 LR_SCHEDULES = ("constant", "cosine")
@@ -121,6 +121,9 @@ class ModelConfig:
     max_pixels_per_image: int | None = None  # image processor bounds (pixels per image); null: the backbone's own
     min_pixels_per_image: int | None = None
     init_from: str | None = None            # a checkpoint to fine-tune: its normalizer, sizes and backbone win
+    # Instruction before or after the images in the prompt (GemVLAConfig.prompt_order). images_first is GEM-2B's;
+    # a backbone from gem_pretrain_sim must be trained in the order it was grounded with (checked at build).
+    prompt_order: str = "images_first"
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
@@ -140,6 +143,8 @@ class ModelConfig:
                      f"model.selected_layers {self.selected_layers} exceed the tiny backbone's "
                      f"{self.tiny_text_layers + 1} hidden states")
         _require(self.num_inference_steps > 0, "model.num_inference_steps must be > 0")
+        _require(self.prompt_order in PROMPT_ORDERS,
+                 f"model.prompt_order must be one of {PROMPT_ORDERS}, got {self.prompt_order!r}")
         _require(0 <= self.noise_scale <= 1, f"model.noise_scale must be in [0, 1], got {self.noise_scale}")
         _require(self.depth_init in DEPTH_INITS,
                  f"model.depth_init must be one of {DEPTH_INITS}, got {self.depth_init!r}")

@@ -17,6 +17,7 @@ learned too slowly (the named-cube error stayed at the mean predictor's for 2,00
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from gem_ros.core.policy.config import PROMPT_ORDERS
+
+GROUNDING_FILE = "grounding.json"   # in the backbone folder: how it was pretrained (gem_train checks prompt_order)
 
 
 @dataclass
@@ -46,6 +51,7 @@ class PretrainConfig:
     workers: int = 1                 # rendering processes (each its own pybullet); scenes do not depend on it
     coarse_meshes: bool = False      # the robot drawn as the policy's episodes draw it (gem_collect_sim)
     all_cubes_weight: float = 1.0    # auxiliary loss: every cube's xy from per-colour queries (0 = off)
+    prompt_order: str = "images_first"   # as the policy's model.prompt_order (GemVLAConfig); recorded in the folder
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -54,6 +60,8 @@ class PretrainConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.prompt_order not in PROMPT_ORDERS:
+            raise ValueError(f"prompt_order must be one of {PROMPT_ORDERS}, got {self.prompt_order!r}")
 
 
 def render_scenes(cfg: PretrainConfig, count: int, seed: int, every_cube: bool = False) -> tuple:
@@ -125,7 +133,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         scale, shift = torch.from_numpy(std), torch.from_numpy(mean)
 
         def predict(batch_images, batch_instructions, all_cubes: bool = False):
-            prompt = bb.build_prompts(processor, [[im] for im in batch_images], batch_instructions, "cpu")
+            prompt = bb.build_prompts(processor, [[im] for im in batch_images], batch_instructions, "cpu",
+                                      instruction_first=cfg.prompt_order == "instruction_first")
             stack, _ = bb.hidden_state_stack(model, prompt, layers)
             hidden = stack[:, 0] + stack[:, 1]
             named = head(hidden, prompt.attention_mask) * scale + shift
@@ -157,9 +166,20 @@ def pretrain(cfg: PretrainConfig) -> dict:
             if step % 500 == 0 or step == cfg.steps:
                 history.append({"step": step, "held_out_median_error_m": held_out_error_m()})
                 bar.write(f"step {step}: held-out median error {100 * history[-1]['held_out_median_error_m']:.1f} cm")
+        spread = float(np.median(np.linalg.norm(val_targets - mean, axis=1)))
+        report = {"out": str(cfg.out), "prompt_order": cfg.prompt_order, "colors": list(cfg.colors),
+                  "history": history, "mean_predictor_median_error_m": spread}
         model.save_pretrained(scratch)
-    spread = float(np.median(np.linalg.norm(val_targets - mean, axis=1)))
-    return {"out": str(cfg.out), "history": history, "mean_predictor_median_error_m": spread}
+        (scratch / GROUNDING_FILE).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def pretrained_prompt_order(backbone_dir: Path) -> str | None:
+    """The prompt order a gem_pretrain_sim backbone was grounded with; None for any other backbone folder."""
+    path = Path(backbone_dir) / GROUNDING_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("prompt_order", "images_first")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,12 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coarse-meshes", action="store_true", help="render the robot with its collision meshes")
     parser.add_argument("--all-cubes-weight", type=float, default=1.0,
                         help="auxiliary loss weight: every cube's position from per-colour queries (0: off)")
+    parser.add_argument("--prompt-order", choices=PROMPT_ORDERS, default="images_first",
+                        help="instruction before or after the image (the policy's model.prompt_order must match)")
     args = parser.parse_args(argv)
     try:
         cfg = PretrainConfig(out=args.out, scenes=args.scenes, steps=args.steps, batch_size=args.batch_size,
                              image_size=args.image_size, colors=args.colors, seed=args.seed,
                              workers=args.workers, coarse_meshes=args.coarse_meshes,
-                             all_cubes_weight=args.all_cubes_weight)
+                             all_cubes_weight=args.all_cubes_weight, prompt_order=args.prompt_order)
         report = pretrain(cfg)
     except ValueError as error:
         print(f"gem_pretrain_sim: {error}", file=sys.stderr)

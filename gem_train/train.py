@@ -45,6 +45,7 @@ from gem_train.checkpointing import (EpochBatchSampler, TrainerState, capture_rn
                                      find_resume_checkpoint, list_checkpoints, load_ema_state, load_trainer_state,
                                      prune_checkpoints, remove_scratch_dirs, save_checkpoint, step_generator)
 from gem_train.config import TINY_BACKBONE, OptimConfig, TrainConfig, load_config, save_config
+from gem_train.pretrain_sim import pretrained_prompt_order
 
 logger = logging.getLogger("gem_train")
 
@@ -277,11 +278,15 @@ def build_policy(config: TrainConfig, stats: dict, device: torch.device) -> GemV
             depth = tiny_depth_expert_config(width, m.depth_image_size, init="random").to_dict()
         else:
             depth = DepthExpertConfig(vlm_hidden_size=width, image_size=m.depth_image_size, init=m.depth_init).to_dict()
+    grounded = pretrained_prompt_order(backbone_dir)
+    if grounded is not None and grounded != m.prompt_order:
+        raise ValueError(f"model.prompt_order {m.prompt_order!r}, but {backbone_dir} was grounded (gem_pretrain_sim) "
+                         f"with {grounded!r}: set model.prompt_order={grounded}")
     pipeline = ImagePipelineConfig(config.data.image_resize, m.min_pixels_per_image, m.max_pixels_per_image)
     policy_config = GemVLAConfig(io=config.data.io_schema(), rdt=dataclasses.replace(m.rdt, cond_hidden_size=width),
                                  selected_layers=list(m.selected_layers), num_inference_steps=m.num_inference_steps,
                                  depth_expert=depth, max_pixels_per_image=m.max_pixels_per_image,
-                                 image_pipeline=pipeline)
+                                 image_pipeline=pipeline, prompt_order=m.prompt_order)
     state_normalizer = _normalizer(stats["state"]) if config.data.normalize_state else None
     policy = GemVLAPolicy.build(policy_config, backbone_dir, _normalizer(stats["action"]), state_normalizer,
                                 device=device, dtype=torch.float32)

@@ -99,12 +99,13 @@ def ros(request):
                 for node in self.nodes:
                     self.executor.remove_node(node)
                     node.destroy_node()
-                    for waitable in list(node.waitables):   # e.g. a probe's action client: it holds the node
-                        waitable.destroy()
             finally:   # a node that failed to go still leaves with the participant: the next test's graph is clean
                 rclpy.shutdown(context=self.context)
                 self.executor.shutdown()
                 self._thread.join(5)
+                for node in self.nodes:   # e.g. a probe's action client, which holds its node, once nothing spins
+                    for waitable in list(node.waitables):
+                        waitable.destroy()
                 self.context.destroy()
 
     ros = Ros()

@@ -293,6 +293,8 @@ def test_noise_scale_scales_the_samplers_starting_noise(policy, make_observation
         policy.action_expert.__dict__.pop("sample", None)
     with pytest.raises(ValueError, match="noise_scale must be in"):
         dataclasses.replace(base, noise_scale=2.0)
+    with pytest.raises(ValueError, match="prompt_order must be one of"):   # a config.json naming another order
+        dataclasses.replace(base, prompt_order="sideways")
 
 
 @pytest.mark.parametrize("sizes", [[(64, 64), (64, 64)], [(64, 96), (64, 64)], [(70, 70), (64, 64)]],

@@ -1,6 +1,8 @@
 """gem_pretrain_sim: rendered-scene grounding writes a backbone folder that gem_train and the policy load."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,26 @@ def test_pretrained_backbone_trains_and_loads(tmp_path):
     recipe = Path(__file__).resolve().parents[1] / "gem_train" / "configs" / "sim_pick_tiny.yaml"
     config = load_config(recipe, [f"model.backbone={out}", f"data.dataset_dirs=[{tmp_path}]"])
     assert config.model.backbone == str(out)
+
+
+def test_the_grounding_prompt_order_is_recorded_and_training_must_use_it(tmp_path):
+    """A backbone grounded with the instruction first, trained with the images first, would see prompts it never
+    learned to read: gem_train refuses, naming the setting; in the recorded order the policy records it too."""
+    from gem_train.config import load_config
+    from gem_train.train import build_policy
+
+    out = tmp_path / "grounded"
+    pretrain(PretrainConfig(out=out, scenes=4, steps=1, batch_size=2, image_size=32, colors=["red", "green"],
+                            prompt_order="instruction_first"))
+    assert json.loads((out / "grounding.json").read_text())["prompt_order"] == "instruction_first"
+    recipe = Path(__file__).resolve().parents[1] / "gem_train" / "configs" / "sim_pick_lang.yaml"
+    stats = {"action": {"min": [-1.0] * 8, "max": [1.0] * 8}}
+    overrides = [f"model.backbone={out}", f"data.dataset_dirs=[{tmp_path}]", "model.selected_layers=[0]"]
+    with pytest.raises(ValueError, match="prompt_order=instruction_first"):
+        build_policy(load_config(recipe, overrides + ["model.prompt_order=images_first"]), stats, torch.device("cpu"))
+    policy = build_policy(load_config(recipe, overrides + ["model.prompt_order=instruction_first"]), stats,
+                          torch.device("cpu"))
+    assert policy.config.prompt_order == "instruction_first"
 
 
 def test_bad_arguments_fail_clearly(tmp_path, capsys):

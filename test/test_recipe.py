@@ -90,10 +90,12 @@ def test_shipped_recipe_reruns_small(name, tmp_path, capsys):
     # The recipe's scene travels with the checkpoint, so gem_demo / gem_eval rebuild it.
     assert read_config(out).sim_scene == {**SCENES[name], "coarse_robot_meshes": True}
     assert read_config(out).noise_scale == intended_config.model.noise_scale   # the recipe's serving noise
+    assert read_config(out).prompt_order == intended_config.model.prompt_order   # as pretrained and trained
     shipped_dir = REPO / recipe["export"][recipe["export"].index("--out") + 1]
     if (shipped_dir / "config.json").exists():
         shipped = read_config(shipped_dir)
         assert made == small(shipped.io) and shipped.noise_scale == intended_config.model.noise_scale
+        assert shipped.prompt_order == intended_config.model.prompt_order
         assert shipped.sim_scene == SCENES[name]
     policy = GemVLAPolicy.from_pretrained(out, device="cpu")
     rng = np.random.default_rng(0)

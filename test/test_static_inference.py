@@ -130,6 +130,42 @@ def test_static_chunks_equal_hf_chunks(tiny_backbone_dir, make_observation, size
     assert policy.resolved_inference_mode() == "static"   # on a CPU
 
 
+def test_instruction_first_prompts_put_the_words_before_the_images_and_serve_alike_in_both_modes(
+        tiny_backbone_dir, make_observation):
+    """prompt_order instruction_first (the sim_pick_lang recipe's): the instruction's tokens come before the first
+    image token in training and serving prompts, and the static program gives the HF path's chunks."""
+    torch.manual_seed(0)
+    config = tiny_policy_config(chunk_len=6)
+    config.prompt_order = "instruction_first"
+    policy = GemVLAPolicy.build(config, tiny_backbone_dir, MinMaxNormalizer.identity(9), device="cpu").eval()
+    with torch.no_grad():
+        for p in policy.action_expert.parameters():
+            p.normal_(0, 0.1)
+    observation = make_observation(config, seed=0)
+    ids = policy.build_prompts([[observation.images[c.name] for c in config.io.cameras]],
+                               [observation.instruction]).inputs["input_ids"][0].tolist()
+    words = policy.processor.tokenizer(observation.instruction)["input_ids"]
+    first_image = ids.index(policy.backbone.config.image_token_id)
+    starts = [i for i in range(len(ids) - len(words) + 1) if ids[i:i + len(words)] == words]
+    assert starts and starts[0] + len(words) < first_image, (starts, first_image)
+    chunks = {}
+    for mode in ("hf", "static"):
+        policy.inference_mode = mode
+        chunks[mode] = policy.predict_action_chunk(observation, seed=0)
+    np.testing.assert_allclose(chunks["static"], chunks["hf"], rtol=1e-4, atol=1e-5)
+    # Why the order matters: the image tokens' states depend on the instruction only when it comes first.
+    images = [[observation.images[c.name] for c in config.io.cameras]]
+    for instruction_first in (False, True):
+        states = []
+        for instruction in ("pick up the red cube", "pick up the blue cube"):
+            prompt = bb.build_prompts(policy.processor, images, [instruction], policy.device, instruction_first)
+            with torch.no_grad():
+                stack, _ = bb.hidden_state_stack(policy.backbone, prompt, [2])
+            is_image = prompt.inputs["input_ids"][0] == policy.backbone.config.image_token_id
+            states.append(stack[0, 0][is_image])
+        assert torch.equal(*states) != instruction_first, instruction_first
+
+
 def test_instructions_of_one_padded_length_share_a_program_and_caches_are_bounded(tiny_backbone_dir,
                                                                                    make_observation):
     config = tiny_policy_config()

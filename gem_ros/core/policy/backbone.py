@@ -201,12 +201,15 @@ def prompt_key(images, instruction: str) -> tuple:
 
 
 def build_prompts(processor: ImageOnlyQwen3VLProcessor, images: list[list[np.ndarray]], instructions: list[str],
-                  device: torch.device) -> PromptBatch:
-    """Training prompt format: one user turn holding each camera image (fixed camera order) then the instruction;
-    no generation prompt. `images[b]` lists the camera images (H, W, 3 uint8 RGB) of sample b."""
+                  device: torch.device, instruction_first: bool = False) -> PromptBatch:
+    """Training prompt format: one user turn holding each camera image (fixed camera order) then the instruction
+    (before the images with `instruction_first`: GemVLAConfig.prompt_order); no generation prompt. `images[b]`
+    lists the camera images (H, W, 3 uint8 RGB) of sample b."""
     texts, flat_images = [], []
     for sample_images, instruction in zip(images, instructions):
-        content = [{"type": "image"} for _ in sample_images] + [{"type": "text", "text": instruction}]
+        content = [{"type": "image"} for _ in sample_images]
+        text = {"type": "text", "text": instruction}
+        content = [text, *content] if instruction_first else [*content, text]
         messages = [{"role": "user", "content": content}]
         texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
         flat_images.extend(sample_images)   # (H, W, 3) uint8 arrays: no PIL round trip
@@ -223,12 +226,13 @@ class PromptBuilder:
     tiny CPU training step and 126 ms per full-size batch of 16 on an H100 (2.6 ms through this). Same tensors as
     `build_prompts` (test_policy.py)."""
 
-    def __init__(self, processor: ImageOnlyQwen3VLProcessor, max_cached: int = 4096):
-        self.processor = processor
+    def __init__(self, processor: ImageOnlyQwen3VLProcessor, max_cached: int = 4096, instruction_first: bool = False):
+        self.processor, self.instruction_first = processor, instruction_first
         self._samples: LRUCache[dict[str, torch.Tensor]] = LRUCache(max_cached)
 
     def _tokens(self, images: list[np.ndarray], instruction: str) -> dict[str, torch.Tensor]:
-        inputs = build_prompts(self.processor, [images], [instruction], torch.device("cpu")).inputs
+        inputs = build_prompts(self.processor, [images], [instruction], torch.device("cpu"),
+                               self.instruction_first).inputs
         return {k: v[0] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
 
     def __call__(self, images: list[list[np.ndarray]], instructions: list[str], device: torch.device) -> PromptBatch:

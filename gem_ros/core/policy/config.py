@@ -13,6 +13,7 @@ from typing import Any
 
 ACTION_SPACES = ("absolute_joint", "delta_joint", "ee_delta")
 SAMPLERS = ("euler", "one_step")
+PROMPT_ORDERS = ("images_first", "instruction_first")
 IMAGE_RESIZES = ("fixed", "native")
 CAMERA_DROPOUTS = ("blank", "remove")
 
@@ -259,6 +260,11 @@ class GemVLAConfig:
     # Embedded-sim scene the policy was trained in (e.g. {"object_colors": ["red"]}), from the episodes
     # gem_collect_sim wrote; gem_demo / gem_eval build the same scene. None: not trained in the sim, or defaults.
     sim_scene: dict | None = None
+    # Where the instruction sits in the user turn. images_first is the reference's (and Qwen3-VL's) order; with
+    # instruction_first the image tokens, which attend only to earlier tokens, see the instruction, so every patch
+    # can say whether it shows the named object: a small backbone trained from scratch learns that grounding,
+    # where with images_first it had to route colour -> patch -> position through the last text tokens.
+    prompt_order: str = "images_first"
 
     def __post_init__(self) -> None:
         self.io = _nested(IOSchema, self.io, "io")
@@ -273,6 +279,8 @@ class GemVLAConfig:
                  f"got {self.selected_layers}")
         _positive_int("num_inference_steps", self.num_inference_steps, MAX_INFERENCE_STEPS)
         _require(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        _require(self.prompt_order in PROMPT_ORDERS,
+                 f"prompt_order must be one of {PROMPT_ORDERS}, got {self.prompt_order!r}")
         _number("noise_scale", self.noise_scale, 0.0, 1.0)
         _number("depth_loss_weight", self.depth_loss_weight, 0.0, 1e6)
         _require(self.max_pixels_per_image is None or (_is_int(self.max_pixels_per_image) and

@@ -63,7 +63,7 @@ class GemVLAPolicy(nn.Module):
         if vlm_hidden != config.rdt.cond_hidden_size:
             raise ValueError(f"rdt.cond_hidden_size {config.rdt.cond_hidden_size} != backbone hidden size {vlm_hidden}")
         self.config, self.backbone, self.processor = config, backbone, processor
-        self._prompt_builder = bb.PromptBuilder(processor)
+        self._prompt_builder = bb.PromptBuilder(processor, instruction_first=config.prompt_order == "instruction_first")
         self.action_normalizer, self.state_normalizer = action_normalizer, state_normalizer
         self.action_expert = ActionExpert(config.rdt, io.action_dim, io.state_dim, io.chunk_len)
         self.depth_expert = None
@@ -253,7 +253,8 @@ class GemVLAPolicy(nn.Module):
         noise = self.config.noise_scale * torch.randn((1, io.chunk_len, io.action_dim), device=self.device,
                                                       generator=rng, dtype=torch.float32)
         if mode == "hf":
-            prompt = bb.build_prompts(self.processor, [images], [observation.instruction], self.device)
+            prompt = bb.build_prompts(self.processor, [images], [observation.instruction], self.device,
+                                      self._prompt_builder.instruction_first)
             sync()
             t1 = time.perf_counter()
             stack, _ = bb.hidden_state_stack(self.backbone, prompt, self.config.layers_per_block)
