@@ -84,7 +84,8 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
     policy.config.sim_scene = data.sim_scene
     objective = policy if teacher is None else DistillationObjective(policy, teacher, teacher_steps)
     params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(policy, params, tc.vlm_lr_scale), lr=tc.lr, betas=tuple(tc.betas),
+                                  eps=tc.eps, weight_decay=tc.weight_decay)
     ema = weight_average.make_ema(params, tc.ema_decay, tc.ema_power)
     set_seed(tc.seed, device_specific=True)  # per-process streams for data augmentation
     state = TrainerState(num_processes=world, batch_size=tc.batch_size)
@@ -120,7 +121,7 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
         step_start = time.perf_counter()
         lr = lr_at(state.step, tc, total_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)   # a checkpoint from before lr_scale: one group at 1
         logs: dict[str, list[float]] = defaultdict(list)
         grad_norm = None
         for micro in range(tc.grad_accum_steps):
@@ -251,6 +252,16 @@ def load_model(config: TrainConfig, stats: dict, resume_from: Path | None, devic
     policy.requires_grad_(False)
     policy.action_expert.requires_grad_(True)  # the generator
     return policy, teacher, config.distill.teacher_steps or teacher_steps
+
+
+def param_groups(policy: GemVLAPolicy, params: list, vlm_lr_scale: float) -> list[dict]:
+    """AdamW groups: the VLM's trainable weights at lr x vlm_lr_scale, the rest at lr (each group's `lr_scale`)."""
+    if vlm_lr_scale == 1.0:   # one group, as checkpoints written before vlm_lr_scale hold (resume loads them)
+        return [{"params": params, "lr_scale": 1.0}]
+    vlm = {id(p) for p in policy.backbone.parameters()}
+    groups = [{"params": [p for p in params if id(p) in vlm], "lr_scale": vlm_lr_scale},
+              {"params": [p for p in params if id(p) not in vlm], "lr_scale": 1.0}]
+    return [group for group in groups if group["params"]]
 
 
 def record_image_training(policy_config: GemVLAConfig, config: TrainConfig, start) -> None:
