@@ -10,6 +10,9 @@ after the sim's URDF-limit clip) as 8 channels: the 7 arm joints (rad, absolute)
 Only successful episodes are kept (a failed attempt's scratch file is deleted); files are named by attempt,
 so gaps mark failures. Episode seeds derive from (--seed, attempt), so results do not depend on --workers.
 Images are stored at --image-size (INTER_AREA); depth is resized with INTER_NEAREST (no blended edges).
+`--action-noise` (rad) perturbs the arm's executed targets with a slowly varying random offset during the approach
+and the first half of the descent (DART-style): the recorded action stays the expert's, so the episodes show the
+way back to the plan from states the clean expert never visits, which is where a learned policy drifts to.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class CollectConfig:
     compression: str = "gzip"
     max_attempts: int = 0          # 0 -> 2 * episodes + 10
     colors: tuple[str, ...] | None = None   # cubes on the table (SimConfig.object_colors); None: the sim's default
+    action_noise_rad: float = 0.0  # std of the executed arm targets' random offset (module docstring); 0: clean
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -59,6 +63,8 @@ class CollectConfig:
             unknown = [c for c in self.colors if c not in CUBE_COLORS_RGBA]
             if not self.colors or unknown or len(set(self.colors)) != len(self.colors):
                 raise ValueError(f"colors must be distinct names from {sorted(CUBE_COLORS_RGBA)}, got {self.colors}")
+        if not (np.isfinite(self.action_noise_rad) and 0.0 <= self.action_noise_rad <= 0.2):
+            raise ValueError(f"action_noise_rad must be in [0, 0.2], got {self.action_noise_rad!r}")
         if self.max_attempts < self.episodes:
             raise ValueError(f"max_attempts ({self.max_attempts}) must be >= episodes ({self.episodes})")
 
@@ -75,6 +81,25 @@ class Attempt(NamedTuple):
 
 def episode_seed(seed: int, attempt: int) -> int:
     return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0] % 2**31)
+
+
+class ExecutionNoise:
+    """Offset added to the executed arm targets: an AR(1) walk (correlation ~1 s at 10 Hz) with stationary std
+    `std_rad`, on while the hand approaches and for the first half of the descent, then decaying to zero before
+    the fingers close, so the grasp itself is the expert's."""
+
+    def __init__(self, std_rad: float, joints: int, expert, rng: np.random.Generator):
+        c = expert.cfg
+        self.on_steps = int(round((c.approach_s + 0.5 * c.descend_s) * c.control_hz))
+        self.std, self.rng, self.value, self.keep = std_rad, rng, np.zeros(joints), 0.9
+
+    def next(self, step: int) -> np.ndarray:
+        if step < self.on_steps:
+            fresh = self.rng.normal(0.0, self.std * np.sqrt(1 - self.keep ** 2), self.value.shape)
+            self.value = self.keep * self.value + fresh
+        else:
+            self.value = 0.5 * self.value
+        return self.value
 
 
 def record_attempt(cfg: CollectConfig, attempt: int) -> Attempt:
@@ -97,13 +122,15 @@ def record_attempt(cfg: CollectConfig, attempt: int) -> Attempt:
                  "coarse_robot_meshes": cfg.coarse_meshes, "object_colors": list(sim.cfg.object_colors),
                  "target_object": sim.target_object,
                  "render_sizes": {c.name: [c.height, c.width] for c in sim.cfg.cameras},
-                 "gripper_action": "width_m = finger1 + finger2 target", "depth_unit": "m"}
+                 "gripper_action": "width_m = finger1 + finger2 target", "depth_unit": "m",
+                 "action_noise_rad": cfg.action_noise_rad}
         writer = EpisodeWriter(cfg.out_dir / f"episode_{attempt:06d}.hdf5", instructions=instructions,
                                control_rate_hz=expert.cfg.control_hz, camera_names=cameras,
                                state_names=sim.joint_names, action_names=[*ARM_JOINTS, GRIPPER_CHANNEL],
                                action_space="absolute_joint", extra=extra, compression=cfg.compression)
+        noise = ExecutionNoise(cfg.action_noise_rad, len(ARM_JOINTS), expert, np.random.default_rng([seed, 7]))
         try:
-            for target in expert:
+            for step, target in enumerate(expert):
                 images, depth = {}, {}
                 for cam in cameras:
                     rgb, metres = sim.render(cam)
@@ -113,9 +140,11 @@ def record_attempt(cfg: CollectConfig, attempt: int) -> Attempt:
                         if metres.shape[:2] != size else metres
                 _, positions, _ = sim.joint_state()
                 sim.set_joint_targets(sim.joint_names, target)
-                commanded = sim.joint_targets             # after the URDF clip: what the motors got
+                commanded = sim.joint_targets             # after the URDF clip: the expert's command
                 action = np.concatenate([commanded[:len(ARM_JOINTS)], [commanded[-2] + commanded[-1]]])
                 writer.add_step(images, positions, action, depth)
+                if cfg.action_noise_rad > 0:
+                    sim.set_joint_targets(sim.joint_names, target + np.r_[noise.next(step), 0.0, 0.0])
                 sim.step(1.0 / expert.cfg.control_hz)
             success = sim.task_success()
         except BaseException:
@@ -188,13 +217,16 @@ def parse_args(argv: list[str] | None) -> CollectConfig:
     parser.add_argument("--coarse-meshes", action="store_true", help="render the robot with its collision meshes")
     parser.add_argument("--compression", choices=COMPRESSIONS, default="gzip")
     parser.add_argument("--max-attempts", type=int, default=0, help="0: 2 * episodes + 10")
+    parser.add_argument("--action-noise", type=float, default=0.0,
+                        help="std (rad) of a slow random offset on the executed arm targets while approaching "
+                        "(recorded actions stay the expert's; 0: clean)")
     parser.add_argument("--colors", nargs="+", help="cubes on the table (default: the sim's red green blue); "
                         "the instruction names one of them")
     args = parser.parse_args(argv)
     try:
         return CollectConfig(episodes=args.episodes, out_dir=args.out, seed=args.seed, image_size=args.image_size,
                              workers=args.workers, coarse_meshes=args.coarse_meshes, compression=args.compression,
-                             max_attempts=args.max_attempts, colors=args.colors)
+                             max_attempts=args.max_attempts, colors=args.colors, action_noise_rad=args.action_noise)
     except ValueError as error:
         parser.error(str(error))
 

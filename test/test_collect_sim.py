@@ -91,3 +91,37 @@ def test_colors_choose_the_cubes_on_the_table(tmp_path):
     with read_episode(attempt.path) as episode:
         assert episode.meta["object_colors"] == ["blue"] and episode.meta["target_object"] == "blue_cube"
         assert "blue" in episode.instructions[0]
+
+
+def test_action_noise_moves_the_arm_off_the_plan_and_records_the_experts_way_back(tmp_path):
+    """With --action-noise the executed arm drifts off the expert's plan while approaching, the recorded actions
+    are still the clean expert's (the same plan as without noise), and the grasp still succeeds."""
+    from gem_train.collect_sim import record_attempt
+
+    runs = {}
+    for noise in (0.0, 0.05):
+        cfg = CollectConfig(episodes=1, out_dir=tmp_path / str(noise), image_size=16, coarse_meshes=True,
+                            action_noise_rad=noise)
+        cfg.out_dir.mkdir()
+        attempt = record_attempt(cfg, 0)
+        assert attempt.success
+        with read_episode(attempt.path) as episode:
+            assert episode.meta["action_noise_rad"] == noise
+            runs[noise] = (episode.states, episode.actions)
+    (clean_state, clean_actions), (noisy_state, noisy_actions) = runs[0.0], runs[0.05]
+    drift = np.abs(noisy_state[:, :7] - clean_state[:, :7]).max(axis=1)
+    assert drift[10:30].max() > 0.02                     # rad: the arm went off the plan while approaching
+    # Labels: the plan's hand positions (IK from the drifted state may take another elbow angle), not the drift.
+    from gem_ros.sim import SimConfig, TabletopSim
+
+    with TabletopSim(SimConfig(coarse_robot_meshes=True)) as sim:
+        def hand(arm):
+            sim.place_joints(ARM, arm)
+            return sim.ee_pose()[0]
+        planned = np.array([hand(a[:7]) for a in clean_actions[:25]])
+        labelled = np.array([hand(a[:7]) for a in noisy_actions[:25]])
+        executed = np.array([hand(s[:7]) for s in noisy_state[1:26]])
+    assert np.abs(labelled - planned).max() < 0.005                          # m
+    assert np.abs(executed - planned).max() > 0.01
+    with pytest.raises(ValueError, match="action_noise_rad"):
+        CollectConfig(episodes=1, out_dir=tmp_path, action_noise_rad=float("nan"))

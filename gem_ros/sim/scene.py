@@ -256,10 +256,16 @@ class TabletopSim:
                             [x, y, self.cfg.cube_size_m / 2.0], p.getQuaternionFromEuler([0.0, 0.0, yaw]))
             self._pb(p.changeDynamics, body, -1, lateralFriction=self.cfg.cube_friction)
             self._cube_ids[color] = body
-        for name, q in zip(self.joint_names, self._home):
-            self._pb(p.resetJointState, self._robot, self._joint_index[name], q, 0.0)
-        self.set_joint_targets(self.joint_names, self._home)
+        self.place_joints(self.joint_names, self._home)
         return self.instruction
+
+    def place_joints(self, names: Sequence[str], positions: np.ndarray) -> None:
+        """Put joints at `positions` at once (no dynamics, zero velocity) and hold them there: scene setup for
+        rendering, not motion (a controller never does this)."""
+        self.set_joint_targets(names, positions)
+        targets = dict(zip(self.joint_names, self._targets))
+        for name in names:
+            self._pb(p.resetJointState, self._robot, self._joint_index[name], targets[name], 0.0)
 
     @property
     def instruction(self) -> str:
