@@ -221,9 +221,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % 500 == 0 or step == cfg.steps:
                 history.append({"step": step, **held_out_errors_m()})
-                bar.write(f"step {step}: held-out median error " + ", ".join(
-                    f"{k.removeprefix('held_out_').removesuffix('_median_error_m') or 'named'} {100 * v:.1f} cm"
-                    for k, v in history[-1].items() if k != "step"))
+                last = history[-1]
+                bar.write(f"step {step}: held-out median error {100 * last['held_out_median_error_m']:.1f} cm" + (
+                    f", hand offset {100 * last['held_out_hand_offset_median_error_m']:.1f} cm" if offsets else ""))
         spread = float(np.median(np.linalg.norm(val.target_xy - mean[:2], axis=1)))
         report = {"out": str(cfg.out), "prompt_order": cfg.prompt_order, "colors": list(cfg.colors),
                   "cameras": list(cfg.cameras), "posed_fraction": cfg.posed_fraction,
