@@ -180,9 +180,6 @@ class OptimConfig:
     # The VLM (language model + vision tower) learns at lr x vlm_lr_scale: below 1 a pretrained backbone keeps what
     # it knows (a grounded tiny backbone lost its grounding at the action expert's 1e-3) while still adapting.
     vlm_lr_scale: float = 1.0
-    # Share of each batch's action samples drawn at the noise mean (x = 0, t = 0), where flow matching regresses the
-    # conditional mean action (ActionExpert.loss). 0 = plain flow matching, as the reference.
-    flow_origin_fraction: float = 0.0
     lr_schedule: str = "constant"           # constant | cosine (to min_lr at max_steps)
     warmup_steps: int = 0                   # linear warm-up from 0
     min_lr: float = 0.0
@@ -210,8 +207,6 @@ class OptimConfig:
         _check_types(self, "train")
         _require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _require(0 < self.vlm_lr_scale <= 1, f"train.vlm_lr_scale must be in (0, 1], got {self.vlm_lr_scale}")
-        _require(0 <= self.flow_origin_fraction <= 1,
-                 f"train.flow_origin_fraction must be in [0, 1], got {self.flow_origin_fraction}")
         _require(self.lr_schedule in LR_SCHEDULES,
                  f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         _require(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr], got {self.min_lr}")

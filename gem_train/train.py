@@ -95,7 +95,6 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
         logger.info("resumed from %s at step %d", resume_from, state.step)
     configure_deepspeed(accelerator, tc)
     model, optimizer = accelerator.prepare(objective, optimizer)
-    objective_kwargs = {"origin_fraction": tc.flow_origin_fraction} if teacher is None else {}
 
     sampler = EpochBatchSampler(len(data.train_set), tc.batch_size, tc.seed, rank, world,
                                 with_epoch=getattr(data.train_set, "draws_by_epoch", False))
@@ -128,8 +127,7 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
         for micro in range(tc.grad_accum_steps):
             batch = next(batches)
             with accelerator.accumulate(model):
-                loss, micro_logs = model(batch, step_generator(tc.seed, state.step, micro, rank, accelerator.device),
-                                         **objective_kwargs)
+                loss, micro_logs = model(batch, step_generator(tc.seed, state.step, micro, rank, accelerator.device))
                 accelerator.backward(loss * tc.action_loss_weight)
                 if accelerator.sync_gradients:  # inf: measure without clipping
                     grad_norm = accelerator.clip_grad_norm_(params, tc.grad_clip or math.inf)

@@ -169,30 +169,6 @@ def test_flow_matching_loss_uses_velocity_target():
     torch.testing.assert_close(loss, F.mse_loss(torch.zeros_like(actions), actions - noise))
 
 
-def test_origin_draws_regress_the_action_at_the_noise_mean():
-    """flow_origin_fraction: those samples sit at x = 0, t = 0, where the target velocity is the action; the rest
-    keep their (noise, t) draws, and fraction 0 is the plain loss."""
-    expert = tiny_expert()
-    with torch.no_grad():
-        for p in expert.parameters():
-            p.add_(0.05 * torch.randn_like(p))        # a non-zero velocity field
-    actions, hidden, state = torch.randn(4, 6, 3), torch.randn(4, 2, 7, 12), torch.randn(4, 5)
-    draws = lambda: torch.Generator().manual_seed(3)
-    plain = expert.loss(actions, hidden, state, None, generator=draws())
-    assert torch.equal(plain, expert.loss(actions, hidden, state, None, generator=draws(), origin_fraction=0.0))
-    lang, state_token = expert.encode_condition(hidden, state)
-    at_origin = expert.velocity(torch.zeros_like(actions), torch.zeros(4), lang, state_token, None)
-    torch.testing.assert_close(expert.loss(actions, hidden, state, None, generator=draws(), origin_fraction=1.0),
-                               F.mse_loss(at_origin, actions))
-    g = draws()
-    noise, t = torch.randn(actions.shape, generator=g), torch.sigmoid(torch.randn(4, generator=g))
-    x_t = t[:, None, None] * actions + (1 - t[:, None, None]) * noise
-    rest = expert.velocity(x_t, t, lang, state_token, None)
-    half = expert.loss(actions, hidden, state, None, generator=draws(), origin_fraction=0.5)
-    torch.testing.assert_close(half, (F.mse_loss(at_origin[:2], actions[:2], reduction="sum")
-                                      + F.mse_loss(rest[2:], (actions - noise)[2:], reduction="sum")) / actions.numel())
-
-
 def test_one_step_distillation_reduces_gap_to_teacher():
     teacher = tiny_expert(seed=2)
     with torch.no_grad():   # give the teacher a non-trivial field

@@ -82,23 +82,12 @@ class ActionExpert(nn.Module):
         return self.model(tokens, t.to(self.dtype), state_token, lang, lang_mask)
 
     def loss(self, actions: torch.Tensor, hidden_stack: torch.Tensor, state: torch.Tensor,
-             lang_mask: torch.Tensor | None, generator: torch.Generator | None = None,
-             origin_fraction: float = 0.0) -> torch.Tensor:
-        """Flow-matching MSE over every element; actions (B, T, A) normalized.
-
-        `origin_fraction` of the samples (the first ones) are drawn at the noise mean, x = 0 at t = 0, instead of
-        (noise, logit-normal t). There the target velocity is the action itself, so they regress the conditional
-        mean E[a | observation]: the read-out of the conditioning gets a regression's gradient rather than one
-        diluted by noise, and the point the sampler's first step starts from is trained (logit-normal t rarely
-        comes near 0). The flow's optimum is unchanged: at (0, 0) it is that same mean."""
+             lang_mask: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Flow-matching MSE over every element; actions (B, T, A) normalized."""
         b = actions.shape[0]
         lang, state_token = self.encode_condition(hidden_stack, state)
         noise = torch.randn(actions.shape, device=actions.device, generator=generator, dtype=actions.dtype)
         t = sample_logit_normal(b, actions.device, generator).to(actions.dtype)
-        at_origin = int(round(origin_fraction * b))
-        if at_origin:
-            noise, t = noise.clone(), t.clone()
-            noise[:at_origin], t[:at_origin] = 0.0, 0.0
         x_t = t[:, None, None] * actions + (1 - t[:, None, None]) * noise
         pred = self.velocity(x_t, t, lang, state_token, lang_mask)
         return F.mse_loss(pred.float(), (actions - noise).float())

@@ -177,14 +177,13 @@ class GemVLAPolicy(nn.Module):
         return self.state_normalizer.normalize(state) if self.config.io.normalize_state else state
 
     # --------------------------------------------------------------------------------------------- training
-    def forward(self, batch: TrainingBatch, generator: torch.Generator | None = None, origin_fraction: float = 0.0):
-        """Returns (total loss, logs). Total = action flow-matching loss + depth_loss_weight * depth loss;
-        `origin_fraction`: share of the action samples drawn at the noise mean (ActionExpert.loss)."""
+    def forward(self, batch: TrainingBatch, generator: torch.Generator | None = None):
+        """Returns (total loss, logs). Total = action flow-matching loss + depth_loss_weight * depth loss."""
         need_depth = self.depth_expert is not None and batch.depth is not None
         prompt, stack, last = self._encode(batch.images, batch.instructions, need_last=need_depth)
         actions = self.action_normalizer.normalize(batch.actions.to(self.device, torch.float32))
         action_loss = self.action_expert.loss(actions.to(stack.dtype), stack, self._state_input(batch.state),
-                                              prompt.attention_mask, generator, origin_fraction)
+                                              prompt.attention_mask, generator)
         logs = {"loss/action": float(action_loss.detach())}
         total = action_loss
         if need_depth:
