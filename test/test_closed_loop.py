@@ -118,7 +118,7 @@ def test_cameras_that_stop_hold_the_arm_and_say_why(ros, sim_checkpoint):
     hold_due = silent_since + max_age + 0.1 + 0.2   # + one frame period, the 50 ms input check and slack
     assert not [at for at, points in received_at if points > 1 and at > hold_due], (silent_since, received_at[-5:])
     assert policy.worker.snapshot().holding and "camera" in policy.worker.snapshot().reason
-    ros.wait_for(lambda: any(st.name == "gem_policy" and st.level == DiagnosticStatus.ERROR and "camera" in st.message
+    ros.wait_for(lambda: any(st.name == "gem_policy: policy" and st.level == DiagnosticStatus.ERROR and "camera" in st.message
                              for d in diagnostics for st in d.status), 10, "an ERROR on /diagnostics")
     commander.close()
     policy.worker.shutdown()

@@ -70,6 +70,8 @@ def test_two_namespaced_chains_run_side_by_side_without_hearing_each_other(ros, 
     ros.wait_for(lambda: DiagnosticStatus.ERROR in statuses("right/gem_executor: execution"), 5, "the right ERROR")
     ros.wait_for(lambda: statuses("left/gem_executor: execution"), 5, "the left status")
     assert DiagnosticStatus.ERROR not in statuses("left/gem_executor: execution")   # the e-stopped one only
+    ros.wait_for(lambda: statuses("left/gem_policy: policy") and statuses("right/gem_policy: policy"), 5,
+                 "both policies' statuses, each under its namespace")
     commander.close()
     for policy, _ in chains.values():
         policy.worker.shutdown()

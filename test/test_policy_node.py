@@ -273,7 +273,7 @@ def test_predicted_depth_topic_follows_the_chunks(ros, depth_checkpoint_dir, tin
 
 def test_diagnostics_name_the_inference_mode_and_warn_when_graph_capture_failed(ros, setup):
     policy, probe, robot, seen = setup
-    ros.wait_for(lambda: any(st.name == "gem_policy" for d in seen["diag"] for st in d.status), 5, "diagnostics")
+    ros.wait_for(lambda: any(st.name == "gem_policy: policy" for d in seen["diag"] for st in d.status), 5, "diagnostics")
     values = {kv.key: kv.value for kv in seen["diag"][-1].status[0].values}
     assert values["inference_mode"] == "static"   # auto on a CPU
     policy.policy.capture_errors["VLM"] = "RuntimeError: operation not permitted when stream is capturing"

@@ -433,7 +433,9 @@ class PolicyNode(GraphLeavingLifecycleNode):
             values["latency_predicted_depth_ms"] = f"{self._depth_ms:.1f}"
         diag = DiagnosticArray()
         diag.header.stamp = msg.header.stamp
-        diag.status = [diagnostic_status("gem_policy", level, reason or "ok", values)]
+        # named by node, as gem_executor's: two arms' policies stay apart on the ROS-wide /diagnostics
+        diag.status = [diagnostic_status(f"{self.get_fully_qualified_name().lstrip('/')}: policy", level,
+                                         reason or "ok", values)]
         self.diag_pub.publish(diag)
 
 
