@@ -144,7 +144,9 @@ def record_attempt(cfg: CollectConfig, attempt: int) -> Attempt:
                 action = np.concatenate([commanded[:len(ARM_JOINTS)], [commanded[-2] + commanded[-1]]])
                 writer.add_step(images, positions, action, depth)
                 if cfg.action_noise_rad > 0:
-                    sim.set_joint_targets(sim.joint_names, target + np.r_[noise.next(step), 0.0, 0.0])
+                    drift = np.zeros_like(target)
+                    drift[:len(ARM_JOINTS)] = noise.next(step)        # the fingers stay the expert's
+                    sim.set_joint_targets(sim.joint_names, target + drift)
                 sim.step(1.0 / expert.cfg.control_hz)
             success = sim.task_success()
         except BaseException:
