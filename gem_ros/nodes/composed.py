@@ -59,14 +59,19 @@ def main(args=None) -> None:
         if policy.trigger_configure() != TransitionCallbackReturn.SUCCESS \
                 or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS:
             raise SystemExit("gem_policy did not come up: see its error above")
-        policy.get_logger().info(f"active; gem_executor composed in this process (chunks handed over in memory), "
-                                 f"{kind} executor")
         executor = make_executor(kind)   # one thread: inference has its own (see policy_node.main)
         for node in nodes:
             executor.add_node(node)
+        # Said once the executor exists: from here a Ctrl-C stops the spin instead of failing the start-up.
+        policy.get_logger().info(f"active; gem_executor composed in this process (chunks handed over in memory), "
+                                 f"{kind} executor")
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # Ctrl-C during start-up: rclpy's handler shut the context down, and what failed on it is that stop.
     finally:   # no executor.shutdown() first: it destroys the guard condition the inference thread may still wake
         for node in nodes:   # the policy first: destroying it stops the inference thread that feeds the executor
             node.destroy_node()

@@ -58,6 +58,10 @@ def spin_node(make_node, args=None, runs_inference: bool = False, allow_realtime
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # Ctrl-C during start-up: rclpy's handler shut the context down, and what failed on it is that stop.
     finally:   # no executor.shutdown() before destroy_node: a policy's inference thread may still wake the executor
         if node is not None:
             node.destroy_node()
