@@ -285,3 +285,23 @@ def test_an_arm_without_a_model_is_refused_with_the_known_ones():
         SimConfig(arm="kinova_gen3")
     with pytest.raises(ValueError, match="coarse_robot_meshes"):
         SimConfig(arm="xarm7", coarse_robot_meshes=True)
+
+
+def test_place_joints_puts_the_arm_there_at_rest_and_holds_it(sim):
+    """gem_pretrain_sim's posed scenes: joints jump to the (limit-clipped) positions at zero velocity, the motors hold
+    them, and a non-finite position is refused before anything moves."""
+    sim.reset(3)
+    names, home, _ = sim.joint_state()
+    target = home.copy()
+    target[1] += 0.3
+    target[3] = -1e3                                   # far past the URDF limit: clipped, as set_joint_targets does
+    sim.place_joints(names, target)
+    _, q, v = sim.joint_state()
+    lower = sim.joint_limits[names[3]].lower
+    np.testing.assert_allclose(q[[1, 3]], [home[1] + 0.3, lower], atol=1e-9)
+    assert np.abs(v).max() == 0.0
+    sim.step(0.5)
+    assert np.abs(sim.joint_state()[1] - q)[:7].max() < 0.02   # held, not falling
+    with pytest.raises(ValueError, match="finite"):
+        sim.place_joints(names, np.full(len(names), np.nan))
+    np.testing.assert_allclose(sim.joint_state()[1][:7], sim.joint_targets[:7], atol=0.02)
