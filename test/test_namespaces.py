@@ -47,9 +47,12 @@ def test_two_namespaced_chains_run_side_by_side_without_hearing_each_other(ros, 
     left, right = chains["left"][1], chains["right"][1]
     ros.wait_for(lambda: left.controller.stats["chunks_accepted"] >= 2, 60, "two chunks planned for the left arm")
     ros.wait_for(lambda: sum(len(t.points) > 1 for t in robots["left"].trajectories) >= 3, 30, "the left arm moving")
-    assert right.controller.stats["chunks_accepted"] == 0 and not robots["right"].trajectories
+    # The right executor may hold (a joint-state gap on a loaded machine is a hold at the last measurement), but
+    # it never moves: every trajectory it sent is one point, at home.
+    assert right.controller.stats["chunks_accepted"] == 0
+    assert all(len(t.points) == 1 for t in robots["right"].trajectories), robots["right"].trajectories
+    np.testing.assert_allclose(robots["right"].positions, HOME, atol=1e-9)
     assert chains["right"][0].worker.snapshot().chunks == 0   # the right policy was never asked
-    assert robots["right"].positions == HOME
 
     # An e-stop for the right arm stops the right arm only.
     estop = probe.create_publisher(Bool, "/right/gem/estop", 10)
@@ -62,7 +65,9 @@ def test_two_namespaced_chains_run_side_by_side_without_hearing_each_other(ros, 
                  "the left arm still moving")
     task.cancel()
     assert task.wait(30).outcome_name == "CANCELED"
-    assert not root_traffic and not np.any(np.array(robots["right"].positions) != HOME)
+    assert not root_traffic
+    assert all(len(t.points) == 1 for t in robots["right"].trajectories)
+    np.testing.assert_allclose(robots["right"].positions, HOME, atol=1e-9)
     # /diagnostics is ROS-wide: each executor's status carries its namespace, so the two stay apart there
     def statuses(name: str) -> list:
         return [s.level for d in diagnostics for s in d.status if s.name == name]
