@@ -62,18 +62,19 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(run_dir: Path, policy, optimizer_state: dict | None, state: TrainerState,
-                    rng_states: list[dict], config: dict, ema_tensors: dict[str, torch.Tensor] | None = None,
+                    rng_states: list[dict], config: dict, extra_tensors: dict[str, torch.Tensor] | None = None,
                     ema_meta: dict | None = None) -> Path:
     """Write step_<state.step>/ atomically. `optimizer_state` is `optimizer.state_dict()` (None: not saved);
-    `rng_states` holds `capture_rng()` of every process, in rank order; `ema_tensors` / `ema_meta` come from
-    `gem_train.ema.training_state`. Call on the main process only."""
+    `rng_states` holds `capture_rng()` of every process, in rank order; `extra_tensors` go into the trainer state
+    (the raw weights under an EMA and `ema_meta`, from `gem_train.ema.training_state`; a training-only head).
+    Call on the main process only."""
     final = checkpoint_dir(run_dir, state.step)
     with atomic_directory(final) as scratch:
         policy.save_pretrained(scratch)
         tensors: dict[str, torch.Tensor] = {}
         optimizer = None if optimizer_state is None else flatten_state(optimizer_state, "optimizer", tensors)
         rng = [flatten_state(r, f"rng.rank{i}", tensors) for i, r in enumerate(rng_states)]
-        tensors.update(ema_tensors or {})
+        tensors.update(extra_tensors or {})
         save_file(tensors, str(scratch / STATE_FILE), metadata={"format_version": str(STATE_FORMAT_VERSION)})
         files = {str(p.relative_to(scratch)): p.stat().st_size for p in sorted(scratch.rglob("*")) if p.is_file()}
         meta = {"format_version": STATE_FORMAT_VERSION, "position": asdict(state), "optimizer": optimizer,

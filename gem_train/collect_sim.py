@@ -121,6 +121,8 @@ def record_attempt(cfg: CollectConfig, attempt: int) -> Attempt:
         extra = {"episode_seed": seed, "attempt": attempt, "sim": "gem_ros.sim.TabletopSim",
                  "coarse_robot_meshes": cfg.coarse_meshes, "object_colors": list(sim.cfg.object_colors),
                  "target_object": sim.target_object,
+                 # where the named cube starts (m, world frame): gem_train.grounding's auxiliary target
+                 "target_position": [float(v) for v in sim.object_position(sim.target_object)],
                  "render_sizes": {c.name: [c.height, c.width] for c in sim.cfg.cameras},
                  "gripper_action": "width_m = finger1 + finger2 target", "depth_unit": "m",
                  "action_noise_rad": cfg.action_noise_rad}

@@ -176,6 +176,9 @@ class OptimConfig:
     train_depth_expert: bool = True         # SANA + connector; the VAE is always frozen
     action_loss_weight: float = 1.0
     depth_loss_weight: float = 0.1
+    # Weight of gem_train.grounding's auxiliary loss (the RDT's registers regress the named object's xy); needs
+    # episodes that record target_position (gem_collect_sim). 0 = off; not part of the reference recipe.
+    grounding_loss_weight: float = 0.0
     lr: float = 1e-5
     # The VLM (language model + vision tower) learns at lr x vlm_lr_scale: below 1 a pretrained backbone keeps what
     # it knows (a grounded tiny backbone lost its grounding at the action expert's 1e-3) while still adapting.
@@ -212,6 +215,8 @@ class OptimConfig:
         _require(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr], got {self.min_lr}")
         _require(self.action_loss_weight > 0, f"train.action_loss_weight must be > 0, got {self.action_loss_weight}")
         _require(self.depth_loss_weight >= 0, f"train.depth_loss_weight must be >= 0, got {self.depth_loss_weight}")
+        _require(self.grounding_loss_weight >= 0,
+                 f"train.grounding_loss_weight must be >= 0, got {self.grounding_loss_weight}")
         _require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                  f"train.betas must be two numbers in [0, 1), got {self.betas}")

@@ -41,9 +41,11 @@ from gem_ros.core.policy.config import SIM_SCENE_FIELDS, GemVLAConfig, ImagePipe
 from gem_ros.core.policy.gem_vla import GemVLAPolicy
 from gem_ros.core.policy.normalizer import MinMaxNormalizer
 from gem_train import ema as weight_average
-from gem_train.checkpointing import (EpochBatchSampler, TrainerState, capture_rng, checkpoint_dir, endless_batches,
-                                     find_resume_checkpoint, list_checkpoints, load_ema_state, load_trainer_state,
-                                     prune_checkpoints, remove_scratch_dirs, save_checkpoint, step_generator)
+from gem_train import grounding
+from gem_train.checkpointing import (STATE_FILE, EpochBatchSampler, TrainerState, capture_rng, checkpoint_dir,
+                                     endless_batches, find_resume_checkpoint, list_checkpoints, load_ema_state,
+                                     load_trainer_state, prune_checkpoints, remove_scratch_dirs, save_checkpoint,
+                                     step_generator)
 from gem_train.config import TINY_BACKBONE, OptimConfig, TrainConfig, load_config, save_config
 from gem_train.pretrain_sim import pretrained_prompt_order
 
@@ -83,6 +85,9 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
     policy, teacher, teacher_steps = load_model(config, data.stats, resume_from, accelerator.device)
     policy.config.sim_scene = data.sim_scene
     objective = policy if teacher is None else DistillationObjective(policy, teacher, teacher_steps)
+    if teacher is None and tc.grounding_loss_weight > 0:
+        objective = grounding.build_objective(policy, getattr(data.train_set, "episode_targets", []),
+                                              tc.grounding_loss_weight)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(policy, params, tc.vlm_lr_scale), lr=tc.lr, betas=tuple(tc.betas),
                                   eps=tc.eps, weight_decay=tc.weight_decay)
@@ -92,6 +97,7 @@ def train(config: TrainConfig, resume: bool = False, data: DataBundle | None = N
     if resume_from is not None:
         state = load_trainer_state(resume_from, optimizer, rank, world, tc.batch_size)
         weight_average.restore(ema, params, *load_ema_state(resume_from), resume_from)
+        grounding.restore_head(objective, ckpt.read_tensors(resume_from / STATE_FILE), str(resume_from))
         logger.info("resumed from %s at step %d", resume_from, state.step)
     configure_deepspeed(accelerator, tc)
     model, optimizer = accelerator.prepare(objective, optimizer)
@@ -341,6 +347,12 @@ class DistillationObjective(nn.Module):
         return loss, {"loss/distill": float(loss.detach())}
 
 
+def training_policy(objective: nn.Module) -> GemVLAPolicy:
+    """The policy an objective trains (what is saved and served)."""
+    return objective.policy if isinstance(objective, (DistillationObjective, grounding.GroundingObjective)) \
+        else objective
+
+
 def condition(policy: GemVLAPolicy, batch):
     """VLM hidden-state stack (no grad), policy-space state and language mask of a TrainingBatch."""
     prompt = policy.build_prompts(batch.images, batch.instructions)
@@ -355,7 +367,7 @@ def condition(policy: GemVLAPolicy, batch):
 @torch.no_grad()
 def evaluate(objective: nn.Module, loader: DataLoader, num_batches: int, seed: int) -> dict[str, float]:
     """Held-out loss with a fixed noise stream, and MSE of sampled chunks against the data in robot units."""
-    policy = objective.policy if isinstance(objective, DistillationObjective) else objective
+    policy = training_policy(objective)
     objective.eval()
     rng = torch.Generator(device=policy.device).manual_seed(seed)
     scores: dict[str, list[float]] = defaultdict(list)
@@ -384,11 +396,11 @@ def save(accelerator: Accelerator, run_dir: Path, model, optimizer, state: Train
     path = checkpoint_dir(run_dir, state.step)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        policy = unwrapped.policy if isinstance(unwrapped, DistillationObjective) else unwrapped
         ema_tensors, ema_meta = weight_average.training_state(ema, params)
+        extra = {**ema_tensors, **grounding.head_tensors(unwrapped)}   # the head as trained, not averaged
         with weight_average.averaged_weights(ema, params):   # the serving weights are the average
-            save_checkpoint(run_dir, policy, optimizer_state, state, rng_states, config.to_dict(), ema_tensors,
-                            ema_meta)
+            save_checkpoint(run_dir, training_policy(unwrapped), optimizer_state, state, rng_states, config.to_dict(),
+                            extra, ema_meta)
         for old in prune_checkpoints(run_dir, config.train.keep_last):
             logger.info("deleted old checkpoint %s (keep_last=%d)", old, config.train.keep_last)
     accelerator.wait_for_everyone()

@@ -91,6 +91,13 @@ def test_colors_choose_the_cubes_on_the_table(tmp_path):
     with read_episode(attempt.path) as episode:
         assert episode.meta["object_colors"] == ["blue"] and episode.meta["target_object"] == "blue_cube"
         assert "blue" in episode.instructions[0]
+        meta = episode.meta
+    # the grounding loss's target is where the named cube starts: the layout of the episode's seed
+    from gem_ros.sim import SimConfig, TabletopSim
+
+    with TabletopSim(SimConfig(object_colors=["blue"], coarse_robot_meshes=True)) as sim:
+        sim.reset(meta["episode_seed"])
+        np.testing.assert_allclose(meta["target_position"], sim.object_position("blue_cube"), atol=1e-6)
 
 
 def test_action_noise_moves_the_arm_off_the_plan_and_records_the_experts_way_back(tmp_path):

@@ -31,6 +31,7 @@ from gem_ros.core.policy.config import CAMERA_DROPOUTS
 from gem_train.data.augment import color_jitter, random_shift_offset, reference_augment, scale_offset, shift
 from gem_train.data.depth import depth_target
 from gem_train.data.episodes import EpisodeData, read_episode
+from gem_train.grounding import episode_target
 
 Size = tuple[int, int]
 _AUGMENT_STREAM = 4      # keeps these seeds apart from the sampler's and the noise's (gem_train.checkpointing)
@@ -140,6 +141,7 @@ class ChunkDataset(Dataset):
         self._states: list[np.ndarray] = []
         self._instructions: list[list[str]] = []
         self.episode_meta: list[dict] = []         # per episode, as its reader gives it (source, recording extras)
+        self.episode_targets: list[np.ndarray | None] = []   # named object xy per episode (gem_train.grounding)
         for item in episodes:
             if isinstance(item, EpisodeData):
                 self._add(item, item)
@@ -167,6 +169,7 @@ class ChunkDataset(Dataset):
         self._states.append(episode.states)
         self._instructions.append(list(episode.instructions))
         self.episode_meta.append(dict(episode.meta))
+        self.episode_targets.append(episode_target(episode.meta, str(where)))
 
     # ------------------------------------------------------------------ per-process state (workers)
     def _reset_process_state(self) -> None:
@@ -257,6 +260,8 @@ class ChunkDataset(Dataset):
             state = state + rng.normal(0.0, cfg.state_noise_std, state.shape).astype(np.float32)
         sample = {"images": images, "image_cameras": kept, "state": state, "actions": self._relative(chunk, k, t),
                   "instruction": instruction, "episode": k, "step": t}
+        if self.episode_targets[k] is not None:   # a dropped instruction names no object: nothing to ground
+            sample["target_xy"], sample["target_valid"] = self.episode_targets[k], bool(instruction)
         if cfg.depth_size:
             episode = self._episode(k)
             targets, valid = [], []
@@ -324,10 +329,14 @@ def collate_batch(samples: list[dict[str, Any]]):
     if samples and all("depth" in s for s in samples):
         depth = torch.from_numpy(np.stack([s["depth"] for s in samples]))
         depth_valid = torch.from_numpy(np.stack([s["depth_valid"] for s in samples]))
+    target_xy = target_valid = None
+    if samples and all("target_xy" in s for s in samples):
+        target_xy = torch.from_numpy(np.stack([s["target_xy"] for s in samples]))
+        target_valid = torch.tensor([s["target_valid"] for s in samples], dtype=torch.bool)
     return TrainingBatch(images=[s["images"] for s in samples], instructions=[s["instruction"] for s in samples],
                          state=torch.from_numpy(np.stack([s["state"] for s in samples])),
                          actions=torch.from_numpy(np.stack([s["actions"] for s in samples])),
-                         depth=depth, depth_valid=depth_valid)
+                         depth=depth, depth_valid=depth_valid, target_xy=target_xy, target_valid=target_valid)
 
 
 def split_episodes(paths: Sequence[Any], val_fraction: float, seed: int = 0) -> tuple[list, list]:

@@ -82,15 +82,19 @@ class ActionExpert(nn.Module):
         return self.model(tokens, t.to(self.dtype), state_token, lang, lang_mask)
 
     def loss(self, actions: torch.Tensor, hidden_stack: torch.Tensor, state: torch.Tensor,
-             lang_mask: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Flow-matching MSE over every element; actions (B, T, A) normalized."""
+             lang_mask: torch.Tensor | None, generator: torch.Generator | None = None, return_tokens: bool = False):
+        """Flow-matching MSE over every element; actions (B, T, A) normalized. `return_tokens`: (loss, the RDT's
+        last-block tokens (B, T + registers, D)) for an auxiliary loss on what the denoiser read."""
         b = actions.shape[0]
         lang, state_token = self.encode_condition(hidden_stack, state)
         noise = torch.randn(actions.shape, device=actions.device, generator=generator, dtype=actions.dtype)
         t = sample_logit_normal(b, actions.device, generator).to(actions.dtype)
         x_t = t[:, None, None] * actions + (1 - t[:, None, None]) * noise
-        pred = self.velocity(x_t, t, lang, state_token, lang_mask)
-        return F.mse_loss(pred.float(), (actions - noise).float())
+        pred = self.model(self.act_adaptor(x_t.to(self.dtype)), t.to(self.dtype), state_token, lang, lang_mask,
+                          return_tokens=return_tokens)
+        pred, tokens = pred if return_tokens else (pred, None)
+        loss = F.mse_loss(pred.float(), (actions - noise).float())
+        return (loss, tokens) if return_tokens else loss
 
     @torch.no_grad()
     def sample(self, hidden_stack: torch.Tensor, state: torch.Tensor, lang_mask: torch.Tensor | None,

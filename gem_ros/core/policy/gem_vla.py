@@ -6,6 +6,7 @@ once per chunk; the action expert runs `num_inference_steps` Euler steps (1 for 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,10 @@ class TrainingBatch:
     actions: torch.Tensor                   # (B, chunk_len, action_dim) raw (un-normalized)
     depth: torch.Tensor | None = None       # (B, cameras, 3, H, W) in [-1, 1], targets for the depth expert
     depth_valid: torch.Tensor | None = None  # (B, cameras) bool
+    # The named object's table position (B, 2) m and whether a sample has one (B,) bool: targets of a training-only
+    # auxiliary loss (gem_train.grounding); None where the episodes do not record it.
+    target_xy: torch.Tensor | None = None
+    target_valid: torch.Tensor | None = None
 
 
 class GemVLAPolicy(nn.Module):
@@ -177,15 +182,23 @@ class GemVLAPolicy(nn.Module):
         return self.state_normalizer.normalize(state) if self.config.io.normalize_state else state
 
     # --------------------------------------------------------------------------------------------- training
-    def forward(self, batch: TrainingBatch, generator: torch.Generator | None = None):
-        """Returns (total loss, logs). Total = action flow-matching loss + depth_loss_weight * depth loss."""
+    def forward(self, batch: TrainingBatch, generator: torch.Generator | None = None,
+                auxiliary: Callable[[torch.Tensor, TrainingBatch], tuple[torch.Tensor, dict]] | None = None):
+        """Returns (total loss, logs). Total = action flow-matching loss + depth_loss_weight * depth loss, plus
+        `auxiliary(rdt tokens (B, chunk + registers, D), batch) -> (weighted loss, logs)` if given: a training-only
+        term on what the action expert read (gem_train.grounding.GroundingObjective)."""
         need_depth = self.depth_expert is not None and batch.depth is not None
         prompt, stack, last = self._encode(batch.images, batch.instructions, need_last=need_depth)
         actions = self.action_normalizer.normalize(batch.actions.to(self.device, torch.float32))
         action_loss = self.action_expert.loss(actions.to(stack.dtype), stack, self._state_input(batch.state),
-                                              prompt.attention_mask, generator)
+                                              prompt.attention_mask, generator, return_tokens=auxiliary is not None)
+        action_loss, tokens = action_loss if auxiliary is not None else (action_loss, None)
         logs = {"loss/action": float(action_loss.detach())}
         total = action_loss
+        if auxiliary is not None:
+            extra, extra_logs = auxiliary(tokens, batch)
+            total = total + extra
+            logs.update(extra_logs)
         if need_depth:
             depth_loss = self.depth_expert.loss(last, prompt.input_ids, batch.depth.to(self.device, last.dtype),
                                                 batch.depth_valid, generator=generator)

@@ -251,14 +251,16 @@ class RDT(nn.Module):
         return torch.cat([t_emb.unsqueeze(1), state_token + self.state_pos_emb], dim=1).reshape(b, -1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, state_token: torch.Tensor,
-                lang: torch.Tensor, lang_mask: torch.Tensor | None = None) -> torch.Tensor:
+                lang: torch.Tensor, lang_mask: torch.Tensor | None = None, return_tokens: bool = False):
         """x (B, T, D) adapted noisy actions; t (B,) in [0, 1]; state_token (B, 1, D);
-        lang (B, depth, L, D) adapted VLM layers, one per block; lang_mask (B, L) True = valid token."""
+        lang (B, depth, L, D) adapted VLM layers, one per block; lang_mask (B, L) True = valid token.
+        `return_tokens`: also the last block's output, action then register tokens (B, T + registers, D), for a
+        training-time auxiliary loss (gem_train.grounding)."""
         c = self.condition(t, state_token)
         cross_kv = [block.cross_keys_values(lang[:, i]) for i, block in enumerate(self.blocks)]
         plan = SamplingPlan([block.modulation(c) for block in self.blocks], self.final_layer.modulation(c), cross_kv,
                             key_bias(lang_mask, cross_kv[0][0].dtype))
-        return self.run(x, plan)
+        return self.run(x, plan, return_tokens=return_tokens)
 
     def plan_sampling(self, times: torch.Tensor, state_token: torch.Tensor, lang: torch.Tensor,
                       lang_mask: torch.Tensor | None) -> list[SamplingPlan]:
@@ -275,14 +277,14 @@ class RDT(nn.Module):
         return [SamplingPlan([mods[s] for mods in block_mods], final_mods[s], cross_kv, lang_bias)
                 for s in range(steps)]
 
-    def run(self, x: torch.Tensor, plan: SamplingPlan, compile_blocks: bool = False) -> torch.Tensor:
+    def run(self, x: torch.Tensor, plan: SamplingPlan, compile_blocks: bool = False, return_tokens: bool = False):
         b = x.shape[0]
         x = torch.cat([x, self.register_tokens.expand(b, -1, -1)], dim=1) + self.x_pos_emb
         run_block = compiled(RDTBlock.run) if compile_blocks else RDTBlock.run
         for block, modulation, cross_kv in zip(self.blocks, plan.block_modulations, plan.cross_kv):
             x = run_block(block, x, modulation, cross_kv, plan.lang_bias)
-        x = self.final_layer.run(x, plan.final_modulation)
-        return x[:, : self.horizon]
+        out = self.final_layer.run(x, plan.final_modulation)[:, : self.horizon]
+        return (out, x) if return_tokens else out
 
 
 @dataclass
