@@ -177,7 +177,8 @@ class OptimConfig:
     action_loss_weight: float = 1.0
     depth_loss_weight: float = 0.1
     # Weight of gem_train.grounding's auxiliary loss (the RDT's registers regress the named object's xy); needs
-    # episodes that record target_position (gem_collect_sim). 0 = off; not part of the reference recipe.
+    # episodes that record target_position (gem_collect_sim). 0 = off; not part of the reference recipe; the
+    # one-step distillation stage (distill.teacher) does not use it.
     grounding_loss_weight: float = 0.0
     lr: float = 1e-5
     # The VLM (language model + vision tower) learns at lr x vlm_lr_scale: below 1 a pretrained backbone keeps what
