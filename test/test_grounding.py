@@ -80,7 +80,8 @@ def test_the_head_scores_only_samples_that_name_an_object():
         head(tokens, TrainingBatch(images=[], instructions=[], state=torch.zeros(1), actions=torch.zeros(1)))
 
 
-@pytest.mark.parametrize("value", [[0.5, 0.1], [float("nan"), 0.0, 0.02], [0.5, float("inf"), 0.0], [[1, 2], [3, 4]]])
+@pytest.mark.parametrize("value", [[0.5, 0.1], [float("nan"), 0.0, 0.02], [0.5, float("inf"), 0.0], [[1, 2], [3, 4]],
+                                   [1e300, 0.0, 0.0]])
 def test_a_malformed_target_names_the_episode(value):
     with pytest.raises(ValueError, match="ep7: target_position must be three finite numbers"):
         episode_target({"target_position": value}, "ep7")
